@@ -1,1 +1,301 @@
-fn main() {}
+//! `fhec`: compile ONNX models to TFHE circuits, inspect them, run them.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fhec::artifact::Artifact;
+use fhec::report::{params_line, Report};
+use fhec::{data, keystore, npy, pipeline, run};
+use fhec_quant::QuantConfig;
+
+#[derive(Parser)]
+#[command(name = "fhec", version, about = "Compile ONNX models to circuits that run on TFHE-encrypted data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Quantize, analyse, lower and pick crypto parameters; writes MODEL.fhe and MODEL.mlir.
+    Compile {
+        model: PathBuf,
+        #[arg(long)]
+        inputset: PathBuf,
+        /// Output artifact (default: the model's name with .fhe, in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        q: QuantArgs,
+        /// Overwrite output files that fhec did not write.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List nodes, bit-widths, TLU and bootstrap counts; exit 1 if a value exceeds 16 bits.
+    Inspect {
+        /// A compiled artifact (.fhe), or an ONNX model together with --inputset.
+        path: PathBuf,
+        #[arg(long)]
+        inputset: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        q: QuantArgs,
+    },
+    /// Run a compiled model on samples.
+    Predict {
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, value_enum, default_value_t = Mode::Simulate)]
+        mode: Mode,
+        /// Write outputs (keyed by ONNX output name) to this .npz.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Key directory: loaded, or generated and saved there when absent or empty.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Only the first N samples.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Measure compile time, keygen time, key size, FHE latency and #PBS of a model.
+    Bench {
+        model: PathBuf,
+        #[arg(long)]
+        inputset: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        samples: usize,
+        #[command(flatten)]
+        q: QuantArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct QuantArgs {
+    /// Bits for inputs, weights and activations (default 6).
+    #[arg(long)]
+    n_bits: Option<u32>,
+    /// Round accumulators to this many most significant bits before a TLU (default 6).
+    #[arg(long, conflicts_with = "no_rounding")]
+    rounding_threshold_bits: Option<u32>,
+    /// Never round accumulators (TLUs read the full accumulator).
+    #[arg(long)]
+    no_rounding: bool,
+    /// Headroom of accumulator ranges beyond the inputset, as a fraction of their width (default 0.25).
+    #[arg(long)]
+    range_margin: Option<f64>,
+    /// Error probability allowed per bootstrap (default 2^-40).
+    #[arg(long, default_value_t = 2f64.powi(-40))]
+    p_error: f64,
+}
+
+impl QuantArgs {
+    fn config(&self) -> QuantConfig {
+        let mut c = QuantConfig::default();
+        if let Some(n) = self.n_bits {
+            c = c.with_n_bits(n);
+        }
+        if let Some(r) = self.rounding_threshold_bits {
+            c.rounding_bits = Some(r);
+        }
+        if self.no_rounding {
+            c.rounding_bits = None;
+        }
+        if let Some(m) = self.range_margin {
+            c.range_margin = m;
+        }
+        c
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Mode {
+    Clear,
+    Simulate,
+    Fhe,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Compile { model, inputset, output, q, force } => compile(&model, &inputset, output, &q, force),
+        Command::Inspect { path, inputset, format, q } => inspect(&path, inputset.as_deref(), format, &q),
+        Command::Predict { model, input, mode, output, keys, limit, force } => predict(&model, &input, mode, output.as_deref(), keys.as_deref(), limit, force),
+        Command::Bench { model, inputset, input, samples, q } => bench(&model, &inputset, &input, samples, &q),
+    }
+}
+
+/// Refuses to replace a file fhec did not write, unless forced.
+fn guard_overwrite(path: &Path, ours: bool, force: bool) -> Result<()> {
+    if path.exists() && !ours && !force {
+        bail!("{}: exists and was not written by fhec; refusing to overwrite (use --force)", path.display());
+    }
+    Ok(())
+}
+
+fn compile(model: &Path, inputset: &Path, output: Option<PathBuf>, q: &QuantArgs, force: bool) -> Result<ExitCode> {
+    let out = output.unwrap_or_else(|| PathBuf::from(model.file_stem().unwrap_or_default()).with_extension("fhe"));
+    if out.extension().is_some_and(|e| e == "mlir") {
+        bail!("{}: the artifact needs another extension than .mlir (the MLIR is written beside it)", out.display());
+    }
+    let mlir_path = out.with_extension("mlir");
+    guard_overwrite(&out, Artifact::is_artifact_file(&out), force)?;
+    let mlir_ours = std::fs::read_to_string(&mlir_path).map(|s| s.starts_with("// fhec")).unwrap_or(false);
+    guard_overwrite(&mlir_path, mlir_ours, force)?;
+    let compiled = pipeline::compile(model, inputset, &q.config(), q.p_error)?;
+    let a = &compiled.artifact;
+    let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
+    std::fs::write(&out, a.to_bytes()?).with_context(|| format!("{}: cannot write", out.display()))?;
+    std::fs::write(&mlir_path, mlir).with_context(|| format!("{}: cannot write", mlir_path.display()))?;
+    let r = Report::new(&a.source, &a.server.circuit, &compiled.info, Some(a.server.params.clone()));
+    let ops: Vec<String> = r.op_counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("compiled {} -> {} (+ {})", model.display(), out.display(), mlir_path.display());
+    println!("ops: {}", ops.join(", "));
+    println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
+    print!("{}", params_line(&a.server.params));
+    println!("compile time: {:.2} s", compiled.elapsed.as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(path: &Path, inputset: Option<&Path>, format: Format, q: &QuantArgs) -> Result<ExitCode> {
+    let report = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        let Some(inputset) = inputset else { bail!("{}: inspecting an ONNX model needs --inputset", path.display()) };
+        let l = pipeline::lower(path, inputset, &q.config())?;
+        let params = if l.info.violations.is_empty() { Some(pipeline::choose(&l, q.p_error)?.0) } else { None };
+        Report::new(&l.source, &l.quantized.circuit, &l.info, params)
+    } else {
+        let (a, info) = Artifact::load(path)?;
+        Report::new(&a.source, &a.server.circuit, &info, Some(a.server.params.clone()))
+    };
+    match format {
+        Format::Text => print!("{}", report.text()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn predict(model: &Path, input: &Path, mode: Mode, output: Option<&Path>, keys: Option<&Path>, limit: Option<usize>, force: bool) -> Result<ExitCode> {
+    if let Some(o) = output {
+        guard_overwrite(o, false, force)?;
+    }
+    let (a, info) = Artifact::load(model)?;
+    let mut samples = data::load_samples(input, &a.client.graph)?;
+    if let Some(n) = limit {
+        if n == 0 {
+            bail!("--limit must be at least 1");
+        }
+        samples.truncate(n);
+    }
+    let start = Instant::now();
+    let outputs: Vec<_> = match mode {
+        Mode::Clear => run::clear(&a.client.graph, &samples)?,
+        Mode::Simulate => samples.iter().map(|s| run::simulate(&a, &info, s).map(|r| r.outputs)).collect::<Result<_>>()?,
+        Mode::Fhe => {
+            let t = Instant::now();
+            let (client, server) = match keys {
+                Some(dir) => {
+                    let (c, s, generated) = keystore::load_or_generate(dir, &a.client.params.params, a.client.params.needs_bootstrap)?;
+                    eprintln!("keys: {} {} in {:.1} s", if generated { "generated and saved to" } else { "loaded from" }, dir.display(), t.elapsed().as_secs_f64());
+                    (c, s)
+                }
+                None => {
+                    let k = run::keys(&a);
+                    eprintln!("keys: generated in {:.1} s", t.elapsed().as_secs_f64());
+                    k
+                }
+            };
+            let evaluator = run::evaluator(&a, &info, &server)?;
+            let total = samples.len();
+            let tty = std::io::stderr().is_terminal();
+            let mut outs = Vec::with_capacity(total);
+            for (i, s) in samples.iter().enumerate() {
+                let t = Instant::now();
+                let progress = |done: usize| {
+                    if tty && info.pbs_per_sample > 0 {
+                        eprint!("\rfhe: sample {}/{total}: {done}/{} PBS", i + 1, info.pbs_per_sample);
+                    }
+                };
+                outs.push(run::fhe(&a, &info, &client, &evaluator, s, &progress)?.outputs);
+                eprintln!("{}fhe: sample {}/{total} done in {:.2} s ({} PBS)", if tty { "\r" } else { "" }, i + 1, t.elapsed().as_secs_f64(), info.pbs_per_sample);
+            }
+            outs
+        }
+    };
+    let elapsed = start.elapsed().as_secs_f64();
+    let stacked = data::stack_outputs(&a.client.graph, &outputs);
+    eprintln!("{} samples in {:.2} s ({:.1} ms/sample)", samples.len(), elapsed, 1e3 * elapsed / samples.len() as f64);
+    for (name, arr) in &stacked {
+        let preview: Vec<String> = arr.data.iter().take(8).map(|v| format!("{v:.4}")).collect();
+        println!("{name} {:?} {}: {}{}", arr.shape, arr.dtype, preview.join(" "), if arr.data.len() > 8 { " …" } else { "" });
+    }
+    if let Some(o) = output {
+        npy::write_npz(o, &stacked)?;
+        eprintln!("wrote {}", o.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -> Result<ExitCode> {
+    let compiled = pipeline::compile(model, inputset, &q.config(), q.p_error)?;
+    let (a, info) = (&compiled.artifact, &compiled.info);
+    let samples: Vec<_> = data::load_samples(input, &a.client.graph)?.into_iter().take(n).collect();
+    let t = Instant::now();
+    let (client, server) = run::keys(a);
+    let keygen = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let evaluator = run::evaluator(a, info, &server)?;
+    let prepare = t.elapsed().as_secs_f64();
+    let mut latencies = Vec::new();
+    let mut mismatches = 0;
+    for s in &samples {
+        let t = Instant::now();
+        let r = run::fhe(a, info, &client, &evaluator, s, &|_| {})?;
+        latencies.push(t.elapsed().as_secs_f64());
+        if r.circuit_outputs != run::simulate(a, info, s)?.circuit_outputs {
+            mismatches += 1;
+        }
+    }
+    let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
+    let p = &a.server.params;
+    println!(
+        "{:<24} compile {:>7.2} s | keygen {:>6.2} s | eval key {:>8.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>9.1} ms/sample over {} | PBS {:>5} (predicted {:.0} ms on 1 core) | fhe!=simulate {}",
+        a.source,
+        compiled.elapsed.as_secs_f64(),
+        keygen,
+        server.size_bytes() as f64 / (1 << 20) as f64,
+        (p.params.fourier_bsk_bytes() + p.params.ksk_bytes() * p.needs_bootstrap as usize) as f64 / (1 << 20) as f64 * p.needs_bootstrap as u8 as f64,
+        prepare,
+        mean * 1e3,
+        latencies.len(),
+        info.pbs_per_sample,
+        p.predicted_ms_per_sample,
+        mismatches
+    );
+    println!("  parameters: {}", fhec::report::params_text(&p.params, p.needs_bootstrap));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,214 @@
+//! ONNX front end: protobuf bytes → [`FloatGraph`].
+//!
+//! Only this crate knows protobuf. [`import`] decodes the model, resolves initializers and
+//! `Constant` nodes, fixes the batch dimension to 1 so every shape is static, and builds
+//! each node through the op registry in [`ops`], which normalises ONNX's several forms
+//! of one computation (Gemm, MatMul, LinearClassifier, …) onto one [`Op`]. Every
+//! unsupported node is reported at once, naming op type, domain and node.
+//! [`interp`] evaluates the float graph: it is the reference that quantization
+//! calibrates on and that `predict --mode clear` runs.
 
+mod error;
+pub mod graph;
+pub mod interp;
+mod ops;
+pub mod pb;
+mod tensor;
+
+use std::collections::HashMap;
+
+pub use error::{ImportError, UnsupportedOp};
+pub use graph::*;
+use prost::Message;
+
+/// Decodes and imports an ONNX model.
+pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
+    let model = pb::ModelProto::decode(bytes).map_err(|e| ImportError::NotOnnx(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX")))?;
+    let graph = match &model.graph {
+        Some(g) if model.ir_version > 0 && !g.node.is_empty() => g,
+        _ => return Err(ImportError::NotOnnx("no graph with nodes and no IR version".into())),
+    };
+    let unsupported: Vec<UnsupportedOp> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| ops::builder(&n.domain, &n.op_type).is_none())
+        .map(|(i, n)| UnsupportedOp { op_type: n.op_type.clone(), domain: domain_name(&n.domain).into(), node: node_name(n, i) })
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(ImportError::Unsupported(unsupported));
+    }
+
+    let mut b = Builder::default();
+    for init in &graph.initializer {
+        let t = tensor::decode_tensor(init)?;
+        b.add_constant(&init.name, t);
+    }
+    for input in &graph.input {
+        if b.by_name.contains_key(&input.name) {
+            continue; // an initializer listed as input (IR < 4)
+        }
+        let (shape, dtype) = input_fact(input)?;
+        let id = b.add_value(&input.name, shape, dtype, None);
+        b.inputs.push(id);
+    }
+    if b.inputs.is_empty() {
+        return Err(ImportError::NotOnnx("the graph has no non-constant input".into()));
+    }
+    for (i, node) in graph.node.iter().enumerate() {
+        let build = ops::builder(&node.domain, &node.op_type).expect("checked above");
+        let mut ctx = NodeCtx { b: &mut b, node, name: node_name(node, i) };
+        build(&mut ctx)?;
+    }
+    let mut outputs = Vec::new();
+    for out in &graph.output {
+        let id = *b.by_name.get(&out.name).ok_or_else(|| ImportError::MissingOutput(out.name.clone()))?;
+        outputs.push(id);
+    }
+    Ok(FloatGraph { values: b.values, nodes: b.nodes, inputs: b.inputs, outputs })
+}
+
+fn domain_name(d: &str) -> &str {
+    if d.is_empty() { "ai.onnx" } else { d }
+}
+
+fn node_name(n: &pb::NodeProto, index: usize) -> String {
+    if n.name.is_empty() { format!("{}#{index}", n.op_type) } else { n.name.clone() }
+}
+
+fn input_fact(v: &pb::ValueInfoProto) -> Result<(Vec<usize>, DType), ImportError> {
+    let bad = |reason: &str| ImportError::Tensor { name: v.name.clone(), reason: reason.into() };
+    let tt = v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).ok_or_else(|| bad("input is not a tensor"))?;
+    let dtype = tensor::dtype_of(tt.elem_type).ok_or_else(|| bad("unsupported input element type"))?;
+    let dims = tt.shape.as_ref().ok_or_else(|| bad("input has no declared shape"))?;
+    let mut shape = Vec::new();
+    for (axis, d) in dims.dim.iter().enumerate() {
+        match (d.dim_value, &d.dim_param) {
+            (Some(v), _) if v > 0 && (axis > 0 || v == 1) => shape.push(v as usize),
+            (Some(v), _) if axis == 0 && v > 1 => {
+                return Err(bad(&format!("fixed batch size {v}: export the model with a dynamic (or size-1) batch dimension")))
+            }
+            _ if axis == 0 => shape.push(1),
+            (_, p) => {
+                return Err(ImportError::DynamicShape { input: v.name.clone(), axis, param: p.clone().unwrap_or_else(|| "?".into()) })
+            }
+        }
+    }
+    if shape.is_empty() {
+        return Err(bad("scalar inputs are not supported: the first dimension must be the batch"));
+    }
+    Ok((shape, dtype))
+}
+
+#[derive(Default)]
+struct Builder {
+    values: Vec<ValueInfo>,
+    nodes: Vec<Node>,
+    inputs: Vec<ValueId>,
+    by_name: HashMap<String, ValueId>,
+}
+
+impl Builder {
+    fn add_value(&mut self, name: &str, shape: Vec<usize>, dtype: DType, constant: Option<Tensor>) -> ValueId {
+        let id = ValueId(self.values.len() as u32);
+        self.values.push(ValueInfo { name: name.to_string(), shape, dtype, constant });
+        self.by_name.insert(name.to_string(), id);
+        id
+    }
+    fn add_constant(&mut self, name: &str, t: Tensor) -> ValueId {
+        self.add_value(name, t.shape.clone(), t.dtype, Some(t))
+    }
+}
+
+/// What an op builder sees: the node and the graph built so far.
+pub(crate) struct NodeCtx<'a> {
+    b: &'a mut Builder,
+    node: &'a pb::NodeProto,
+    name: String,
+}
+
+impl NodeCtx<'_> {
+    pub(crate) fn err(&self, reason: impl Into<String>) -> ImportError {
+        ImportError::Node { node: self.name.clone(), op_type: self.node.op_type.clone(), reason: reason.into() }
+    }
+
+    /// The value feeding input slot `i`, if the slot is present and non-empty.
+    pub(crate) fn input(&self, i: usize) -> Result<Option<ValueId>, ImportError> {
+        match self.node.input.get(i) {
+            None => Ok(None),
+            Some(n) if n.is_empty() => Ok(None),
+            Some(n) => self.b.by_name.get(n).copied().map(Some).ok_or_else(|| self.err(format!("input '{n}' is not defined before this node"))),
+        }
+    }
+    pub(crate) fn required_input(&self, i: usize) -> Result<ValueId, ImportError> {
+        self.input(i)?.ok_or_else(|| self.err(format!("missing input {i}")))
+    }
+    pub(crate) fn info(&self, id: ValueId) -> &ValueInfo {
+        &self.b.values[id.0 as usize]
+    }
+    pub(crate) fn constant(&self, id: ValueId) -> Option<&Tensor> {
+        self.info(id).constant.as_ref()
+    }
+    pub(crate) fn value_name(&self, id: ValueId) -> &str {
+        &self.info(id).name
+    }
+    pub(crate) fn output_name(&self, i: usize) -> Option<&str> {
+        self.node.output.get(i).map(|s| s.as_str()).filter(|s| !s.is_empty())
+    }
+    pub(crate) fn node_name(&self) -> &str {
+        &self.name
+    }
+
+    fn attr(&self, name: &str) -> Option<&pb::AttributeProto> {
+        self.node.attribute.iter().find(|a| a.name == name)
+    }
+    pub(crate) fn attr_i(&self, name: &str, default: i64) -> i64 {
+        self.attr(name).map_or(default, |a| a.i)
+    }
+    pub(crate) fn attr_f(&self, name: &str, default: f32) -> f32 {
+        self.attr(name).map_or(default, |a| a.f)
+    }
+    pub(crate) fn attr_s(&self, name: &str) -> Option<String> {
+        self.attr(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+    pub(crate) fn attr_ints(&self, name: &str) -> Vec<i64> {
+        self.attr(name).map_or_else(Vec::new, |a| a.ints.clone())
+    }
+    pub(crate) fn attr_floats(&self, name: &str) -> Vec<f32> {
+        self.attr(name).map_or_else(Vec::new, |a| a.floats.clone())
+    }
+    pub(crate) fn attr_strings_len(&self, name: &str) -> usize {
+        self.attr(name).map_or(0, |a| a.strings.len())
+    }
+    pub(crate) fn attr_tensor(&self, name: &str) -> Result<Option<Tensor>, ImportError> {
+        match self.attr(name).and_then(|a| a.t.as_ref()) {
+            Some(t) => tensor::decode_tensor(t).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Binds output slot `i` to a constant.
+    pub(crate) fn set_constant(&mut self, i: usize, t: Tensor) -> Result<(), ImportError> {
+        let name = self.output_name(i).ok_or_else(|| self.err("missing output name"))?.to_string();
+        self.b.add_constant(&name, t);
+        Ok(())
+    }
+
+    /// Adds a node named after the ONNX node with the given outputs `(name, shape, dtype)`.
+    pub(crate) fn add_node(&mut self, op: Op, inputs: Vec<ValueId>, outputs: Vec<(String, Vec<usize>, DType)>) -> Vec<ValueId> {
+        let name = self.name.clone();
+        self.push_node(name, op, inputs, outputs)
+    }
+
+    /// Adds a second node for a builder that splits one ONNX node in two.
+    pub(crate) fn add_sub_node(&mut self, suffix: &str, op: Op, inputs: Vec<ValueId>, outputs: Vec<(String, Vec<usize>, DType)>) -> Vec<ValueId> {
+        let name = format!("{}/{suffix}", self.name);
+        self.push_node(name, op, inputs, outputs)
+    }
+
+    fn push_node(&mut self, name: String, op: Op, inputs: Vec<ValueId>, outputs: Vec<(String, Vec<usize>, DType)>) -> Vec<ValueId> {
+        let ids: Vec<ValueId> = outputs.into_iter().map(|(n, s, d)| self.b.add_value(&n, s, d, None)).collect();
+        self.b.nodes.push(Node { name, onnx_op: self.node.op_type.clone(), op, inputs, outputs: ids.clone() });
+        ids
+    }
+}

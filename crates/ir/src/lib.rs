@@ -1,1 +1,171 @@
+//! The integer circuit: what runs on encrypted data.
+//!
+//! A [`Circuit`] is a `petgraph` DAG of integer tensor operations. Nodes are added after
+//! their operands, so node index order is a topological order; edge weights are operand
+//! slots. Every node holds one tensor value with:
+//!
+//! * a per-sample `shape` (batch dimension 1);
+//! * a `status`: encrypted (one LWE ciphertext per element) or clear;
+//! * a calibrated integer `range` `[lo, hi]` over the inputset, which gives its bit-width
+//!   (sign bit included when `lo < 0`).
+//!
+//! Operations ([`IntOp`]):
+//!
+//! * `Input`: a quantized model input, unsigned `bits`-bit integers (the client quantizes);
+//! * `Linear`: `y[.., j] = Σ_i w[j, i]·x[.., i] + b[j]` over the last axis with clear
+//!   integer weights — leveled, no bootstrap;
+//! * `Round`: exact rounding of a non-negative value to its most significant bits,
+//!   `(x + 2^(k-1)) >> k`, costing one bootstrap per dropped bit per element;
+//! * `Lut`: a table lookup (one programmable bootstrap per element), each element with
+//!   its own table (Concrete's mapped lookup table); this is where bias, activation and
+//!   requantization of a layer live;
+//! * `Reshape`: same elements, new shape.
+//!
+//! **Encoding.** All ciphertexts of a circuit share one encoding width `W`, the widest
+//! encrypted value (see [`CircuitInfo::encoding_bits`]): an integer `m` is encrypted as
+//! `m·2^(63-W)` on the 64-bit torus, i.e. modulo `2^(W+1)` with one padding bit.
+//! [`interp`] models exactly that arithmetic, so `simulate` is bit-identical to what the
+//! TFHE back end decrypts whenever no bootstrap fails.
+//!
+//! **The 16-bit rule.** Any encrypted value wider than [`MAX_BITS`] bits is a violation:
+//! [`verify`] lists them in [`CircuitInfo::violations`] and the compiler refuses them.
 
+mod display;
+pub mod interp;
+mod verify;
+
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use serde::{Deserialize, Serialize};
+
+pub use verify::{bits_for_range, verify, CircuitInfo, NodeInfo, VerifyError, VerifyErrors, Violation};
+
+/// The widest encrypted integer fhec accepts (Concrete's accumulator limit).
+pub const MAX_BITS: u32 = 16;
+
+/// Typed node id. Invariant: ids only come from [`Circuit::add`] of the same circuit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId(pub NodeIndex<u32>);
+
+impl NodeId {
+    pub fn index(self) -> usize {
+        self.0.index()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Encrypted,
+    Clear,
+}
+
+/// An inclusive integer range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub lo: i64,
+    pub hi: i64,
+}
+
+impl Range {
+    pub fn new(lo: i64, hi: i64) -> Self {
+        Range { lo, hi }
+    }
+    /// The smallest range holding every value of `values` (`[0, 0]` when empty).
+    pub fn of(values: impl IntoIterator<Item = i64>) -> Self {
+        let mut it = values.into_iter();
+        let Some(first) = it.next() else { return Range::new(0, 0) };
+        it.fold(Range::new(first, first), |r, v| Range::new(r.lo.min(v), r.hi.max(v)))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum IntOp {
+    /// Model input `index`, unsigned integers in `[0, 2^bits)`.
+    Input { index: usize, bits: u32 },
+    /// Over the last axis: `weight` is `[outputs, inputs]` row-major, `bias` has `outputs`.
+    Linear { inputs: usize, outputs: usize, weight: Vec<i64>, bias: Vec<i64> },
+    /// `(x + 2^(drop_bits-1)) >> drop_bits` for `x ≥ 0`; consumed only by `Lut`s.
+    Round { drop_bits: u32 },
+    /// `y[e] = tables[table_of[e]][x[e]]`; every table has `2^precision` entries and the
+    /// operand's range must lie in `[0, 2^precision)`.
+    Lut { precision: u32, tables: Vec<Vec<i64>>, table_of: Vec<u32> },
+    Reshape,
+}
+
+impl IntOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            IntOp::Input { .. } => "input",
+            IntOp::Linear { .. } => "linear",
+            IntOp::Round { .. } => "round",
+            IntOp::Lut { .. } => "lut",
+            IntOp::Reshape => "reshape",
+        }
+    }
+}
+
+/// One circuit node: an operation and the value it defines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// The float-graph node it lowers (for messages and listings).
+    pub name: String,
+    pub op: IntOp,
+    /// Per-sample shape; `shape.iter().product()` elements.
+    pub shape: Vec<usize>,
+    pub status: Status,
+    /// Calibrated range of the value over the inputset.
+    pub range: Range,
+}
+
+impl Node {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The integer circuit. See the crate documentation for its model.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Circuit {
+    pub graph: DiGraph<Node, u32>,
+    /// The `Input` nodes, by model-input index.
+    pub inputs: Vec<NodeId>,
+    /// Values returned to the client (decrypted there).
+    pub outputs: Vec<NodeId>,
+}
+
+impl Circuit {
+    /// Adds a node after its operands (which keeps index order topological).
+    pub fn add(&mut self, node: Node, operands: &[NodeId]) -> NodeId {
+        let id = NodeId(self.graph.add_node(node));
+        for (slot, op) in operands.iter().enumerate() {
+            self.graph.add_edge(op.0, id.0, slot as u32);
+        }
+        id
+    }
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.graph[id.0]
+    }
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.graph[id.0]
+    }
+    /// Operands in slot order.
+    pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
+        let mut ops: Vec<(u32, NodeId)> = self.graph.edges_directed(id.0, Direction::Incoming).map(|e| (*e.weight(), NodeId(e.source()))).collect();
+        ops.sort();
+        ops.into_iter().map(|(_, n)| n).collect()
+    }
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        self.graph.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect()
+    }
+    /// All node ids in topological (insertion) order.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.graph.node_indices().map(NodeId)
+    }
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+}

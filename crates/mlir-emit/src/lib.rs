@@ -1,1 +1,144 @@
+//! Circuit → MLIR text in the FHE / FHELinalg dialects Concrete uses, for people who
+//! read circuits. Ops of unregistered dialects are printed in MLIR's generic form.
+//!
+//! Lowering (docs/MLIR.md): `Linear` → `FHELinalg.matmul_eint_int` + `FHELinalg.add_eint_int`;
+//! `Round` → `FHELinalg.round`; `Lut` → `FHELinalg.apply_lookup_table` (one table) or
+//! `FHELinalg.apply_mapped_lookup_table` (per-element tables); `Reshape` → `tensor.reshape`.
 
+use std::fmt::Write;
+
+use fhec_ir::{Circuit, CircuitInfo, IntOp, NodeId};
+
+/// Prints the circuit as an MLIR module with one function `@main`.
+pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
+    let mut e = Emitter { c, info, body: String::new(), next: 0 };
+    let args: Vec<String> = c.inputs.iter().enumerate().map(|(i, &id)| format!("%arg{i}: {}", e.ty(id))).collect();
+    let results: Vec<String> = c.outputs.iter().map(|&id| e.ty(id)).collect();
+    let mut names: Vec<String> = vec![String::new(); c.len()];
+    for (i, &id) in c.inputs.iter().enumerate() {
+        names[id.index()] = format!("%arg{i}");
+    }
+    for id in c.ids() {
+        if let Some(name) = e.node(id, &names) {
+            names[id.index()] = name;
+        }
+    }
+    let rets: Vec<String> = c.outputs.iter().map(|o| names[o.index()].clone()).collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "// fhec {}: {title}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(out, "// encoding width {} bits, {} table lookups, {} rounding bootstraps per sample", info.encoding_bits, info.tlu_count, info.rounding_pbs);
+    let _ = writeln!(out, "module {{");
+    let _ = writeln!(out, "  func.func @main({}) -> ({}) {{", args.join(", "), results.join(", "));
+    out.push_str(&e.body);
+    let _ = writeln!(out, "    return {} : {}", rets.join(", "), results.join(", "));
+    let _ = writeln!(out, "  }}");
+    let _ = writeln!(out, "}}");
+    out
+}
+
+struct Emitter<'a> {
+    c: &'a Circuit,
+    info: &'a CircuitInfo,
+    body: String,
+    next: usize,
+}
+
+fn dims(shape: &[usize]) -> String {
+    shape.iter().map(|d| format!("{d}x")).collect()
+}
+
+/// A dense literal of `values` with `shape`, nested row-major.
+fn dense(values: &[i64], shape: &[usize]) -> String {
+    if shape.len() <= 1 {
+        return format!("[{}]", values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let chunk = values.len() / shape[0].max(1);
+    let parts: Vec<String> = values.chunks(chunk.max(1)).map(|c| dense(c, &shape[1..])).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+impl Emitter<'_> {
+    fn ty(&self, id: NodeId) -> String {
+        let n = self.c.node(id);
+        let bits = self.info.nodes[id.index()].bits;
+        let elem = if n.range.lo < 0 { format!("!FHE.esint<{bits}>") } else { format!("!FHE.eint<{bits}>") };
+        format!("tensor<{}{elem}>", dims(&n.shape))
+    }
+
+    fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("%{}", self.next - 1)
+    }
+
+    fn constant(&mut self, values: &[i64], shape: &[usize], bits: u32) -> String {
+        let name = self.fresh();
+        let ty = format!("tensor<{}i{bits}>", dims(shape));
+        let _ = writeln!(self.body, "    {name} = arith.constant dense<{}> : {ty}", dense(values, shape));
+        name
+    }
+
+    /// Emits the ops of one node; returns the SSA name of its value.
+    fn node(&mut self, id: NodeId, names: &[String]) -> Option<String> {
+        let n = self.c.node(id);
+        let ops = self.c.operands(id);
+        let x = ops.first().map(|o| (names[o.index()].clone(), self.ty(*o)));
+        let out_ty = self.ty(id);
+        // clear operands are one bit wider than the encrypted precision they meet
+        let clear_bits = self.info.nodes[id.index()].bits + 1;
+        let result = match &n.op {
+            IntOp::Input { .. } => return None,
+            IntOp::Linear { inputs, outputs, weight, bias } => {
+                let (x, x_ty) = x.unwrap();
+                let mut wt = vec![0; weight.len()];
+                for j in 0..*outputs {
+                    for i in 0..*inputs {
+                        wt[i * outputs + j] = weight[j * inputs + i];
+                    }
+                }
+                let w = self.constant(&wt, &[*inputs, *outputs], clear_bits);
+                let mm = self.fresh();
+                let _ = writeln!(self.body, "    {mm} = \"FHELinalg.matmul_eint_int\"({x}, {w}) : ({x_ty}, tensor<{inputs}x{outputs}xi{clear_bits}>) -> {out_ty}");
+                let b = self.constant(bias, &[*outputs], clear_bits);
+                let r = self.fresh();
+                let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({mm}, {b}) : ({out_ty}, tensor<{outputs}xi{clear_bits}>) -> {out_ty}");
+                r
+            }
+            IntOp::Round { drop_bits } => {
+                let (x, x_ty) = x.unwrap();
+                let r = self.fresh();
+                let _ = writeln!(self.body, "    {r} = \"FHELinalg.round\"({x}) {{drop_bits = {drop_bits} : i32}} : ({x_ty}) -> {out_ty}");
+                r
+            }
+            IntOp::Lut { precision, tables, table_of } => {
+                let (x, x_ty) = x.unwrap();
+                let size = 1usize << precision;
+                let r = self.fresh();
+                if tables.len() == 1 {
+                    let t = self.constant(&tables[0], &[size], 64);
+                    let _ = writeln!(self.body, "    {r} = \"FHELinalg.apply_lookup_table\"({x}, {t}) : ({x_ty}, tensor<{size}xi64>) -> {out_ty}");
+                } else {
+                    let flat: Vec<i64> = tables.iter().flatten().copied().collect();
+                    let t = self.constant(&flat, &[tables.len(), size], 64);
+                    let map: Vec<i64> = table_of.iter().map(|&v| v as i64).collect();
+                    let m = self.constant(&map, &n.shape, 64);
+                    let _ = writeln!(
+                        self.body,
+                        "    {r} = \"FHELinalg.apply_mapped_lookup_table\"({x}, {t}, {m}) : ({x_ty}, tensor<{}x{size}xi64>, tensor<{}i64>) -> {out_ty}",
+                        tables.len(),
+                        dims(&n.shape)
+                    );
+                }
+                r
+            }
+            IntOp::Reshape => {
+                let (x, x_ty) = x.unwrap();
+                let shape: Vec<i64> = n.shape.iter().map(|&d| d as i64).collect();
+                let s = self.constant(&shape, &[shape.len()], 64);
+                let r = self.fresh();
+                let _ = writeln!(self.body, "    {r} = \"tensor.reshape\"({x}, {s}) : ({x_ty}, tensor<{}xi64>) -> {out_ty}", shape.len());
+                r
+            }
+        };
+        Some(result)
+    }
+}

@@ -1,0 +1,69 @@
+//! compile = import → quantize → verify → choose parameters, as one recipe.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fhec_backend_tfhe::{choose_params, NoiseBudget, ParamChoice};
+use fhec_frontend_onnx::FloatGraph;
+use fhec_ir::CircuitInfo;
+use fhec_quant::{QuantConfig, Quantized};
+
+use crate::artifact::{Artifact, ClientPart, ServerPart};
+
+/// A model lowered to a verified circuit (parameters not chosen yet).
+pub struct Lowered {
+    pub graph: FloatGraph,
+    pub quantized: Quantized,
+    pub info: CircuitInfo,
+    pub source: String,
+}
+
+pub fn import_model(model: &Path) -> Result<FloatGraph> {
+    let bytes = std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
+    fhec_frontend_onnx::import(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))
+}
+
+pub fn lower(model: &Path, inputset: &Path, cfg: &QuantConfig) -> Result<Lowered> {
+    let graph = import_model(model)?;
+    let samples = crate::data::load_samples(inputset, &graph)?;
+    let quantized = fhec_quant::quantize(&graph, &samples, cfg).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+    let info = fhec_ir::verify(&quantized.circuit).map_err(|e| anyhow::anyhow!("internal error, please report: {e}"))?;
+    let source = model.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    Ok(Lowered { graph, quantized, info, source })
+}
+
+/// Refuses circuits with values over the 16-bit limit, naming each.
+pub fn check_violations(info: &CircuitInfo) -> Result<()> {
+    if info.violations.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = info.violations.iter().map(|v| format!("node '{}' ({}) needs {} bits (range [{}, {}])", v.node, v.op, v.bits, v.range.lo, v.range.hi)).collect();
+    bail!("over the {}-bit limit: {}; lower --n-bits or --rounding-threshold-bits", fhec_ir::MAX_BITS, list.join("; "))
+}
+
+pub fn choose(l: &Lowered, p_error: f64) -> Result<(ParamChoice, NoiseBudget)> {
+    let budget = NoiseBudget::of(&l.quantized.circuit, &l.info);
+    let choice = choose_params(&budget, p_error)?;
+    Ok((choice, budget))
+}
+
+pub struct Compiled {
+    pub artifact: Artifact,
+    pub info: CircuitInfo,
+    pub elapsed: Duration,
+}
+
+pub fn compile(model: &Path, inputset: &Path, cfg: &QuantConfig, p_error: f64) -> Result<Compiled> {
+    let start = Instant::now();
+    let l = lower(model, inputset, cfg)?;
+    check_violations(&l.info)?;
+    let (params, _) = choose(&l, p_error)?;
+    let artifact = Artifact {
+        fhec_version: env!("CARGO_PKG_VERSION").into(),
+        source: l.source,
+        server: ServerPart { circuit: l.quantized.circuit, params: params.clone() },
+        client: ClientPart { spec: l.quantized.client, graph: l.graph, params, quant: cfg.clone() },
+    };
+    Ok(Compiled { artifact, info: l.info, elapsed: start.elapsed() })
+}

@@ -1,0 +1,153 @@
+//! What `fhec inspect` and `fhec compile` print about a circuit.
+
+use fhec_backend_tfhe::{CryptoParams, ParamChoice};
+use fhec_ir::{Circuit, CircuitInfo, IntOp, Status, Violation};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct NodeRow {
+    pub id: usize,
+    pub name: String,
+    pub op: String,
+    pub shape: Vec<usize>,
+    pub encrypted: bool,
+    pub range: [i64; 2],
+    pub bits: u32,
+    /// Input precision of a table lookup.
+    pub tlu_bits: Option<u32>,
+    pub pbs: usize,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub source: String,
+    pub nodes: Vec<NodeRow>,
+    pub op_counts: std::collections::BTreeMap<String, usize>,
+    pub tlu_count: usize,
+    pub rounding_pbs: usize,
+    pub pbs_per_sample: usize,
+    pub max_tlu_bits: u32,
+    pub max_bits: u32,
+    pub encoding_bits: u32,
+    pub violations: Vec<Violation>,
+    pub params: Option<ParamChoice>,
+}
+
+impl Report {
+    pub fn new(source: &str, c: &Circuit, info: &CircuitInfo, params: Option<ParamChoice>) -> Self {
+        let mut op_counts = std::collections::BTreeMap::new();
+        let nodes = c
+            .ids()
+            .map(|id| {
+                let n = c.node(id);
+                *op_counts.entry(n.op.name().to_string()).or_insert(0) += 1;
+                NodeRow {
+                    id: id.index(),
+                    name: n.name.clone(),
+                    op: n.op.name().into(),
+                    shape: n.shape.clone(),
+                    encrypted: n.status == Status::Encrypted,
+                    range: [n.range.lo, n.range.hi],
+                    bits: info.nodes[id.index()].bits,
+                    tlu_bits: match n.op {
+                        IntOp::Lut { precision, .. } => Some(precision),
+                        _ => None,
+                    },
+                    pbs: info.nodes[id.index()].pbs,
+                }
+            })
+            .collect();
+        Report {
+            source: source.into(),
+            nodes,
+            op_counts,
+            tlu_count: info.tlu_count,
+            rounding_pbs: info.rounding_pbs,
+            pbs_per_sample: info.pbs_per_sample,
+            max_tlu_bits: info.max_tlu_bits,
+            max_bits: info.max_bits,
+            encoding_bits: info.encoding_bits,
+            violations: info.violations.clone(),
+            params,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = format!("model: {}\n", self.source);
+        s += &format!("{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>4} {:>6}\n", "#", "node", "op", "shape", "enc", "range", "bits", "tlu", "pbs");
+        for n in &self.nodes {
+            let flag = if n.bits > fhec_ir::MAX_BITS { " !" } else { "" };
+            s += &format!(
+                "{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>4} {:>6}{flag}\n",
+                n.id,
+                truncate(&n.name, 36),
+                n.op,
+                format!("{:?}", n.shape),
+                if n.encrypted { "enc" } else { "clear" },
+                format!("[{}, {}]", n.range[0], n.range[1]),
+                n.bits,
+                n.tlu_bits.map_or("-".into(), |b| b.to_string()),
+                n.pbs
+            );
+        }
+        let ops: Vec<String> = self.op_counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        s += &format!("ops: {}\n", ops.join(", "));
+        s += &format!(
+            "per sample: {} TLUs + {} rounding bootstraps = {} PBS; max TLU precision {} bits; widest value {} bits (encoding {} bits)\n",
+            self.tlu_count, self.rounding_pbs, self.pbs_per_sample, self.max_tlu_bits, self.max_bits, self.encoding_bits
+        );
+        if let Some(p) = &self.params {
+            s += &params_line(p);
+        }
+        if self.violations.is_empty() {
+            s += &format!("16-bit check: ok (no value over {} bits)\n", fhec_ir::MAX_BITS);
+        } else {
+            s += &format!("16-bit check: {} value(s) over {} bits:\n", self.violations.len(), fhec_ir::MAX_BITS);
+            for v in &self.violations {
+                s += &format!("  node '{}' ({}): {} bits, range [{}, {}]\n", v.node, v.op, v.bits, v.range.lo, v.range.hi);
+            }
+        }
+        s
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.into() } else { format!("…{}", s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect::<String>()) }
+}
+
+pub fn params_text(p: &CryptoParams, bootstrap: bool) -> String {
+    if bootstrap {
+        format!(
+            "n={} k={} N={} pbs=2^{}x{} ks=2^{}x{} (σ_lwe=2^{:.1}, σ_glwe=2^{:.1})",
+            p.lwe_dimension,
+            p.glwe_dimension,
+            p.polynomial_size,
+            p.pbs_base_log,
+            p.pbs_level,
+            p.ks_base_log,
+            p.ks_level,
+            p.lwe_std_dev().log2(),
+            p.glwe_std_dev().log2()
+        )
+    } else {
+        format!("leveled only: GLWE k={} N={} (σ=2^{:.1}), no evaluation key", p.glwe_dimension, p.polynomial_size, p.glwe_std_dev().log2())
+    }
+}
+
+pub fn params_line(p: &ParamChoice) -> String {
+    let mut s = format!("parameters: {}\n", params_text(&p.params, p.needs_bootstrap));
+    if p.needs_bootstrap {
+        s += &format!(
+            "  p_error per PBS 2^{:.1} (target 2^{:.1}), output decode 2^{:.1}; predicted {:.0} ms/sample on one core; keys: bsk {:.1} MiB (Fourier), ksk {:.1} MiB\n",
+            p.p_error_per_pbs.max(1e-300).log2(),
+            p.p_error_target.log2(),
+            p.p_error_output.max(1e-300).log2(),
+            p.predicted_ms_per_sample,
+            p.params.fourier_bsk_bytes() as f64 / 1048576.0,
+            p.params.ksk_bytes() as f64 / 1048576.0
+        );
+    } else {
+        s += &format!("  output decode p_error 2^{:.1} (target 2^{:.1})\n", p.p_error_output.max(1e-300).log2(), p.p_error_target.log2());
+    }
+    s
+}

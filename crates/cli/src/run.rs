@@ -1,0 +1,55 @@
+//! The three ways to run a model on samples: clear (float), simulate (exact integer
+//! circuit), fhe (tfhe-rs ciphertexts).
+
+use anyhow::{anyhow, Result};
+use fhec_backend_tfhe::{ClientKey, Evaluator, ServerKey};
+use fhec_frontend_onnx::{interp, FloatGraph, Tensor};
+use fhec_ir::CircuitInfo;
+
+use crate::artifact::Artifact;
+
+/// The float model, per sample; returns the model outputs.
+pub fn clear(graph: &FloatGraph, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>> {
+    samples
+        .iter()
+        .map(|s| {
+            let env = interp::evaluate(graph, s)?;
+            Ok(graph.outputs.iter().map(|o| env[o.0 as usize].clone().expect("every output is computed")).collect())
+        })
+        .collect()
+}
+
+/// Model outputs and the raw circuit outputs (decrypted integers) of one sample.
+pub struct SampleResult {
+    pub outputs: Vec<Tensor>,
+    pub circuit_outputs: Vec<Vec<i64>>,
+}
+
+fn finish(a: &Artifact, circuit_outputs: Vec<Vec<i64>>) -> Result<SampleResult> {
+    let outputs = a.client.spec.finish(&a.client.graph, &circuit_outputs).map_err(|e| anyhow!("{e}"))?;
+    Ok(SampleResult { outputs, circuit_outputs })
+}
+
+pub fn simulate(a: &Artifact, info: &CircuitInfo, sample: &[Tensor]) -> Result<SampleResult> {
+    let q = a.client.spec.quantize_inputs(sample);
+    let out = fhec_ir::interp::simulate(&a.server.circuit, info, &q)?;
+    finish(a, out)
+}
+
+/// Encrypts on the client, evaluates with the server key only, decrypts on the client.
+pub fn fhe(a: &Artifact, info: &CircuitInfo, client: &ClientKey, evaluator: &Evaluator<'_>, sample: &[Tensor], progress: &(dyn Fn(usize) + Sync)) -> Result<SampleResult> {
+    let w = info.encoding_bits;
+    let encrypted = a.client.spec.quantize_inputs(sample).iter().map(|q| client.encrypt(q, w)).collect();
+    let result = evaluator.run(encrypted, progress)?;
+    let decrypted = result.iter().map(|cts| client.decrypt(cts, w)).collect();
+    finish(a, decrypted)
+}
+
+/// Builds the server-side evaluator (Fourier keys, tables) once for many samples.
+pub fn evaluator<'a>(a: &'a Artifact, info: &'a CircuitInfo, server: &ServerKey) -> Result<Evaluator<'a>> {
+    Ok(Evaluator::new(&a.server.circuit, info, server)?)
+}
+
+pub fn keys(a: &Artifact) -> (ClientKey, ServerKey) {
+    fhec_backend_tfhe::generate_keys(&a.client.params.params, a.client.params.needs_bootstrap)
+}

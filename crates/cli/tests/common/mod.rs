@@ -1,0 +1,82 @@
+//! Shared helpers for the fixture-driven tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use fhec::artifact::Artifact;
+use fhec::npy::{read_arrays, Array};
+use fhec_frontend_onnx::Tensor;
+use fhec_ir::CircuitInfo;
+use fhec_quant::QuantConfig;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    fixtures().join(name)
+}
+
+pub struct Meta {
+    pub task: String,
+    pub label_output: String,
+    pub argmax: bool,
+    pub float_metric: Option<f64>,
+}
+
+pub fn meta(name: &str) -> Meta {
+    let text = std::fs::read_to_string(fixture(name).join("meta.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    Meta {
+        task: v["task"].as_str().unwrap().into(),
+        label_output: v["label_output"].as_str().unwrap().into(),
+        argmax: v["argmax"].as_bool().unwrap_or(false),
+        float_metric: v["float_metric"].as_f64(),
+    }
+}
+
+/// Compiles a fixture in memory with `cfg` (default settings when `None`).
+pub fn compile(name: &str, cfg: Option<QuantConfig>) -> (Artifact, CircuitInfo) {
+    compile_with(name, cfg, 2f64.powi(-40))
+}
+
+pub fn compile_with(name: &str, cfg: Option<QuantConfig>, p_error: f64) -> (Artifact, CircuitInfo) {
+    let dir = fixture(name);
+    let c = fhec::pipeline::compile(&dir.join("model.onnx"), &dir.join("train.npy"), &cfg.unwrap_or_default(), p_error).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    (c.artifact, c.info)
+}
+
+pub fn test_samples(name: &str, a: &Artifact) -> Vec<Vec<Tensor>> {
+    fhec::data::load_samples(&fixture(name).join("test_x.npy"), &a.client.graph).unwrap()
+}
+
+pub fn array(path: &std::path::Path) -> Array {
+    read_arrays(path).unwrap().remove(0).1
+}
+
+/// The prediction the metric is computed from: class ids or regression values.
+pub fn predictions(meta: &Meta, a: &Artifact, outputs: &[Vec<Tensor>]) -> Vec<f64> {
+    let k = a.client.graph.outputs.iter().position(|&o| a.client.graph.value(o).name == meta.label_output).expect("label output exists");
+    outputs
+        .iter()
+        .map(|o| {
+            let t = &o[k];
+            if meta.argmax {
+                t.data.iter().enumerate().fold((0, f64::MIN), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0 as f64
+            } else {
+                t.data[0]
+            }
+        })
+        .collect()
+}
+
+pub fn accuracy(pred: &[f64], truth: &[f64]) -> f64 {
+    pred.iter().zip(truth).filter(|(p, t)| p == t).count() as f64 / truth.len() as f64
+}
+
+pub fn r2(pred: &[f64], truth: &[f64]) -> f64 {
+    let mean = truth.iter().sum::<f64>() / truth.len() as f64;
+    let ss_res: f64 = pred.iter().zip(truth).map(|(p, t)| (p - t).powi(2)).sum();
+    let ss_tot: f64 = truth.iter().map(|t| (t - mean).powi(2)).sum();
+    1.0 - ss_res / ss_tot
+}

@@ -1,0 +1,59 @@
+//! Decoding `TensorProto` into [`Tensor`].
+
+use crate::graph::{DType, Tensor};
+use crate::pb::{data_type as dt, TensorProto};
+use crate::ImportError;
+
+pub(crate) fn dtype_of(elem_type: i32) -> Option<DType> {
+    match elem_type {
+        dt::FLOAT => Some(DType::F32),
+        dt::DOUBLE => Some(DType::F64),
+        dt::INT64 | dt::INT32 | dt::INT8 | dt::UINT8 => Some(DType::I64),
+        dt::BOOL => Some(DType::Bool),
+        _ => None,
+    }
+}
+
+pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
+    let err = |reason: String| ImportError::Tensor { name: t.name.clone(), reason };
+    if t.data_location == 1 || !t.external_data.is_empty() {
+        return Err(err("external data is not supported; save the model with its tensors embedded".into()));
+    }
+    let dtype = dtype_of(t.data_type).ok_or_else(|| err(format!("unsupported element type {}", t.data_type)))?;
+    let mut shape = Vec::with_capacity(t.dims.len());
+    for &d in &t.dims {
+        shape.push(usize::try_from(d).map_err(|_| err(format!("negative dimension {d}")))?);
+    }
+    let numel: usize = shape.iter().product();
+    let raw = &t.raw_data;
+    let data: Vec<f64> = if !raw.is_empty() {
+        let width = match t.data_type {
+            dt::FLOAT | dt::INT32 => 4,
+            dt::DOUBLE | dt::INT64 => 8,
+            _ => 1,
+        };
+        if raw.len() != numel * width {
+            return Err(err(format!("raw data holds {} bytes, shape {:?} needs {}", raw.len(), shape, numel * width)));
+        }
+        let chunks = raw.chunks_exact(width);
+        match t.data_type {
+            dt::FLOAT => chunks.map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            dt::DOUBLE => chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            dt::INT64 => chunks.map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            dt::INT32 => chunks.map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            dt::INT8 => raw.iter().map(|&b| b as i8 as f64).collect(),
+            _ => raw.iter().map(|&b| b as f64).collect(),
+        }
+    } else {
+        match t.data_type {
+            dt::FLOAT => t.float_data.iter().map(|&v| v as f64).collect(),
+            dt::DOUBLE => t.double_data.clone(),
+            dt::INT64 => t.int64_data.iter().map(|&v| v as f64).collect(),
+            _ => t.int32_data.iter().map(|&v| v as f64).collect(),
+        }
+    };
+    if data.len() != numel {
+        return Err(err(format!("holds {} values, shape {:?} needs {}", data.len(), shape, numel)));
+    }
+    Ok(Tensor::new(shape, data, dtype))
+}

@@ -1,0 +1,49 @@
+/// Quantization settings. Defaults are documented in docs/QUANTIZATION.md.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QuantConfig {
+    /// Bits of each quantized model input (unsigned).
+    pub input_bits: u32,
+    /// Bits of each weight (signed, symmetric).
+    pub weight_bits: u32,
+    /// Bits of each activation produced by a table lookup (unsigned).
+    pub activation_bits: u32,
+    /// Accumulators wider than this are rounded exactly to this many MSBs before their
+    /// table lookup; `None` never rounds.
+    pub rounding_bits: Option<u32>,
+    /// Accumulators are built for their calibrated range widened by this fraction of its
+    /// width on each side (clipped to the sound range), so held-out data slightly beyond
+    /// the inputset does not wrap around.
+    pub range_margin: f64,
+}
+
+impl Default for QuantConfig {
+    fn default() -> Self {
+        QuantConfig { input_bits: 6, weight_bits: 6, activation_bits: 6, rounding_bits: Some(6), range_margin: 0.25 }
+    }
+}
+
+impl QuantConfig {
+    /// Sets inputs, weights and activations to `n` bits (the `--n-bits` option).
+    pub fn with_n_bits(mut self, n: u32) -> Self {
+        self.input_bits = n;
+        self.weight_bits = n;
+        self.activation_bits = n;
+        self
+    }
+
+    pub(crate) fn check(&self) -> Result<(), crate::QuantError> {
+        let ok = |b: u32| (2..=12).contains(&b);
+        if !ok(self.input_bits) || !ok(self.weight_bits) || !ok(self.activation_bits) {
+            return Err(crate::QuantError::Config("bit counts must be between 2 and 12".into()));
+        }
+        if !(0.0..=4.0).contains(&self.range_margin) {
+            return Err(crate::QuantError::Config("the range margin must be between 0 and 4".into()));
+        }
+        if let Some(r) = self.rounding_bits {
+            if !(1..=16).contains(&r) {
+                return Err(crate::QuantError::Config("rounding threshold bits must be between 1 and 16".into()));
+            }
+        }
+        Ok(())
+    }
+}

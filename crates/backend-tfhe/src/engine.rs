@@ -29,7 +29,11 @@ struct Scratch {
 }
 
 impl<'a> Evaluator<'a> {
-    pub fn new(circuit: &'a Circuit, info: &'a CircuitInfo, key: &ServerKey) -> Result<Self, BackendError> {
+    pub fn new(
+        circuit: &'a Circuit,
+        info: &'a CircuitInfo,
+        key: &ServerKey,
+    ) -> Result<Self, BackendError> {
         let p = key.params;
         let needs = info.pbs_per_sample > 0;
         let (keyswitch, bootstrap, fft) = match (&key.keyswitch, &key.bootstrap, needs) {
@@ -37,30 +41,65 @@ impl<'a> Evaluator<'a> {
             (Some(ksk), Some(bsk), true) => {
                 let ksk = ksk.clone().decompress_into_lwe_keyswitch_key();
                 let std = bsk.clone().decompress_into_lwe_bootstrap_key();
-                let mut fourier = FourierLweBootstrapKey::new(std.input_lwe_dimension(), std.glwe_size(), std.polynomial_size(), std.decomposition_base_log(), std.decomposition_level_count());
+                let mut fourier = FourierLweBootstrapKey::new(
+                    std.input_lwe_dimension(),
+                    std.glwe_size(),
+                    std.polynomial_size(),
+                    std.decomposition_base_log(),
+                    std.decomposition_level_count(),
+                );
                 par_convert_standard_lwe_bootstrap_key_to_fourier(&std, &mut fourier);
-                (Some(ksk), Some(fourier), Some(Fft::new(PolynomialSize(p.polynomial_size))))
+                (
+                    Some(ksk),
+                    Some(fourier),
+                    Some(Fft::new(PolynomialSize(p.polynomial_size))),
+                )
             }
-            _ => return Err(BackendError::Keys("the circuit bootstraps but the server key has no evaluation keys".into())),
+            _ => {
+                return Err(BackendError::Keys(
+                    "the circuit bootstraps but the server key has no evaluation keys".into(),
+                ))
+            }
         };
         let w = info.encoding_bits;
         let glwe_size = GlweDimension(p.glwe_dimension).to_glwe_size();
         let luts = circuit
             .ids()
             .map(|id| match &circuit.node(id).op {
-                IntOp::Lut { precision, tables, .. } => tables.iter().map(|t| lut_accumulator(t, *precision, w, glwe_size, p.polynomial_size)).collect(),
+                IntOp::Lut {
+                    precision, tables, ..
+                } => tables
+                    .iter()
+                    .map(|t| lut_accumulator(t, *precision, w, glwe_size, p.polynomial_size))
+                    .collect(),
                 _ => Vec::new(),
             })
             .collect();
-        Ok(Evaluator { circuit, info, keyswitch, bootstrap, fft, luts, big_size: LweSize(p.big_dimension() + 1) })
+        Ok(Evaluator {
+            circuit,
+            info,
+            keyswitch,
+            bootstrap,
+            fft,
+            luts,
+            big_size: LweSize(p.big_dimension() + 1),
+        })
     }
 
     /// Runs the circuit on one sample's encrypted inputs; returns the encrypted outputs.
     /// `progress` is called with the number of bootstraps done after each node.
-    pub fn run(&self, inputs: Vec<Vec<Ciphertext>>, progress: &(dyn Fn(usize) + Sync)) -> Result<Vec<Vec<Ciphertext>>, BackendError> {
+    pub fn run(
+        &self,
+        inputs: Vec<Vec<Ciphertext>>,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<Vec<Ciphertext>>, BackendError> {
         let c = self.circuit;
         if inputs.len() != c.inputs.len() {
-            return Err(BackendError::Input(format!("{} encrypted inputs for {} circuit inputs", inputs.len(), c.inputs.len())));
+            return Err(BackendError::Input(format!(
+                "{} encrypted inputs for {} circuit inputs",
+                inputs.len(),
+                c.inputs.len()
+            )));
         }
         let mut inputs: Vec<Option<Vec<Ciphertext>>> = inputs.into_iter().map(Some).collect();
         let w = self.info.encoding_bits;
@@ -73,16 +112,35 @@ impl<'a> Evaluator<'a> {
             let v = match &node.op {
                 IntOp::Input { index, .. } => {
                     let v = inputs[*index].take().unwrap_or_default();
-                    if v.len() != node.numel() || v.iter().any(|ct| ct.lwe_size() != self.big_size) {
-                        return Err(BackendError::Input(format!("input #{index}: expected {} ciphertexts of size {}", node.numel(), self.big_size.0)));
+                    if v.len() != node.numel() || v.iter().any(|ct| ct.lwe_size() != self.big_size)
+                    {
+                        return Err(BackendError::Input(format!(
+                            "input #{index}: expected {} ciphertexts of size {}",
+                            node.numel(),
+                            self.big_size.0
+                        )));
                     }
                     v
                 }
-                IntOp::Linear { inputs, outputs, weight, bias } => self.linear(x.unwrap(), *inputs, *outputs, weight, bias, w),
+                IntOp::Linear {
+                    inputs,
+                    outputs,
+                    weight,
+                    bias,
+                } => self.linear(x.unwrap(), *inputs, *outputs, weight, bias, w),
                 IntOp::Round { drop_bits } => self.round(x.unwrap(), *drop_bits, w),
-                IntOp::Lut { precision, table_of, .. } => {
+                IntOp::Lut {
+                    precision,
+                    table_of,
+                    ..
+                } => {
                     let shift = self.info.nodes[ops[0].index()].shift;
-                    self.lut(x.unwrap(), &self.luts[id.index()], table_of, w - precision - shift)
+                    self.lut(
+                        x.unwrap(),
+                        &self.luts[id.index()],
+                        table_of,
+                        w - precision - shift,
+                    )
                 }
                 IntOp::Reshape => x.unwrap().clone(),
             };
@@ -90,10 +148,21 @@ impl<'a> Evaluator<'a> {
             progress(done);
             values.push(v);
         }
-        Ok(c.outputs.iter().map(|o| values[o.index()].clone()).collect())
+        Ok(c.outputs
+            .iter()
+            .map(|o| values[o.index()].clone())
+            .collect())
     }
 
-    fn linear(&self, x: &[Ciphertext], k: usize, n: usize, weight: &[i64], bias: &[i64], w: u32) -> Vec<Ciphertext> {
+    fn linear(
+        &self,
+        x: &[Ciphertext],
+        k: usize,
+        n: usize,
+        weight: &[i64],
+        bias: &[i64],
+        w: u32,
+    ) -> Vec<Ciphertext> {
         let rows = x.len() / k;
         let size = self.big_size.0;
         (0..rows * n)
@@ -116,16 +185,38 @@ impl<'a> Evaluator<'a> {
     }
 
     fn scratch(&self) -> Scratch {
-        let p = self.bootstrap.as_ref().expect("bootstrap key present when the circuit bootstraps");
+        let p = self
+            .bootstrap
+            .as_ref()
+            .expect("bootstrap key present when the circuit bootstraps");
         let fft = self.fft.as_ref().unwrap().as_view();
         let mut buffers = ComputationBuffers::new();
-        buffers.resize(programmable_bootstrap_lwe_ciphertext_mem_optimized_requirement::<u64>(p.glwe_size(), p.polynomial_size(), fft).unaligned_bytes_required());
+        buffers.resize(
+            programmable_bootstrap_lwe_ciphertext_mem_optimized_requirement::<u64>(
+                p.glwe_size(),
+                p.polynomial_size(),
+                fft,
+            )
+            .unaligned_bytes_required(),
+        );
         let small_size = self.keyswitch.as_ref().unwrap().output_lwe_size();
-        Scratch { buffers, scaled: LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native()), small: LweCiphertext::new(0u64, small_size, CiphertextModulus::new_native()) }
+        Scratch {
+            buffers,
+            scaled: LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native()),
+            small: LweCiphertext::new(0u64, small_size, CiphertextModulus::new_native()),
+        }
     }
 
     /// `out = PBS(KS(x · 2^scale_log2 + offset), acc)`.
-    fn bootstrap_one(&self, s: &mut Scratch, x: &Ciphertext, scale_log2: u32, offset: u64, acc: &GlweCiphertextOwned<u64>, out: &mut Ciphertext) {
+    fn bootstrap_one(
+        &self,
+        s: &mut Scratch,
+        x: &Ciphertext,
+        scale_log2: u32,
+        offset: u64,
+        acc: &GlweCiphertextOwned<u64>,
+        out: &mut Ciphertext,
+    ) {
         for (d, &c) in s.scaled.as_mut().iter_mut().zip(x.as_ref()) {
             *d = c.wrapping_shl(scale_log2);
         }
@@ -133,16 +224,30 @@ impl<'a> Evaluator<'a> {
         *body.data = body.data.wrapping_add(offset);
         keyswitch_lwe_ciphertext(self.keyswitch.as_ref().unwrap(), &s.scaled, &mut s.small);
         let fft = self.fft.as_ref().unwrap().as_view();
-        programmable_bootstrap_lwe_ciphertext_mem_optimized(&s.small, out, acc, self.bootstrap.as_ref().unwrap(), fft, s.buffers.stack());
+        programmable_bootstrap_lwe_ciphertext_mem_optimized(
+            &s.small,
+            out,
+            acc,
+            self.bootstrap.as_ref().unwrap(),
+            fft,
+            s.buffers.stack(),
+        );
     }
 
-    fn lut(&self, x: &[Ciphertext], accs: &[GlweCiphertextOwned<u64>], table_of: &[u32], scale_log2: u32) -> Vec<Ciphertext> {
+    fn lut(
+        &self,
+        x: &[Ciphertext],
+        accs: &[GlweCiphertextOwned<u64>],
+        table_of: &[u32],
+        scale_log2: u32,
+    ) -> Vec<Ciphertext> {
         x.par_iter()
             .zip(table_of)
             .map_init(
                 || self.scratch(),
                 |s, (ct, &t)| {
-                    let mut out = LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native());
+                    let mut out =
+                        LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native());
                     self.bootstrap_one(s, ct, scale_log2, 0, &accs[t as usize], &mut out);
                     out
                 },
@@ -156,17 +261,37 @@ impl<'a> Evaluator<'a> {
     fn round(&self, x: &[Ciphertext], drop: u32, w: u32) -> Vec<Ciphertext> {
         let p = self.bootstrap.as_ref().unwrap();
         let shift = delta_shift(w);
-        let accs: Vec<GlweCiphertextOwned<u64>> = (0..drop).map(|bit| constant_accumulator(1u64 << (shift - 1 + bit), p.glwe_size(), p.polynomial_size().0)).collect();
+        let accs: Vec<GlweCiphertextOwned<u64>> = (0..drop)
+            .map(|bit| {
+                constant_accumulator(
+                    1u64 << (shift - 1 + bit),
+                    p.glwe_size(),
+                    p.polynomial_size().0,
+                )
+            })
+            .collect();
         x.par_iter()
             .map_init(
-                || (self.scratch(), LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native())),
+                || {
+                    (
+                        self.scratch(),
+                        LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native()),
+                    )
+                },
                 |(s, extracted), ct| {
                     let mut y = ct.clone();
                     let body = y.get_mut_body();
                     *body.data = body.data.wrapping_add(1u64 << (shift + drop - 1));
                     for bit in 0..drop {
                         // bit·2^63 + 2^62: the decision sits a quarter-torus away from both values
-                        self.bootstrap_one(s, &y, w - bit, 1u64 << 62, &accs[bit as usize], extracted);
+                        self.bootstrap_one(
+                            s,
+                            &y,
+                            w - bit,
+                            1u64 << 62,
+                            &accs[bit as usize],
+                            extracted,
+                        );
                         // y − b·2^bit·Δ = y − c + (±c)
                         let c = 1u64 << (shift - 1 + bit);
                         lwe_ciphertext_add_assign(&mut y, extracted);
@@ -182,7 +307,13 @@ impl<'a> Evaluator<'a> {
 
 /// The accumulator whose blind rotation by a p-bit message m returns `table[m]·Δ`
 /// (and `−table[m − 2^p]·Δ` in the negacyclic half).
-fn lut_accumulator(table: &[i64], precision: u32, w: u32, glwe_size: GlweSize, n: usize) -> GlweCiphertextOwned<u64> {
+fn lut_accumulator(
+    table: &[i64],
+    precision: u32,
+    w: u32,
+    glwe_size: GlweSize,
+    n: usize,
+) -> GlweCiphertextOwned<u64> {
     let boxes = 1usize << precision;
     let box_size = n / boxes;
     let shift = delta_shift(w);
@@ -205,7 +336,12 @@ fn constant_accumulator(c: u64, glwe_size: GlweSize, n: usize) -> GlweCiphertext
 
 fn trivial_accumulator(body: &[u64], glwe_size: GlweSize) -> GlweCiphertextOwned<u64> {
     let n = body.len();
-    let mut acc = GlweCiphertext::new(0u64, glwe_size, PolynomialSize(n), CiphertextModulus::new_native());
+    let mut acc = GlweCiphertext::new(
+        0u64,
+        glwe_size,
+        PolynomialSize(n),
+        CiphertextModulus::new_native(),
+    );
     acc.get_mut_body().as_mut().copy_from_slice(body);
     acc
 }

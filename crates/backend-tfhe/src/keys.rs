@@ -28,7 +28,8 @@ pub struct ServerKey {
 impl ServerKey {
     /// Serialized size of the evaluation key in bytes (seeded form).
     pub fn size_bytes(&self) -> usize {
-        self.keyswitch.as_ref().map_or(0, |k| k.as_ref().len() * 8) + self.bootstrap.as_ref().map_or(0, |b| b.as_ref().len() * 8)
+        self.keyswitch.as_ref().map_or(0, |k| k.as_ref().len() * 8)
+            + self.bootstrap.as_ref().map_or(0, |b| b.as_ref().len() * 8)
     }
 }
 
@@ -41,7 +42,11 @@ pub fn generate_keys(params: &CryptoParams, needs_bootstrap: bool) -> (ClientKey
     let mut seeder = new_seeder();
     let seeder = seeder.as_mut();
     let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
-    let glwe = GlweSecretKey::generate_new_binary(GlweDimension(params.glwe_dimension), PolynomialSize(params.polynomial_size), &mut secret_gen);
+    let glwe = GlweSecretKey::generate_new_binary(
+        GlweDimension(params.glwe_dimension),
+        PolynomialSize(params.polynomial_size),
+        &mut secret_gen,
+    );
     let small = if needs_bootstrap {
         LweSecretKey::generate_new_binary(LweDimension(params.lwe_dimension), &mut secret_gen)
     } else {
@@ -72,7 +77,18 @@ pub fn generate_keys(params: &CryptoParams, needs_bootstrap: bool) -> (ClientKey
     } else {
         (None, None)
     };
-    (ClientKey { params: *params, small, glwe }, ServerKey { params: *params, keyswitch, bootstrap })
+    (
+        ClientKey {
+            params: *params,
+            small,
+            glwe,
+        },
+        ServerKey {
+            params: *params,
+            keyswitch,
+            bootstrap,
+        },
+    )
 }
 
 /// `Δ = 2^(63−W)`: integers live modulo 2^(W+1), one padding bit below the torus's top.
@@ -89,15 +105,26 @@ impl ClientKey {
     pub fn encrypt(&self, values: &[i64], encoding_bits: u32) -> Vec<Ciphertext> {
         let mut seeder = new_seeder();
         let seeder = seeder.as_mut();
-        let mut gen = EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), seeder);
+        let mut gen =
+            EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), seeder);
         let key = self.big_key();
         let shift = delta_shift(encoding_bits);
         let dist = noise(self.params.glwe_std_dev());
         values
             .iter()
             .map(|&v| {
-                let mut ct = LweCiphertext::new(0u64, key.lwe_dimension().to_lwe_size(), CiphertextModulus::new_native());
-                encrypt_lwe_ciphertext(&key, &mut ct, Plaintext((v as u64) << shift), dist, &mut gen);
+                let mut ct = LweCiphertext::new(
+                    0u64,
+                    key.lwe_dimension().to_lwe_size(),
+                    CiphertextModulus::new_native(),
+                );
+                encrypt_lwe_ciphertext(
+                    &key,
+                    &mut ct,
+                    Plaintext((v as u64) << shift),
+                    dist,
+                    &mut gen,
+                );
                 ct
             })
             .collect()
@@ -115,8 +142,13 @@ impl ClientKey {
         cts.iter()
             .map(|ct| {
                 let p = decrypt_lwe_ciphertext(&self.big_key(), ct).0;
-                let m = (p.wrapping_add(1u64 << (shift - 1)) >> shift) & ((1u64 << modulus_bits) - 1);
-                if m >= 1u64 << encoding_bits { m as i64 - (1i64 << modulus_bits) } else { m as i64 }
+                let m =
+                    (p.wrapping_add(1u64 << (shift - 1)) >> shift) & ((1u64 << modulus_bits) - 1);
+                if m >= 1u64 << encoding_bits {
+                    m as i64 - (1i64 << modulus_bits)
+                } else {
+                    m as i64
+                }
             })
             .collect()
     }

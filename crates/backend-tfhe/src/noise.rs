@@ -22,7 +22,11 @@ pub fn z_for_p_error(p_error: f64) -> f64 {
     let (mut lo, mut hi) = (0.0f64, 40.0f64);
     for _ in 0..200 {
         let mid = 0.5 * (lo + hi);
-        if libm::erfc(mid / std::f64::consts::SQRT_2) > p_error { lo = mid } else { hi = mid }
+        if libm::erfc(mid / std::f64::consts::SQRT_2) > p_error {
+            lo = mid
+        } else {
+            hi = mid
+        }
     }
     hi
 }
@@ -47,7 +51,11 @@ pub struct StepVariances {
 
 impl StepVariances {
     pub fn of(p: &CryptoParams) -> Self {
-        let (n, k, big_n) = (p.lwe_dimension as f64, p.glwe_dimension as f64, p.polynomial_size as f64);
+        let (n, k, big_n) = (
+            p.lwe_dimension as f64,
+            p.glwe_dimension as f64,
+            p.polynomial_size as f64,
+        );
         let kn = k * big_n;
         let glwe_var = security_std_dev(p.glwe_dimension * p.polynomial_size).powi(2);
         let lwe_var = security_std_dev(p.lwe_dimension).powi(2);
@@ -55,18 +63,27 @@ impl StepVariances {
         // approximation error of the gadget decomposition.
         let b = (p.pbs_base_log as f64).exp2();
         let l = p.pbs_level as f64;
-        let fft_var = 2f64.powi(-106) * (big_n.log2() + 1.0);
-        let key_part = n * l * (k + 1.0) * big_n * (b * b + 2.0) / 12.0 * (glwe_var + fft_var);
+        let key_part = n * l * (k + 1.0) * big_n * (b * b + 2.0) / 12.0 * glwe_var;
+        // Rounding error of the f64 FFT in the external products. It grows as N²·B²:
+        // fitted on tfhe-rs 1.8 measurements (tests/noise.rs: N = 2048 and 8192, B = 2^15,
+        // three levels gave 2^-110.1 and 2^-111), rounded up to 2^-109 to stay a bound.
+        let fft_part = n * (k + 1.0) * l * k * big_n * big_n * b * b * 2f64.powi(-109);
         let eps = (-(p.pbs_base_log as f64) * l).exp2();
         let decomp_part = n * eps * eps * (1.0 / 12.0 + kn / 24.0 + kn / 16.0);
         // Key switch: noise of the key-switching key times the digits, plus its decomposition error.
         let bks = (p.ks_base_log as f64).exp2();
         let lks = p.ks_level as f64;
         let eps_ks = (-(p.ks_base_log as f64) * lks).exp2();
-        let ks = kn * lks * (bks * bks + 2.0) / 12.0 * lwe_var + kn * eps_ks * eps_ks * (1.0 / 24.0 + 1.0 / 16.0);
+        let ks = kn * lks * (bks * bks + 2.0) / 12.0 * lwe_var
+            + kn * eps_ks * eps_ks * (1.0 / 24.0 + 1.0 / 16.0);
         // Modulus switch: each of the n+1 coefficients rounded to a multiple of 1/(2N).
         let ms = (1.0 + n / 2.0) / (48.0 * big_n * big_n);
-        StepVariances { fresh: glwe_var, pbs: key_part + decomp_part, keyswitch: ks, modulus_switch: ms }
+        StepVariances {
+            fresh: glwe_var,
+            pbs: key_part + fft_part + decomp_part,
+            keyswitch: ks,
+            modulus_switch: ms,
+        }
     }
 }
 
@@ -80,13 +97,22 @@ pub struct NoiseTerms {
 
 impl NoiseTerms {
     fn scaled(self, w2: f64) -> Self {
-        NoiseTerms { fresh: self.fresh * w2, pbs: self.pbs * w2 }
+        NoiseTerms {
+            fresh: self.fresh * w2,
+            pbs: self.pbs * w2,
+        }
     }
     fn add(self, o: Self) -> Self {
-        NoiseTerms { fresh: self.fresh + o.fresh, pbs: self.pbs + o.pbs }
+        NoiseTerms {
+            fresh: self.fresh + o.fresh,
+            pbs: self.pbs + o.pbs,
+        }
     }
     fn max(self, o: Self) -> Self {
-        NoiseTerms { fresh: self.fresh.max(o.fresh), pbs: self.pbs.max(o.pbs) }
+        NoiseTerms {
+            fresh: self.fresh.max(o.fresh),
+            pbs: self.pbs.max(o.pbs),
+        }
     }
     pub fn variance(&self, v: &StepVariances) -> f64 {
         self.fresh * v.fresh + self.pbs * v.pbs
@@ -119,7 +145,10 @@ impl NoiseBudget {
         let w = info.encoding_bits;
         let mut terms: Vec<Vec<NoiseTerms>> = Vec::with_capacity(c.len());
         let mut sites: Vec<PbsSite> = Vec::new();
-        let mut add_site = |site: PbsSite| match sites.iter_mut().find(|s| s.scale_log2 == site.scale_log2 && s.precision == site.precision) {
+        let mut add_site = |site: PbsSite| match sites
+            .iter_mut()
+            .find(|s| s.scale_log2 == site.scale_log2 && s.precision == site.precision)
+        {
             Some(s) => {
                 s.terms = s.terms.max(site.terms);
                 s.count += site.count;
@@ -132,8 +161,19 @@ impl NoiseBudget {
             let x = ops.first().map(|o| &terms[o.index()]);
             let worst = |t: &[NoiseTerms]| t.iter().fold(NoiseTerms::default(), |m, &v| m.max(v));
             let t: Vec<NoiseTerms> = match &node.op {
-                IntOp::Input { .. } => vec![NoiseTerms { fresh: 1.0, pbs: 0.0 }; node.numel()],
-                IntOp::Linear { inputs, outputs, weight, .. } => {
+                IntOp::Input { .. } => vec![
+                    NoiseTerms {
+                        fresh: 1.0,
+                        pbs: 0.0
+                    };
+                    node.numel()
+                ],
+                IntOp::Linear {
+                    inputs,
+                    outputs,
+                    weight,
+                    ..
+                } => {
                     let x = x.unwrap();
                     let rows = x.len() / inputs;
                     let mut out = Vec::with_capacity(rows * outputs);
@@ -152,22 +192,56 @@ impl NoiseBudget {
                     let x = x.unwrap();
                     let base = worst(x);
                     for bit in 0..*drop_bits {
-                        let t = base.add(NoiseTerms { fresh: 0.0, pbs: bit as f64 });
-                        add_site(PbsSite { terms: t, scale_log2: w - bit, precision: 0, count: node.numel() });
+                        let t = base.add(NoiseTerms {
+                            fresh: 0.0,
+                            pbs: bit as f64,
+                        });
+                        add_site(PbsSite {
+                            terms: t,
+                            scale_log2: w - bit,
+                            precision: 0,
+                            count: node.numel(),
+                        });
                     }
-                    x.iter().map(|t| t.add(NoiseTerms { fresh: 0.0, pbs: *drop_bits as f64 })).collect()
+                    x.iter()
+                        .map(|t| {
+                            t.add(NoiseTerms {
+                                fresh: 0.0,
+                                pbs: *drop_bits as f64,
+                            })
+                        })
+                        .collect()
                 }
                 IntOp::Lut { precision, .. } => {
                     let shift = info.nodes[ops[0].index()].shift;
-                    add_site(PbsSite { terms: worst(x.unwrap()), scale_log2: w - precision - shift, precision: *precision, count: node.numel() });
-                    vec![NoiseTerms { fresh: 0.0, pbs: 1.0 }; node.numel()]
+                    add_site(PbsSite {
+                        terms: worst(x.unwrap()),
+                        scale_log2: w - precision - shift,
+                        precision: *precision,
+                        count: node.numel(),
+                    });
+                    vec![
+                        NoiseTerms {
+                            fresh: 0.0,
+                            pbs: 1.0
+                        };
+                        node.numel()
+                    ]
                 }
                 IntOp::Reshape => x.unwrap().clone(),
             };
             terms.push(t);
         }
-        let output = c.outputs.iter().map(|o| worst_of(&terms[o.index()])).reduce(NoiseTerms::max);
-        NoiseBudget { encoding_bits: w, sites, output }
+        let output = c
+            .outputs
+            .iter()
+            .map(|o| worst_of(&terms[o.index()]))
+            .reduce(NoiseTerms::max);
+        NoiseBudget {
+            encoding_bits: w,
+            sites,
+            output,
+        }
     }
 
     pub fn pbs_count(&self) -> usize {
@@ -177,8 +251,14 @@ impl NoiseBudget {
     /// The largest per-bootstrap error probability and the output one, for `params`.
     pub fn error_probabilities(&self, params: &CryptoParams) -> (f64, f64) {
         let v = StepVariances::of(params);
-        let site = self.sites.iter().map(|s| p_error_of(site_margin(s.precision), site_sigma(s, &v))).fold(0.0, f64::max);
-        let out = self.output.map_or(0.0, |t| p_error_of(output_margin(self.encoding_bits), t.variance(&v).sqrt()));
+        let site = self
+            .sites
+            .iter()
+            .map(|s| p_error_of(site_margin(s.precision), site_sigma(s, &v)))
+            .fold(0.0, f64::max);
+        let out = self.output.map_or(0.0, |t| {
+            p_error_of(output_margin(self.encoding_bits), t.variance(&v).sqrt())
+        });
         (site, out)
     }
 }

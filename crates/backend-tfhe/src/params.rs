@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::noise::{output_margin, security_std_dev, site_margin, site_sigma, z_for_p_error, NoiseBudget, StepVariances, MIN_SECURE_DIMENSION};
+use crate::noise::{
+    output_margin, security_std_dev, site_margin, site_sigma, z_for_p_error, NoiseBudget,
+    StepVariances, MIN_SECURE_DIMENSION,
+};
 
 /// One TFHE parameter set. Noise std-devs are derived from the dimensions (the minimum
 /// the 128-bit security curve allows), so they are not free parameters.
@@ -39,7 +42,11 @@ impl CryptoParams {
     /// Predicted milliseconds of one bootstrap (modulus switch, blind rotation, sample
     /// extract) on one core of the reference machine. Fitted to tfhe-rs 1.8 timings.
     pub fn pbs_cost_ms(&self) -> f64 {
-        let (n, k, big_n) = (self.lwe_dimension as f64, self.glwe_dimension as f64, self.polynomial_size as f64);
+        let (n, k, big_n) = (
+            self.lwe_dimension as f64,
+            self.glwe_dimension as f64,
+            self.polynomial_size as f64,
+        );
         2.45e-7 * n * big_n * big_n.log2() * (k + 1.0) * (self.pbs_level as f64 + 1.0)
     }
     /// Predicted milliseconds of one key switch.
@@ -76,7 +83,11 @@ pub struct ParamChoice {
 #[derive(Debug, thiserror::Error)]
 pub enum ParamError {
     #[error("no parameter set reaches p_error ≤ 2^{:.1} for this circuit at 128-bit security ({precision}-bit table lookups, {bits}-bit encoding); lower --rounding-threshold-bits or --n-bits", p_error.log2())]
-    Infeasible { p_error: f64, bits: u32, precision: u32 },
+    Infeasible {
+        p_error: f64,
+        bits: u32,
+        precision: u32,
+    },
     #[error("p_error must be in (0, 0.5), got {0}")]
     BadPError(f64),
 }
@@ -87,14 +98,31 @@ pub fn choose_params(budget: &NoiseBudget, p_error: f64) -> Result<ParamChoice, 
         return Err(ParamError::BadPError(p_error));
     }
     let z = z_for_p_error(p_error);
-    let out_ok = |v: &StepVariances| budget.output.is_none_or(|t| z * t.variance(v).sqrt() <= output_margin(budget.encoding_bits));
+    let out_ok = |v: &StepVariances| {
+        budget
+            .output
+            .is_none_or(|t| z * t.variance(v).sqrt() <= output_margin(budget.encoding_bits))
+    };
     let count = budget.pbs_count() as f64;
     let mut best: Option<(f64, CryptoParams)> = None;
     if budget.sites.is_empty() {
         // Leveled only: the smallest big key whose fresh noise survives the linear part.
         for log_n in 9..=16 {
-            let params = CryptoParams { lwe_dimension: 0, glwe_dimension: 1, polynomial_size: 1 << log_n, pbs_base_log: 0, pbs_level: 0, ks_base_log: 0, ks_level: 0 };
-            let v = StepVariances { fresh: params.glwe_std_dev().powi(2), pbs: 0.0, keyswitch: 0.0, modulus_switch: 0.0 };
+            let params = CryptoParams {
+                lwe_dimension: 0,
+                glwe_dimension: 1,
+                polynomial_size: 1 << log_n,
+                pbs_base_log: 0,
+                pbs_level: 0,
+                ks_base_log: 0,
+                ks_level: 0,
+            };
+            let v = StepVariances {
+                fresh: params.glwe_std_dev().powi(2),
+                pbs: 0.0,
+                keyswitch: 0.0,
+                modulus_switch: 0.0,
+            };
             if params.big_dimension() >= MIN_SECURE_DIMENSION && out_ok(&v) {
                 best = Some((0.0, params));
                 break;
@@ -117,13 +145,24 @@ pub fn choose_params(budget: &NoiseBudget, p_error: f64) -> Result<ParamChoice, 
                                     if ks_base_log * ks_level > 40 {
                                         continue;
                                     }
-                                    let params = CryptoParams { lwe_dimension: lwe, glwe_dimension: k, polynomial_size: 1 << log_n, pbs_base_log, pbs_level, ks_base_log, ks_level };
+                                    let params = CryptoParams {
+                                        lwe_dimension: lwe,
+                                        glwe_dimension: k,
+                                        polynomial_size: 1 << log_n,
+                                        pbs_base_log,
+                                        pbs_level,
+                                        ks_base_log,
+                                        ks_level,
+                                    };
                                     let cost = params.pbs_cost_ms() + params.ks_cost_ms();
                                     if best.is_some_and(|(c, _)| cost >= c) {
                                         continue;
                                     }
                                     let v = StepVariances::of(&params);
-                                    let sites_ok = budget.sites.iter().all(|s| z * site_sigma(s, &v) <= site_margin(s.precision));
+                                    let sites_ok = budget
+                                        .sites
+                                        .iter()
+                                        .all(|s| z * site_sigma(s, &v) <= site_margin(s.precision));
                                     if sites_ok && out_ok(&v) {
                                         best = Some((cost, params));
                                     }
@@ -135,7 +174,11 @@ pub fn choose_params(budget: &NoiseBudget, p_error: f64) -> Result<ParamChoice, 
             }
         }
     }
-    let (cost, params) = best.ok_or(ParamError::Infeasible { p_error, bits: budget.encoding_bits, precision: budget.sites.iter().map(|s| s.precision).max().unwrap_or(0) })?;
+    let (cost, params) = best.ok_or(ParamError::Infeasible {
+        p_error,
+        bits: budget.encoding_bits,
+        precision: budget.sites.iter().map(|s| s.precision).max().unwrap_or(0),
+    })?;
     let (p_pbs, p_out) = budget.error_probabilities(&params);
     Ok(ParamChoice {
         params,

@@ -41,13 +41,20 @@ pub struct Artifact {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 impl Artifact {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let payload = serde_json::to_vec(self)?;
-        let mut out = format!("{MAGIC} {FORMAT_VERSION} {} {:016x}\n", payload.len(), fnv1a(&payload)).into_bytes();
+        let mut out = format!(
+            "{MAGIC} {FORMAT_VERSION} {} {:016x}\n",
+            payload.len(),
+            fnv1a(&payload)
+        )
+        .into_bytes();
         out.extend_from_slice(&payload);
         Ok(out)
     }
@@ -55,30 +62,46 @@ impl Artifact {
     /// Reads and validates an artifact: header, version, size, checksum, then the
     /// circuit through the IR verifier and the client/server consistency.
     pub fn load(path: &Path) -> Result<(Artifact, CircuitInfo)> {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let at = |m: String| anyhow::anyhow!("{}: {m}", path.display());
-        let nl = bytes.iter().position(|&b| b == b'\n').filter(|&i| i < 200).ok_or_else(|| at("not an fhec artifact (no header)".into()))?;
-        let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| at("not an fhec artifact (bad header)".into()))?;
+        let nl = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .filter(|&i| i < 200)
+            .ok_or_else(|| at("not an fhec artifact (no header)".into()))?;
+        let header = std::str::from_utf8(&bytes[..nl])
+            .map_err(|_| at("not an fhec artifact (bad header)".into()))?;
         let fields: Vec<&str> = header.split(' ').collect();
         if fields.len() != 4 || fields[0] != MAGIC {
             bail!(at("not an fhec artifact (bad header)".into()));
         }
-        let version: u32 = fields[1].parse().map_err(|_| at("bad format version".into()))?;
+        let version: u32 = fields[1]
+            .parse()
+            .map_err(|_| at("bad format version".into()))?;
         if version != FORMAT_VERSION {
             bail!(at(format!("artifact format version {version}, this fhec reads version {FORMAT_VERSION}: recompile the model")));
         }
         let payload = &bytes[nl + 1..];
-        let len: usize = fields[2].parse().map_err(|_| at("bad payload size".into()))?;
+        let len: usize = fields[2]
+            .parse()
+            .map_err(|_| at("bad payload size".into()))?;
         if payload.len() != len {
-            bail!(at(format!("corrupted artifact: payload is {} bytes, header says {len}", payload.len())));
+            bail!(at(format!(
+                "corrupted artifact: payload is {} bytes, header says {len}",
+                payload.len()
+            )));
         }
         if format!("{:016x}", fnv1a(payload)) != fields[3] {
             bail!(at("corrupted artifact: checksum mismatch".into()));
         }
-        let a: Artifact = serde_json::from_slice(payload).map_err(|e| at(format!("corrupted artifact: {e}")))?;
+        let a: Artifact =
+            serde_json::from_slice(payload).map_err(|e| at(format!("corrupted artifact: {e}")))?;
         let info = fhec_ir::verify(&a.server.circuit).map_err(|e| at(e.to_string()))?;
         if !consistent(&a) {
-            bail!(at("inconsistent artifact: client and server parts disagree".into()));
+            bail!(at(
+                "inconsistent artifact: client and server parts disagree".into()
+            ));
         }
         Ok((a, info))
     }
@@ -99,15 +122,28 @@ impl Artifact {
 fn consistent(a: &Artifact) -> bool {
     let (c, spec, g) = (&a.server.circuit, &a.client.spec, &a.client.graph);
     let value_ok = |v: fhec_frontend_onnx::ValueId| (v.0 as usize) < g.values.len();
-    let graph_ok = g.nodes.iter().all(|n| n.inputs.iter().chain(&n.outputs).all(|&v| value_ok(v))) && g.inputs.iter().chain(&g.outputs).all(|&v| value_ok(v));
+    let graph_ok = g
+        .nodes
+        .iter()
+        .all(|n| n.inputs.iter().chain(&n.outputs).all(|&v| value_ok(v)))
+        && g.inputs.iter().chain(&g.outputs).all(|&v| value_ok(v));
     graph_ok
         && a.client.params == a.server.params
         && spec.inputs.len() == c.inputs.len()
         && spec.outputs.len() == c.outputs.len()
-        && spec.inputs.iter().zip(&c.inputs).all(|(q, &id)| value_ok(q.value) && q.shape == c.node(id).shape && q.scale > 0.0 && q.bits >= 1 && q.bits <= 16)
+        && spec.inputs.iter().zip(&c.inputs).all(|(q, &id)| {
+            value_ok(q.value)
+                && q.shape == c.node(id).shape
+                && q.scale > 0.0
+                && q.bits >= 1
+                && q.bits <= 16
+        })
         && spec.outputs.iter().zip(&c.outputs).all(|(d, &id)| {
             let n = c.node(id).numel();
-            value_ok(d.value) && d.scale.len() == n && d.offset.len() == n && g.value(d.value).shape.iter().product::<usize>() == n
+            value_ok(d.value)
+                && d.scale.len() == n
+                && d.offset.len() == n
+                && g.value(d.value).shape.iter().product::<usize>() == n
         })
         && spec.tail.iter().all(|&i| i < g.nodes.len())
 }

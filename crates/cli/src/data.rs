@@ -12,18 +12,30 @@ use crate::npy::{read_arrays, Array};
 /// input name) and returns one tensor per model input per sample.
 pub fn load_samples(path: &Path, graph: &FloatGraph) -> Result<Vec<Vec<Tensor>>> {
     let arrays = read_arrays(path)?;
-    let names: Vec<&str> = graph.inputs.iter().map(|&i| graph.value(i).name.as_str()).collect();
+    let names: Vec<&str> = graph
+        .inputs
+        .iter()
+        .map(|&i| graph.value(i).name.as_str())
+        .collect();
     let mut per_input = Vec::new();
     for name in &names {
         let found = if arrays.len() == 1 && arrays[0].0.is_none() {
             if names.len() != 1 {
-                bail!("{}: the model has {} inputs ({}); pass a .npz keyed by input name", path.display(), names.len(), names.join(", "));
+                bail!(
+                    "{}: the model has {} inputs ({}); pass a .npz keyed by input name",
+                    path.display(),
+                    names.len(),
+                    names.join(", ")
+                );
             }
             &arrays[0].1
         } else {
             match arrays.iter().find(|(n, _)| n.as_deref() == Some(*name)) {
                 Some((_, a)) => a,
-                None => bail!("{}: no array named '{name}' (the model's input)", path.display()),
+                None => bail!(
+                    "{}: no array named '{name}' (the model's input)",
+                    path.display()
+                ),
             }
         };
         per_input.push(found);
@@ -33,8 +45,16 @@ pub fn load_samples(path: &Path, graph: &FloatGraph) -> Result<Vec<Vec<Tensor>>>
         let info = graph.value(id);
         let expected = &info.shape[1..];
         if a.shape.len() != info.shape.len() || &a.shape[1..] != expected {
-            let want: Vec<String> = std::iter::once("samples".to_string()).chain(expected.iter().map(|d| d.to_string())).collect();
-            bail!("{}: array of shape {:?} does not match input '{}' (expected [{}])", path.display(), a.shape, info.name, want.join(", "));
+            let want: Vec<String> = std::iter::once("samples".to_string())
+                .chain(expected.iter().map(|d| d.to_string()))
+                .collect();
+            bail!(
+                "{}: array of shape {:?} does not match input '{}' (expected [{}])",
+                path.display(),
+                a.shape,
+                info.name,
+                want.join(", ")
+            );
         }
         if let Some(&bad) = a.data.iter().find(|v| !v.is_finite()) {
             let at = a.data.iter().position(|v| !v.is_finite()).unwrap();
@@ -42,7 +62,9 @@ pub fn load_samples(path: &Path, graph: &FloatGraph) -> Result<Vec<Vec<Tensor>>>
             bail!("{}: input '{}' sample {} element {} is {bad}: NaN and infinite values are not accepted", path.display(), info.name, at / per, at % per);
         }
         match samples {
-            Some(s) if s != a.shape[0] => bail!("{}: inputs have different sample counts", path.display()),
+            Some(s) if s != a.shape[0] => {
+                bail!("{}: inputs have different sample counts", path.display())
+            }
             _ => samples = Some(a.shape[0]),
         }
     }
@@ -58,7 +80,11 @@ pub fn load_samples(path: &Path, graph: &FloatGraph) -> Result<Vec<Vec<Tensor>>>
                 .map(|(a, &id)| {
                     let info = graph.value(id);
                     let per: usize = info.shape.iter().product();
-                    Tensor::new(info.shape.clone(), a.data[i * per..(i + 1) * per].to_vec(), info.dtype)
+                    Tensor::new(
+                        info.shape.clone(),
+                        a.data[i * per..(i + 1) * per].to_vec(),
+                        info.dtype,
+                    )
                 })
                 .collect()
         })
@@ -79,7 +105,10 @@ pub fn stack_outputs(graph: &FloatGraph, per_sample: &[Vec<Tensor>]) -> Vec<(Str
                 shape.push(1);
             }
             shape[0] *= per_sample.len();
-            let data: Vec<f64> = per_sample.iter().flat_map(|o| o[k].data.iter().copied()).collect();
+            let data: Vec<f64> = per_sample
+                .iter()
+                .flat_map(|o| o[k].data.iter().copied())
+                .collect();
             let dtype = match info.dtype {
                 DType::F32 => "<f4",
                 DType::F64 => "<f8",

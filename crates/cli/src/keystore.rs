@@ -20,16 +20,25 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path, header: &[u8]) -> Result<T>
     if !bytes.starts_with(header) {
         bail!("{}: not an fhec key file of this version", path.display());
     }
-    bincode::deserialize(&bytes[header.len()..]).map_err(|e| anyhow::anyhow!("{}: corrupted key file: {e}", path.display()))
+    bincode::deserialize(&bytes[header.len()..])
+        .map_err(|e| anyhow::anyhow!("{}: corrupted key file: {e}", path.display()))
 }
 
 /// Loads the keys in `dir`, or generates and saves them there when `dir` is absent or
 /// empty. Returns the keys and whether they were generated.
-pub fn load_or_generate(dir: &Path, params: &CryptoParams, needs_bootstrap: bool) -> Result<(ClientKey, ServerKey, bool)> {
+pub fn load_or_generate(
+    dir: &Path,
+    params: &CryptoParams,
+    needs_bootstrap: bool,
+) -> Result<(ClientKey, ServerKey, bool)> {
     let (cpath, spath) = (dir.join("client.key"), dir.join("server.key"));
-    let empty = !dir.exists() || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let empty = !dir.exists()
+        || std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
     if empty {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
         let (c, s) = generate_keys(params, needs_bootstrap);
         write(&cpath, CLIENT_HEADER, &c)?;
         restrict_to_owner(&cpath)?;
@@ -49,7 +58,8 @@ fn restrict_to_owner(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("{}: cannot restrict permissions", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("{}: cannot restrict permissions", path.display()))?;
     }
     Ok(())
 }

@@ -13,7 +13,11 @@ use fhec::{data, keystore, npy, pipeline, run};
 use fhec_quant::QuantConfig;
 
 #[derive(Parser)]
-#[command(name = "fhec", version, about = "Compile ONNX models to circuits that run on TFHE-encrypted data")]
+#[command(
+    name = "fhec",
+    version,
+    about = "Compile ONNX models to circuits that run on TFHE-encrypted data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -143,38 +147,103 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Compile { model, inputset, output, q, force } => compile(&model, &inputset, output, &q, force),
-        Command::Inspect { path, inputset, format, q } => inspect(&path, inputset.as_deref(), format, &q),
-        Command::Predict { model, input, mode, output, keys, limit, force } => predict(&model, &input, mode, output.as_deref(), keys.as_deref(), limit, force),
-        Command::Bench { model, inputset, input, samples, q } => bench(&model, &inputset, &input, samples, &q),
+        Command::Compile {
+            model,
+            inputset,
+            output,
+            q,
+            force,
+        } => compile(&model, &inputset, output, &q, force),
+        Command::Inspect {
+            path,
+            inputset,
+            format,
+            q,
+        } => inspect(&path, inputset.as_deref(), format, &q),
+        Command::Predict {
+            model,
+            input,
+            mode,
+            output,
+            keys,
+            limit,
+            force,
+        } => predict(
+            &model,
+            &input,
+            mode,
+            output.as_deref(),
+            keys.as_deref(),
+            limit,
+            force,
+        ),
+        Command::Bench {
+            model,
+            inputset,
+            input,
+            samples,
+            q,
+        } => bench(&model, &inputset, &input, samples, &q),
     }
 }
 
 /// Refuses to replace a file fhec did not write, unless forced.
 fn guard_overwrite(path: &Path, ours: bool, force: bool) -> Result<()> {
     if path.exists() && !ours && !force {
-        bail!("{}: exists and was not written by fhec; refusing to overwrite (use --force)", path.display());
+        bail!(
+            "{}: exists and was not written by fhec; refusing to overwrite (use --force)",
+            path.display()
+        );
     }
     Ok(())
 }
 
-fn compile(model: &Path, inputset: &Path, output: Option<PathBuf>, q: &QuantArgs, force: bool) -> Result<ExitCode> {
-    let out = output.unwrap_or_else(|| PathBuf::from(model.file_stem().unwrap_or_default()).with_extension("fhe"));
+fn compile(
+    model: &Path,
+    inputset: &Path,
+    output: Option<PathBuf>,
+    q: &QuantArgs,
+    force: bool,
+) -> Result<ExitCode> {
+    let out = output.unwrap_or_else(|| {
+        PathBuf::from(model.file_stem().unwrap_or_default()).with_extension("fhe")
+    });
     if out.extension().is_some_and(|e| e == "mlir") {
-        bail!("{}: the artifact needs another extension than .mlir (the MLIR is written beside it)", out.display());
+        bail!(
+            "{}: the artifact needs another extension than .mlir (the MLIR is written beside it)",
+            out.display()
+        );
     }
     let mlir_path = out.with_extension("mlir");
     guard_overwrite(&out, Artifact::is_artifact_file(&out), force)?;
-    let mlir_ours = std::fs::read_to_string(&mlir_path).map(|s| s.starts_with("// fhec")).unwrap_or(false);
+    let mlir_ours = std::fs::read_to_string(&mlir_path)
+        .map(|s| s.starts_with("// fhec"))
+        .unwrap_or(false);
     guard_overwrite(&mlir_path, mlir_ours, force)?;
     let compiled = pipeline::compile(model, inputset, &q.config(), q.p_error)?;
     let a = &compiled.artifact;
     let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
-    std::fs::write(&out, a.to_bytes()?).with_context(|| format!("{}: cannot write", out.display()))?;
-    std::fs::write(&mlir_path, mlir).with_context(|| format!("{}: cannot write", mlir_path.display()))?;
-    let r = Report::new(&a.source, &a.server.circuit, &compiled.info, Some(a.server.params.clone()));
-    let ops: Vec<String> = r.op_counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("compiled {} -> {} (+ {})", model.display(), out.display(), mlir_path.display());
+    std::fs::write(&out, a.to_bytes()?)
+        .with_context(|| format!("{}: cannot write", out.display()))?;
+    std::fs::write(&mlir_path, mlir)
+        .with_context(|| format!("{}: cannot write", mlir_path.display()))?;
+    let r = Report::new(
+        &a.source,
+        &a.server.circuit,
+        &compiled.info,
+        Some(a.server.params.clone()),
+    );
+    let ops: Vec<String> = r
+        .op_counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "compiled {} -> {} (+ {})",
+        model.display(),
+        out.display(),
+        mlir_path.display()
+    );
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
     print!("{}", params_line(&a.server.params));
@@ -182,24 +251,58 @@ fn compile(model: &Path, inputset: &Path, output: Option<PathBuf>, q: &QuantArgs
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(path: &Path, inputset: Option<&Path>, format: Format, q: &QuantArgs) -> Result<ExitCode> {
-    let report = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
-        let Some(inputset) = inputset else { bail!("{}: inspecting an ONNX model needs --inputset", path.display()) };
+fn inspect(
+    path: &Path,
+    inputset: Option<&Path>,
+    format: Format,
+    q: &QuantArgs,
+) -> Result<ExitCode> {
+    let report = if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        let Some(inputset) = inputset else {
+            bail!(
+                "{}: inspecting an ONNX model needs --inputset",
+                path.display()
+            )
+        };
         let l = pipeline::lower(path, inputset, &q.config())?;
-        let params = if l.info.violations.is_empty() { Some(pipeline::choose(&l, q.p_error)?.0) } else { None };
+        let params = if l.info.violations.is_empty() {
+            Some(pipeline::choose(&l, q.p_error)?.0)
+        } else {
+            None
+        };
         Report::new(&l.source, &l.quantized.circuit, &l.info, params)
     } else {
         let (a, info) = Artifact::load(path)?;
-        Report::new(&a.source, &a.server.circuit, &info, Some(a.server.params.clone()))
+        Report::new(
+            &a.source,
+            &a.server.circuit,
+            &info,
+            Some(a.server.params.clone()),
+        )
     };
     match format {
         Format::Text => print!("{}", report.text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
-    Ok(if report.violations.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-fn predict(model: &Path, input: &Path, mode: Mode, output: Option<&Path>, keys: Option<&Path>, limit: Option<usize>, force: bool) -> Result<ExitCode> {
+fn predict(
+    model: &Path,
+    input: &Path,
+    mode: Mode,
+    output: Option<&Path>,
+    keys: Option<&Path>,
+    limit: Option<usize>,
+    force: bool,
+) -> Result<ExitCode> {
     if let Some(o) = output {
         guard_overwrite(o, false, force)?;
     }
@@ -214,13 +317,29 @@ fn predict(model: &Path, input: &Path, mode: Mode, output: Option<&Path>, keys: 
     let start = Instant::now();
     let outputs: Vec<_> = match mode {
         Mode::Clear => run::clear(&a.client.graph, &samples)?,
-        Mode::Simulate => samples.iter().map(|s| run::simulate(&a, &info, s).map(|r| r.outputs)).collect::<Result<_>>()?,
+        Mode::Simulate => samples
+            .iter()
+            .map(|s| run::simulate(&a, &info, s).map(|r| r.outputs))
+            .collect::<Result<_>>()?,
         Mode::Fhe => {
             let t = Instant::now();
             let (client, server) = match keys {
                 Some(dir) => {
-                    let (c, s, generated) = keystore::load_or_generate(dir, &a.client.params.params, a.client.params.needs_bootstrap)?;
-                    eprintln!("keys: {} {} in {:.1} s", if generated { "generated and saved to" } else { "loaded from" }, dir.display(), t.elapsed().as_secs_f64());
+                    let (c, s, generated) = keystore::load_or_generate(
+                        dir,
+                        &a.client.params.params,
+                        a.client.params.needs_bootstrap,
+                    )?;
+                    eprintln!(
+                        "keys: {} {} in {:.1} s",
+                        if generated {
+                            "generated and saved to"
+                        } else {
+                            "loaded from"
+                        },
+                        dir.display(),
+                        t.elapsed().as_secs_f64()
+                    );
                     (c, s)
                 }
                 None => {
@@ -237,21 +356,42 @@ fn predict(model: &Path, input: &Path, mode: Mode, output: Option<&Path>, keys: 
                 let t = Instant::now();
                 let progress = |done: usize| {
                     if tty && info.pbs_per_sample > 0 {
-                        eprint!("\rfhe: sample {}/{total}: {done}/{} PBS", i + 1, info.pbs_per_sample);
+                        eprint!(
+                            "\rfhe: sample {}/{total}: {done}/{} PBS",
+                            i + 1,
+                            info.pbs_per_sample
+                        );
                     }
                 };
                 outs.push(run::fhe(&a, &info, &client, &evaluator, s, &progress)?.outputs);
-                eprintln!("{}fhe: sample {}/{total} done in {:.2} s ({} PBS)", if tty { "\r" } else { "" }, i + 1, t.elapsed().as_secs_f64(), info.pbs_per_sample);
+                eprintln!(
+                    "{}fhe: sample {}/{total} done in {:.2} s ({} PBS)",
+                    if tty { "\r" } else { "" },
+                    i + 1,
+                    t.elapsed().as_secs_f64(),
+                    info.pbs_per_sample
+                );
             }
             outs
         }
     };
     let elapsed = start.elapsed().as_secs_f64();
     let stacked = data::stack_outputs(&a.client.graph, &outputs);
-    eprintln!("{} samples in {:.2} s ({:.1} ms/sample)", samples.len(), elapsed, 1e3 * elapsed / samples.len() as f64);
+    eprintln!(
+        "{} samples in {:.2} s ({:.1} ms/sample)",
+        samples.len(),
+        elapsed,
+        1e3 * elapsed / samples.len() as f64
+    );
     for (name, arr) in &stacked {
         let preview: Vec<String> = arr.data.iter().take(8).map(|v| format!("{v:.4}")).collect();
-        println!("{name} {:?} {}: {}{}", arr.shape, arr.dtype, preview.join(" "), if arr.data.len() > 8 { " …" } else { "" });
+        println!(
+            "{name} {:?} {}: {}{}",
+            arr.shape,
+            arr.dtype,
+            preview.join(" "),
+            if arr.data.len() > 8 { " …" } else { "" }
+        );
     }
     if let Some(o) = output {
         npy::write_npz(o, &stacked)?;
@@ -263,7 +403,10 @@ fn predict(model: &Path, input: &Path, mode: Mode, output: Option<&Path>, keys: 
 fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -> Result<ExitCode> {
     let compiled = pipeline::compile(model, inputset, &q.config(), q.p_error)?;
     let (a, info) = (&compiled.artifact, &compiled.info);
-    let samples: Vec<_> = data::load_samples(input, &a.client.graph)?.into_iter().take(n).collect();
+    let samples: Vec<_> = data::load_samples(input, &a.client.graph)?
+        .into_iter()
+        .take(n)
+        .collect();
     let t = Instant::now();
     let (client, server) = run::keys(a);
     let keygen = t.elapsed().as_secs_f64();
@@ -296,6 +439,9 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
         p.predicted_ms_per_sample,
         mismatches
     );
-    println!("  parameters: {}", fhec::report::params_text(&p.params, p.needs_bootstrap));
+    println!(
+        "  parameters: {}",
+        fhec::report::params_text(&p.params, p.needs_bootstrap)
+    );
     Ok(ExitCode::SUCCESS)
 }

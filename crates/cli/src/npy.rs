@@ -22,13 +22,22 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Array> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            12,
+        ),
         v => bail!("unsupported .npy version {v}"),
     };
-    let header = bytes.get(start..start + header_len).ok_or_else(|| anyhow!("truncated .npy header"))?;
+    let header = bytes
+        .get(start..start + header_len)
+        .ok_or_else(|| anyhow!("truncated .npy header"))?;
     let header = std::str::from_utf8(header).context("header is not text")?;
     let descr = dict_value(header, "descr").ok_or_else(|| anyhow!("header has no descr"))?;
-    let quote = descr.chars().next().filter(|c| *c == '\'' || *c == '"').ok_or_else(|| anyhow!("malformed descr"))?;
+    let quote = descr
+        .chars()
+        .next()
+        .filter(|c| *c == '\'' || *c == '"')
+        .ok_or_else(|| anyhow!("malformed descr"))?;
     let descr = descr[1..].split(quote).next().unwrap_or_default();
     if dict_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
         bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
@@ -36,7 +45,13 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Array> {
     let shape_text = dict_value(header, "shape").ok_or_else(|| anyhow!("header has no shape"))?;
     let inner = shape_text.trim_start_matches('(');
     let inner = &inner[..inner.find(')').ok_or_else(|| anyhow!("malformed shape"))?];
-    let shape: Vec<usize> = inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse::<usize>()).collect::<Result<_, _>>().context("malformed shape")?;
+    let shape: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("malformed shape")?;
     let numel: usize = shape.iter().product();
     let payload = &bytes[start + header_len..];
     let (width, dtype): (usize, &'static str) = match descr {
@@ -54,26 +69,49 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Array> {
         other => bail!("unsupported dtype '{other}' (expected little-endian float, int or bool)"),
     };
     if payload.len() < numel * width {
-        bail!("truncated data: shape {:?} needs {} bytes, file has {}", shape, numel * width, payload.len());
+        bail!(
+            "truncated data: shape {:?} needs {} bytes, file has {}",
+            shape,
+            numel * width,
+            payload.len()
+        );
     }
     let c = payload[..numel * width].chunks_exact(width);
     let data: Vec<f64> = match dtype {
-        "<f4" => c.map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-        "<f8" => c.map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
-        "<i8" => c.map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-        "<i4" => c.map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-        "<i2" => c.map(|b| i16::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+        "<f4" => c
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        "<f8" => c
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        "<i8" => c
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        "<i4" => c
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        "<i2" => c
+            .map(|b| i16::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
         "|i1" => c.map(|b| b[0] as i8 as f64).collect(),
-        "<u2" => c.map(|b| u16::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-        "<u4" => c.map(|b| u32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-        "<u8" => c.map(|b| u64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+        "<u2" => c
+            .map(|b| u16::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        "<u4" => c
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
+        "<u8" => c
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as f64)
+            .collect(),
         _ => c.map(|b| b[0] as f64).collect(),
     };
     Ok(Array { shape, data, dtype })
 }
 
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let at = header.find(&format!("'{key}'")).or_else(|| header.find(&format!("\"{key}\"")))?;
+    let at = header
+        .find(&format!("'{key}'"))
+        .or_else(|| header.find(&format!("\"{key}\"")))?;
     let rest = &header[at + key.len() + 2..];
     Some(rest[rest.find(':')? + 1..].trim_start())
 }
@@ -81,9 +119,19 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 pub fn npy_bytes(a: &Array) -> Vec<u8> {
     let shape = match a.shape.len() {
         1 => format!("({},)", a.shape[0]),
-        _ => format!("({})", a.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            a.shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", a.dtype);
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+        a.dtype
+    );
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
@@ -107,26 +155,38 @@ pub fn npy_bytes(a: &Array) -> Vec<u8> {
 pub fn read_arrays(path: &Path) -> Result<Vec<(Option<String>, Array)>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if bytes.starts_with(b"PK") {
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).with_context(|| format!("{}: not a valid .npz archive", path.display()))?;
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+            .with_context(|| format!("{}: not a valid .npz archive", path.display()))?;
         let mut out = Vec::new();
         for i in 0..zip.len() {
-            let mut f = zip.by_index(i).with_context(|| format!("{}: corrupt .npz entry", path.display()))?;
+            let mut f = zip
+                .by_index(i)
+                .with_context(|| format!("{}: corrupt .npz entry", path.display()))?;
             let name = f.name().trim_end_matches(".npy").to_string();
             let mut buf = Vec::new();
-            f.read_to_end(&mut buf).with_context(|| format!("{}: cannot read entry '{name}'", path.display()))?;
-            out.push((Some(name.clone()), parse_npy(&buf).with_context(|| format!("{}: entry '{name}'", path.display()))?));
+            f.read_to_end(&mut buf)
+                .with_context(|| format!("{}: cannot read entry '{name}'", path.display()))?;
+            out.push((
+                Some(name.clone()),
+                parse_npy(&buf).with_context(|| format!("{}: entry '{name}'", path.display()))?,
+            ));
         }
         Ok(out)
     } else {
-        Ok(vec![(None, parse_npy(&bytes).with_context(|| path.display().to_string())?)])
+        Ok(vec![(
+            None,
+            parse_npy(&bytes).with_context(|| path.display().to_string())?,
+        )])
     }
 }
 
 /// Writes named arrays as an uncompressed `.npz`.
 pub fn write_npz(path: &Path, arrays: &[(String, Array)]) -> Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
     let mut zip = zip::ZipWriter::new(file);
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, a) in arrays {
         zip.start_file(format!("{name}.npy"), opts)?;
         zip.write_all(&npy_bytes(a))?;
@@ -141,18 +201,32 @@ mod tests {
 
     #[test]
     fn npy_round_trip_keeps_shape_dtype_and_values() {
-        let a = Array { shape: vec![2, 3], data: vec![1.5, -2.0, 3.25, 0.0, 7.0, -8.5], dtype: "<f4" };
+        let a = Array {
+            shape: vec![2, 3],
+            data: vec![1.5, -2.0, 3.25, 0.0, 7.0, -8.5],
+            dtype: "<f4",
+        };
         let b = parse_npy(&npy_bytes(&a)).unwrap();
         assert_eq!(a, b);
-        let i = Array { shape: vec![4], data: vec![1.0, -3.0, 9.0, 0.0], dtype: "<i8" };
+        let i = Array {
+            shape: vec![4],
+            data: vec![1.0, -3.0, 9.0, 0.0],
+            dtype: "<i8",
+        };
         assert_eq!(parse_npy(&npy_bytes(&i)).unwrap(), i);
     }
 
     #[test]
     fn truncated_npy_is_an_error() {
-        let a = Array { shape: vec![8], data: vec![1.0; 8], dtype: "<f8" };
+        let a = Array {
+            shape: vec![8],
+            data: vec![1.0; 8],
+            dtype: "<f8",
+        };
         let bytes = npy_bytes(&a);
-        let err = parse_npy(&bytes[..bytes.len() - 3]).unwrap_err().to_string();
+        let err = parse_npy(&bytes[..bytes.len() - 3])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 }

@@ -20,17 +20,27 @@ pub struct Lowered {
 }
 
 pub fn import_model(model: &Path) -> Result<FloatGraph> {
-    let bytes = std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
+    let bytes =
+        std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
     fhec_frontend_onnx::import(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))
 }
 
 pub fn lower(model: &Path, inputset: &Path, cfg: &QuantConfig) -> Result<Lowered> {
     let graph = import_model(model)?;
     let samples = crate::data::load_samples(inputset, &graph)?;
-    let quantized = fhec_quant::quantize(&graph, &samples, cfg).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
-    let info = fhec_ir::verify(&quantized.circuit).map_err(|e| anyhow::anyhow!("internal error, please report: {e}"))?;
-    let source = model.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
-    Ok(Lowered { graph, quantized, info, source })
+    let quantized = fhec_quant::quantize(&graph, &samples, cfg)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))?;
+    let info = fhec_ir::verify(&quantized.circuit)
+        .map_err(|e| anyhow::anyhow!("internal error, please report: {e}"))?;
+    let source = model
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    Ok(Lowered {
+        graph,
+        quantized,
+        info,
+        source,
+    })
 }
 
 /// Refuses circuits with values over the 16-bit limit, naming each.
@@ -38,8 +48,21 @@ pub fn check_violations(info: &CircuitInfo) -> Result<()> {
     if info.violations.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = info.violations.iter().map(|v| format!("node '{}' ({}) needs {} bits (range [{}, {}])", v.node, v.op, v.bits, v.range.lo, v.range.hi)).collect();
-    bail!("over the {}-bit limit: {}; lower --n-bits or --rounding-threshold-bits", fhec_ir::MAX_BITS, list.join("; "))
+    let list: Vec<String> = info
+        .violations
+        .iter()
+        .map(|v| {
+            format!(
+                "node '{}' ({}) needs {} bits (range [{}, {}])",
+                v.node, v.op, v.bits, v.range.lo, v.range.hi
+            )
+        })
+        .collect();
+    bail!(
+        "over the {}-bit limit: {}; lower --n-bits or --rounding-threshold-bits",
+        fhec_ir::MAX_BITS,
+        list.join("; ")
+    )
 }
 
 pub fn choose(l: &Lowered, p_error: f64) -> Result<(ParamChoice, NoiseBudget)> {
@@ -62,8 +85,20 @@ pub fn compile(model: &Path, inputset: &Path, cfg: &QuantConfig, p_error: f64) -
     let artifact = Artifact {
         fhec_version: env!("CARGO_PKG_VERSION").into(),
         source: l.source,
-        server: ServerPart { circuit: l.quantized.circuit, params: params.clone() },
-        client: ClientPart { spec: l.quantized.client, graph: l.graph, params, quant: cfg.clone() },
+        server: ServerPart {
+            circuit: l.quantized.circuit,
+            params: params.clone(),
+        },
+        client: ClientPart {
+            spec: l.quantized.client,
+            graph: l.graph,
+            params,
+            quant: cfg.clone(),
+        },
     };
-    Ok(Compiled { artifact, info: l.info, elapsed: start.elapsed() })
+    Ok(Compiled {
+        artifact,
+        info: l.info,
+        elapsed: start.elapsed(),
+    })
 }

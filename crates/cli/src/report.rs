@@ -74,7 +74,10 @@ impl Report {
 
     pub fn text(&self) -> String {
         let mut s = format!("model: {}\n", self.source);
-        s += &format!("{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>4} {:>6}\n", "#", "node", "op", "shape", "enc", "range", "bits", "tlu", "pbs");
+        s += &format!(
+            "{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>4} {:>6}\n",
+            "#", "node", "op", "shape", "enc", "range", "bits", "tlu", "pbs"
+        );
         for n in &self.nodes {
             let flag = if n.bits > fhec_ir::MAX_BITS { " !" } else { "" };
             s += &format!(
@@ -90,7 +93,11 @@ impl Report {
                 n.pbs
             );
         }
-        let ops: Vec<String> = self.op_counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let ops: Vec<String> = self
+            .op_counts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         s += &format!("ops: {}\n", ops.join(", "));
         s += &format!(
             "per sample: {} TLUs + {} rounding bootstraps = {} PBS; max TLU precision {} bits; widest value {} bits (encoding {} bits)\n",
@@ -100,11 +107,21 @@ impl Report {
             s += &params_line(p);
         }
         if self.violations.is_empty() {
-            s += &format!("16-bit check: ok (no value over {} bits)\n", fhec_ir::MAX_BITS);
+            s += &format!(
+                "16-bit check: ok (no value over {} bits)\n",
+                fhec_ir::MAX_BITS
+            );
         } else {
-            s += &format!("16-bit check: {} value(s) over {} bits:\n", self.violations.len(), fhec_ir::MAX_BITS);
+            s += &format!(
+                "16-bit check: {} value(s) over {} bits:\n",
+                self.violations.len(),
+                fhec_ir::MAX_BITS
+            );
             for v in &self.violations {
-                s += &format!("  node '{}' ({}): {} bits, range [{}, {}]\n", v.node, v.op, v.bits, v.range.lo, v.range.hi);
+                s += &format!(
+                    "  node '{}' ({}): {} bits, range [{}, {}]\n",
+                    v.node, v.op, v.bits, v.range.lo, v.range.hi
+                );
             }
         }
         s
@@ -112,7 +129,20 @@ impl Report {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.into() } else { format!("…{}", s.chars().rev().take(n - 1).collect::<Vec<_>>().into_iter().rev().collect::<String>()) }
+    if s.chars().count() <= n {
+        s.into()
+    } else {
+        format!(
+            "…{}",
+            s.chars()
+                .rev()
+                .take(n - 1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>()
+        )
+    }
 }
 
 pub fn params_text(p: &CryptoParams, bootstrap: bool) -> String {
@@ -130,12 +160,20 @@ pub fn params_text(p: &CryptoParams, bootstrap: bool) -> String {
             p.glwe_std_dev().log2()
         )
     } else {
-        format!("leveled only: GLWE k={} N={} (σ=2^{:.1}), no evaluation key", p.glwe_dimension, p.polynomial_size, p.glwe_std_dev().log2())
+        format!(
+            "leveled only: GLWE k={} N={} (σ=2^{:.1}), no evaluation key",
+            p.glwe_dimension,
+            p.polynomial_size,
+            p.glwe_std_dev().log2()
+        )
     }
 }
 
 pub fn params_line(p: &ParamChoice) -> String {
-    let mut s = format!("parameters: {}\n", params_text(&p.params, p.needs_bootstrap));
+    let mut s = format!(
+        "parameters: {}\n",
+        params_text(&p.params, p.needs_bootstrap)
+    );
     if p.needs_bootstrap {
         s += &format!(
             "  p_error per PBS 2^{:.1} (target 2^{:.1}), output decode 2^{:.1}; predicted {:.0} ms/sample on one core; keys: bsk {:.1} MiB (Fourier), ksk {:.1} MiB\n",
@@ -147,7 +185,11 @@ pub fn params_line(p: &ParamChoice) -> String {
             p.params.ksk_bytes() as f64 / 1048576.0
         );
     } else {
-        s += &format!("  output decode p_error 2^{:.1} (target 2^{:.1})\n", p.p_error_output.max(1e-300).log2(), p.p_error_target.log2());
+        s += &format!(
+            "  output decode p_error 2^{:.1} (target 2^{:.1})\n",
+            p.p_error_output.max(1e-300).log2(),
+            p.p_error_target.log2()
+        );
     }
     s
 }

@@ -14,7 +14,11 @@ pub fn clear(graph: &FloatGraph, samples: &[Vec<Tensor>]) -> Result<Vec<Vec<Tens
         .iter()
         .map(|s| {
             let env = interp::evaluate(graph, s)?;
-            Ok(graph.outputs.iter().map(|o| env[o.0 as usize].clone().expect("every output is computed")).collect())
+            Ok(graph
+                .outputs
+                .iter()
+                .map(|o| env[o.0 as usize].clone().expect("every output is computed"))
+                .collect())
         })
         .collect()
 }
@@ -26,8 +30,15 @@ pub struct SampleResult {
 }
 
 fn finish(a: &Artifact, circuit_outputs: Vec<Vec<i64>>) -> Result<SampleResult> {
-    let outputs = a.client.spec.finish(&a.client.graph, &circuit_outputs).map_err(|e| anyhow!("{e}"))?;
-    Ok(SampleResult { outputs, circuit_outputs })
+    let outputs = a
+        .client
+        .spec
+        .finish(&a.client.graph, &circuit_outputs)
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(SampleResult {
+        outputs,
+        circuit_outputs,
+    })
 }
 
 pub fn simulate(a: &Artifact, info: &CircuitInfo, sample: &[Tensor]) -> Result<SampleResult> {
@@ -37,16 +48,33 @@ pub fn simulate(a: &Artifact, info: &CircuitInfo, sample: &[Tensor]) -> Result<S
 }
 
 /// Encrypts on the client, evaluates with the server key only, decrypts on the client.
-pub fn fhe(a: &Artifact, info: &CircuitInfo, client: &ClientKey, evaluator: &Evaluator<'_>, sample: &[Tensor], progress: &(dyn Fn(usize) + Sync)) -> Result<SampleResult> {
+pub fn fhe(
+    a: &Artifact,
+    info: &CircuitInfo,
+    client: &ClientKey,
+    evaluator: &Evaluator<'_>,
+    sample: &[Tensor],
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<SampleResult> {
     let w = info.encoding_bits;
-    let encrypted = a.client.spec.quantize_inputs(sample).iter().map(|q| client.encrypt(q, w)).collect();
+    let encrypted = a
+        .client
+        .spec
+        .quantize_inputs(sample)
+        .iter()
+        .map(|q| client.encrypt(q, w))
+        .collect();
     let result = evaluator.run(encrypted, progress)?;
     let decrypted = result.iter().map(|cts| client.decrypt(cts, w)).collect();
     finish(a, decrypted)
 }
 
 /// Builds the server-side evaluator (Fourier keys, tables) once for many samples.
-pub fn evaluator<'a>(a: &'a Artifact, info: &'a CircuitInfo, server: &ServerKey) -> Result<Evaluator<'a>> {
+pub fn evaluator<'a>(
+    a: &'a Artifact,
+    info: &'a CircuitInfo,
+    server: &ServerKey,
+) -> Result<Evaluator<'a>> {
     Ok(Evaluator::new(&a.server.circuit, info, server)?)
 }
 

@@ -11,8 +11,15 @@ use fhec_frontend_onnx::pb;
 use prost::Message;
 
 fn fhec(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fhec")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_fhec"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -39,32 +46,69 @@ fn s(p: &Path) -> &str {
 }
 
 fn iris() -> (PathBuf, PathBuf) {
-    (fixture("mlp_iris").join("model.onnx"), fixture("mlp_iris").join("train.npy"))
+    (
+        fixture("mlp_iris").join("model.onnx"),
+        fixture("mlp_iris").join("train.npy"),
+    )
 }
 
 fn tensor_type(dims: &[Result<i64, &str>]) -> pb::TypeProto {
     let dim = dims
         .iter()
         .map(|d| match d {
-            Ok(v) => pb::Dimension { dim_value: Some(*v), dim_param: None },
-            Err(p) => pb::Dimension { dim_value: None, dim_param: Some(p.to_string()) },
+            Ok(v) => pb::Dimension {
+                dim_value: Some(*v),
+                dim_param: None,
+            },
+            Err(p) => pb::Dimension {
+                dim_value: None,
+                dim_param: Some(p.to_string()),
+            },
         })
         .collect();
-    pb::TypeProto { tensor_type: Some(pb::TypeProtoTensor { elem_type: 1, shape: Some(pb::TensorShapeProto { dim }) }) }
+    pb::TypeProto {
+        tensor_type: Some(pb::TypeProtoTensor {
+            elem_type: 1,
+            shape: Some(pb::TensorShapeProto { dim }),
+        }),
+    }
 }
 
 /// x[N, dims] → op_type (domain) → y
 fn one_node_model(op_type: &str, domain: &str, dims: &[Result<i64, &str>]) -> Vec<u8> {
-    let node = pb::NodeProto { input: vec!["x".into()], output: vec!["y".into()], name: "the_node".into(), op_type: op_type.into(), domain: domain.into(), attribute: vec![] };
+    let node = pb::NodeProto {
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        name: "the_node".into(),
+        op_type: op_type.into(),
+        domain: domain.into(),
+        attribute: vec![],
+    };
     let graph = pb::GraphProto {
         node: vec![node],
         name: "g".into(),
         initializer: vec![],
-        input: vec![pb::ValueInfoProto { name: "x".into(), r#type: Some(tensor_type(dims)) }],
-        output: vec![pb::ValueInfoProto { name: "y".into(), r#type: None }],
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(tensor_type(dims)),
+        }],
+        output: vec![pb::ValueInfoProto {
+            name: "y".into(),
+            r#type: None,
+        }],
         value_info: vec![],
     };
-    pb::ModelProto { ir_version: 8, opset_import: vec![pb::OperatorSetIdProto { domain: "".into(), version: 17 }], producer_name: "test".into(), producer_version: String::new(), graph: Some(graph) }.encode_to_vec()
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: "".into(),
+            version: 17,
+        }],
+        producer_name: "test".into(),
+        producer_version: String::new(),
+        graph: Some(graph),
+    }
+    .encode_to_vec()
 }
 
 #[test]
@@ -72,7 +116,17 @@ fn a_file_that_is_not_onnx() {
     let d = tmp("notonnx");
     let p = d.join("model.onnx");
     std::fs::write(&p, "this is a text file, not a protobuf\n").unwrap();
-    assert_fails(&["compile", s(&p), "--inputset", s(&iris().1), "-o", s(&d.join("m.fhe"))], &["model.onnx", "not an ONNX model"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&p),
+            "--inputset",
+            s(&iris().1),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["model.onnx", "not an ONNX model"],
+    );
 }
 
 #[test]
@@ -81,7 +135,17 @@ fn a_truncated_onnx_file() {
     let bytes = std::fs::read(iris().0).unwrap();
     let p = d.join("cut.onnx");
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails(&["compile", s(&p), "--inputset", s(&iris().1), "-o", s(&d.join("m.fhe"))], &["cut.onnx", "truncated"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&p),
+            "--inputset",
+            s(&iris().1),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["cut.onnx", "truncated"],
+    );
 }
 
 #[test]
@@ -89,7 +153,17 @@ fn an_unsupported_operator_is_named_with_domain_and_node() {
     let d = tmp("unsupported");
     let p = d.join("m.onnx");
     std::fs::write(&p, one_node_model("Einsum", "", &[Err("N"), Ok(4)])).unwrap();
-    assert_fails(&["compile", s(&p), "--inputset", s(&iris().1), "-o", s(&d.join("m.fhe"))], &["Einsum", "ai.onnx", "the_node"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&p),
+            "--inputset",
+            s(&iris().1),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["Einsum", "ai.onnx", "the_node"],
+    );
 }
 
 #[test]
@@ -97,14 +171,34 @@ fn a_dynamic_non_batch_dimension() {
     let d = tmp("dynamic");
     let p = d.join("m.onnx");
     std::fs::write(&p, one_node_model("Relu", "", &[Err("N"), Err("features")])).unwrap();
-    assert_fails(&["compile", s(&p), "--inputset", s(&iris().1), "-o", s(&d.join("m.fhe"))], &["'x'", "dimension 1", "features"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&p),
+            "--inputset",
+            s(&iris().1),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["'x'", "dimension 1", "features"],
+    );
 }
 
 #[test]
 fn an_inputset_of_the_wrong_shape() {
     let d = tmp("shape");
     let digits = fixture("mlp_digits").join("train.npy");
-    assert_fails(&["compile", s(&iris().0), "--inputset", s(&digits), "-o", s(&d.join("m.fhe"))], &["train.npy", "does not match input 'input'"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&iris().0),
+            "--inputset",
+            s(&digits),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["train.npy", "does not match input 'input'"],
+    );
 }
 
 #[test]
@@ -114,15 +208,42 @@ fn nan_or_inf_in_an_inputset() {
     a.data[9] = f64::NAN;
     let p = d.join("nan.npy");
     std::fs::write(&p, fhec::npy::npy_bytes(&a)).unwrap();
-    assert_fails(&["compile", s(&iris().0), "--inputset", s(&p), "-o", s(&d.join("m.fhe"))], &["nan.npy", "sample 2 element 1", "NaN"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&iris().0),
+            "--inputset",
+            s(&p),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["nan.npy", "sample 2 element 1", "NaN"],
+    );
     a.data[9] = f64::INFINITY;
     std::fs::write(&p, fhec::npy::npy_bytes(&a)).unwrap();
-    assert_fails(&["compile", s(&iris().0), "--inputset", s(&p), "-o", s(&d.join("m.fhe"))], &["nan.npy", "inf"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&iris().0),
+            "--inputset",
+            s(&p),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["nan.npy", "inf"],
+    );
 }
 
 fn compiled(dir: &Path) -> PathBuf {
     let out = dir.join("iris.fhe");
-    let (code, _, err) = fhec(&["compile", s(&iris().0), "--inputset", s(&iris().1), "-o", s(&out)]);
+    let (code, _, err) = fhec(&[
+        "compile",
+        s(&iris().0),
+        "--inputset",
+        s(&iris().1),
+        "-o",
+        s(&out),
+    ]);
     assert_eq!(code, 0, "{err}");
     out
 }
@@ -132,7 +253,11 @@ fn an_artifact_from_another_version() {
     let d = tmp("version");
     let p = compiled(&d);
     let text = std::fs::read(&p).unwrap();
-    let patched = [b"FHEC-ARTIFACT 99".as_slice(), &text[b"FHEC-ARTIFACT 1".len()..]].concat();
+    let patched = [
+        b"FHEC-ARTIFACT 99".as_slice(),
+        &text[b"FHEC-ARTIFACT 1".len()..],
+    ]
+    .concat();
     std::fs::write(&p, patched).unwrap();
     assert_fails(&["inspect", s(&p)], &["iris.fhe", "version 99"]);
 }
@@ -145,7 +270,17 @@ fn a_corrupted_artifact() {
     let n = bytes.len();
     bytes[n - 20] ^= 0x01;
     std::fs::write(&p, &bytes).unwrap();
-    assert_fails(&["predict", s(&p), "--input", s(&iris().1), "--mode", "simulate"], &["iris.fhe", "corrupted"]);
+    assert_fails(
+        &[
+            "predict",
+            s(&p),
+            "--input",
+            s(&iris().1),
+            "--mode",
+            "simulate",
+        ],
+        &["iris.fhe", "corrupted"],
+    );
     std::fs::write(&p, &bytes[..n - 100]).unwrap();
     assert_fails(&["inspect", s(&p)], &["iris.fhe", "corrupted"]);
 }
@@ -155,14 +290,34 @@ fn files_the_user_wrote_are_not_overwritten() {
     let d = tmp("overwrite");
     let mine = d.join("notes.fhe");
     std::fs::write(&mine, "my notes").unwrap();
-    assert_fails(&["compile", s(&iris().0), "--inputset", s(&iris().1), "-o", s(&mine)], &["notes.fhe", "refusing to overwrite"]);
+    assert_fails(
+        &[
+            "compile",
+            s(&iris().0),
+            "--inputset",
+            s(&iris().1),
+            "-o",
+            s(&mine),
+        ],
+        &["notes.fhe", "refusing to overwrite"],
+    );
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "my notes");
     // an artifact fhec wrote is replaced on recompilation
     let p = compiled(&d);
-    let (code, _, err) = fhec(&["compile", s(&iris().0), "--inputset", s(&iris().1), "-o", s(&p)]);
+    let (code, _, err) = fhec(&[
+        "compile",
+        s(&iris().0),
+        "--inputset",
+        s(&iris().1),
+        "-o",
+        s(&p),
+    ]);
     assert_eq!(code, 0, "{err}");
     let y = d.join("y.npz");
     std::fs::write(&y, "precious").unwrap();
-    assert_fails(&["predict", s(&p), "--input", s(&iris().1), "-o", s(&y)], &["y.npz", "refusing"]);
+    assert_fails(
+        &["predict", s(&p), "--input", s(&iris().1), "-o", s(&y)],
+        &["y.npz", "refusing"],
+    );
     assert_eq!(std::fs::read_to_string(&y).unwrap(), "precious");
 }

@@ -13,7 +13,10 @@ fn fhe_equals_simulate(name: &str, samples: usize) -> usize {
     for (i, s) in data.iter().take(samples).enumerate() {
         let fhe = fhec::run::fhe(&a, &info, &client, &evaluator, s, &|_| {}).unwrap();
         let sim = fhec::run::simulate(&a, &info, s).unwrap();
-        assert_eq!(fhe.circuit_outputs, sim.circuit_outputs, "{name} sample {i}: FHE decrypted different integers than simulate");
+        assert_eq!(
+            fhe.circuit_outputs, sim.circuit_outputs,
+            "{name} sample {i}: FHE decrypted different integers than simulate"
+        );
         for (x, y) in fhe.outputs.iter().zip(&sim.outputs) {
             assert_eq!(x.data, y.data, "{name} sample {i}: model outputs differ");
         }
@@ -23,7 +26,11 @@ fn fhe_equals_simulate(name: &str, samples: usize) -> usize {
 
 #[test]
 fn logreg_iris_fhe_equals_simulate_without_bootstrap() {
-    assert_eq!(fhe_equals_simulate("logreg_iris", 3), 0, "a linear model needs no bootstrap");
+    assert_eq!(
+        fhe_equals_simulate("logreg_iris", 3),
+        0,
+        "a linear model needs no bootstrap"
+    );
 }
 
 #[test]

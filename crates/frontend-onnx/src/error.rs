@@ -10,7 +10,11 @@ pub struct UnsupportedOp {
 
 impl fmt::Display for UnsupportedOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (domain {}, node '{}')", self.op_type, self.domain, self.node)
+        write!(
+            f,
+            "{} (domain {}, node '{}')",
+            self.op_type, self.domain, self.node
+        )
     }
 }
 
@@ -22,9 +26,17 @@ pub enum ImportError {
     #[error("unsupported operator(s): {}", list(.0))]
     Unsupported(Vec<UnsupportedOp>),
     #[error("input '{input}' dimension {axis} is dynamic ('{param}'): only the batch dimension (axis 0) may be symbolic")]
-    DynamicShape { input: String, axis: usize, param: String },
+    DynamicShape {
+        input: String,
+        axis: usize,
+        param: String,
+    },
     #[error("node '{node}' ({op_type}): {reason}")]
-    Node { node: String, op_type: String, reason: String },
+    Node {
+        node: String,
+        op_type: String,
+        reason: String,
+    },
     #[error("tensor '{name}': {reason}")]
     Tensor { name: String, reason: String },
     #[error("graph output '{0}' is not produced by any node")]
@@ -34,5 +46,8 @@ pub enum ImportError {
 }
 
 fn list(ops: &[UnsupportedOp]) -> String {
-    ops.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+    ops.iter()
+        .map(|o| o.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -111,20 +111,45 @@ pub enum Norm {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Op {
     /// `y[.., j] = Σ_i x[.., i]·weight[j·inputs + i] + bias[j]` over the last axis.
-    Dense { inputs: usize, outputs: usize, weight: Vec<f64>, bias: Vec<f64> },
+    Dense {
+        inputs: usize,
+        outputs: usize,
+        weight: Vec<f64>,
+        bias: Vec<f64>,
+    },
     /// `x ∘ c` (or `c ∘ x` when `constant_first`), `c` broadcast to x's shape (numpy rules).
-    BinaryConst { kind: BinaryKind, constant: Tensor, constant_first: bool },
+    BinaryConst {
+        kind: BinaryKind,
+        constant: Tensor,
+        constant_first: bool,
+    },
     Activation(Activation),
     /// Same data, new shape (Reshape, Flatten, Identity).
-    Reshape { shape: Vec<usize> },
-    Softmax { axis: usize },
-    ArgMax { axis: usize, keepdims: bool, select_last_index: bool },
+    Reshape {
+        shape: Vec<usize>,
+    },
+    Softmax {
+        axis: usize,
+    },
+    ArgMax {
+        axis: usize,
+        keepdims: bool,
+        select_last_index: bool,
+    },
     /// The tail of ai.onnx.ml LinearClassifier: scores → (label, transformed scores).
-    ClassifierHead { labels: Vec<i64>, post_transform: PostTransform, binary_single_score: bool },
+    ClassifierHead {
+        labels: Vec<i64>,
+        post_transform: PostTransform,
+        binary_single_score: bool,
+    },
     /// ai.onnx.ml ZipMap; the map sequence is represented by its [1, classes] tensor.
     ZipMap,
-    Cast { to: DType },
-    Normalizer { norm: Norm },
+    Cast {
+        to: DType,
+    },
+    Normalizer {
+        norm: Norm,
+    },
 }
 
 impl Op {
@@ -188,8 +213,16 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
-        let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -206,7 +239,15 @@ pub fn broadcast_to(t: &Tensor, shape: &[usize]) -> Option<Tensor> {
         return None;
     }
     let rank = shape.len();
-    let src: Vec<usize> = (0..rank).map(|i| if i + t.shape.len() >= rank { t.shape[i + t.shape.len() - rank] } else { 1 }).collect();
+    let src: Vec<usize> = (0..rank)
+        .map(|i| {
+            if i + t.shape.len() >= rank {
+                t.shape[i + t.shape.len() - rank]
+            } else {
+                1
+            }
+        })
+        .collect();
     let numel: usize = shape.iter().product();
     let mut data = Vec::with_capacity(numel);
     for flat in 0..numel {

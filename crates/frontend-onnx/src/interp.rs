@@ -18,7 +18,11 @@ pub fn cast_value(v: f64, to: DType) -> f64 {
 pub fn evaluate(graph: &FloatGraph, inputs: &[Tensor]) -> Result<Vec<Option<Tensor>>, ImportError> {
     let mut env: Vec<Option<Tensor>> = graph.values.iter().map(|v| v.constant.clone()).collect();
     if inputs.len() != graph.inputs.len() {
-        return Err(ImportError::Eval(format!("{} inputs given, the model has {}", inputs.len(), graph.inputs.len())));
+        return Err(ImportError::Eval(format!(
+            "{} inputs given, the model has {}",
+            inputs.len(),
+            graph.inputs.len()
+        )));
     }
     for (&id, t) in graph.inputs.iter().zip(inputs) {
         env[id.0 as usize] = Some(t.clone());
@@ -28,20 +32,35 @@ pub fn evaluate(graph: &FloatGraph, inputs: &[Tensor]) -> Result<Vec<Option<Tens
 }
 
 /// Evaluates the nodes with the given indices (in order) on `env`.
-pub fn evaluate_nodes(graph: &FloatGraph, nodes: impl IntoIterator<Item = usize>, env: &mut [Option<Tensor>]) -> Result<(), ImportError> {
+pub fn evaluate_nodes(
+    graph: &FloatGraph,
+    nodes: impl IntoIterator<Item = usize>,
+    env: &mut [Option<Tensor>],
+) -> Result<(), ImportError> {
     for i in nodes {
         let node = &graph.nodes[i];
         let args: Vec<&Tensor> = node
             .inputs
             .iter()
-            .map(|id| env[id.0 as usize].as_ref().ok_or_else(|| ImportError::Eval(format!("node '{}': input '{}' not computed", node.name, graph.value(*id).name))))
+            .map(|id| {
+                env[id.0 as usize].as_ref().ok_or_else(|| {
+                    ImportError::Eval(format!(
+                        "node '{}': input '{}' not computed",
+                        node.name,
+                        graph.value(*id).name
+                    ))
+                })
+            })
             .collect::<Result<_, _>>()?;
         let outs = eval_op(&node.op, &args);
         for (id, mut t) in node.outputs.iter().zip(outs) {
             let info = graph.value(*id);
             t.dtype = info.dtype;
             if t.shape != info.shape {
-                return Err(ImportError::Eval(format!("node '{}' produced shape {:?}, expected {:?}", node.name, t.shape, info.shape)));
+                return Err(ImportError::Eval(format!(
+                    "node '{}' produced shape {:?}, expected {:?}",
+                    node.name, t.shape, info.shape
+                )));
             }
             env[id.0 as usize] = Some(t);
         }
@@ -54,7 +73,12 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
     let x = args[0];
     let same = |data: Vec<f64>| Tensor::new(x.shape.clone(), data, x.dtype);
     match op {
-        Op::Dense { inputs, outputs, weight, bias } => {
+        Op::Dense {
+            inputs,
+            outputs,
+            weight,
+            bias,
+        } => {
             let rows = x.numel() / inputs;
             let mut y = Vec::with_capacity(rows * outputs);
             for r in 0..rows {
@@ -68,16 +92,30 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             *shape.last_mut().unwrap() = *outputs;
             vec![Tensor::new(shape, y, x.dtype)]
         }
-        Op::BinaryConst { kind, constant, constant_first } => vec![same(
+        Op::BinaryConst {
+            kind,
+            constant,
+            constant_first,
+        } => vec![same(
             x.data
                 .iter()
                 .zip(&constant.data)
-                .map(|(&v, &c)| if *constant_first { kind.apply(c, v) } else { kind.apply(v, c) })
+                .map(|(&v, &c)| {
+                    if *constant_first {
+                        kind.apply(c, v)
+                    } else {
+                        kind.apply(v, c)
+                    }
+                })
                 .collect(),
         )],
         Op::Activation(a) => vec![same(x.data.iter().map(|&v| a.apply(v)).collect())],
         Op::Reshape { shape } => vec![Tensor::new(shape.clone(), x.data.clone(), x.dtype)],
-        Op::Cast { to } => vec![Tensor::new(x.shape.clone(), x.data.iter().map(|&v| cast_value(v, *to)).collect(), *to)],
+        Op::Cast { to } => vec![Tensor::new(
+            x.shape.clone(),
+            x.data.iter().map(|&v| cast_value(v, *to)).collect(),
+            *to,
+        )],
         Op::ZipMap => vec![x.clone()],
         Op::Softmax { axis } => vec![same(along_axis(x, *axis, softmax))],
         Op::Normalizer { norm } => {
@@ -87,18 +125,27 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
                     Norm::L1 => row.iter().map(|v| v.abs()).sum(),
                     Norm::L2 => row.iter().map(|v| v * v).sum::<f64>().sqrt(),
                 };
-                row.iter().map(|&v| if n == 0.0 { v } else { v / n }).collect()
+                row.iter()
+                    .map(|&v| if n == 0.0 { v } else { v / n })
+                    .collect()
             };
             vec![same(along_axis(x, x.shape.len() - 1, f))]
         }
-        Op::ArgMax { axis, keepdims, select_last_index } => {
+        Op::ArgMax {
+            axis,
+            keepdims,
+            select_last_index,
+        } => {
             let (outer, len, inner) = split_axis(&x.shape, *axis);
             let mut data = Vec::with_capacity(outer * inner);
             for o in 0..outer {
                 for i in 0..inner {
                     let mut best = 0;
                     for k in 1..len {
-                        let (v, b) = (x.data[(o * len + k) * inner + i], x.data[(o * len + best) * inner + i]);
+                        let (v, b) = (
+                            x.data[(o * len + k) * inner + i],
+                            x.data[(o * len + best) * inner + i],
+                        );
                         if v > b || (*select_last_index && v == b) {
                             best = k;
                         }
@@ -114,23 +161,44 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             }
             vec![Tensor::new(shape, data, DType::I64)]
         }
-        Op::ClassifierHead { labels, post_transform, binary_single_score } => {
-            let scores: Vec<f64> = if *binary_single_score { vec![-x.data[0], x.data[0]] } else { x.data.clone() };
-            let best = scores.iter().enumerate().fold(0, |b, (i, &v)| if v > scores[b] { i } else { b });
+        Op::ClassifierHead {
+            labels,
+            post_transform,
+            binary_single_score,
+        } => {
+            let scores: Vec<f64> = if *binary_single_score {
+                vec![-x.data[0], x.data[0]]
+            } else {
+                x.data.clone()
+            };
+            let best = scores
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > scores[b] { i } else { b });
             let label = labels[best] as f64;
             let probs = match post_transform {
                 PostTransform::None | PostTransform::Probit => scores,
-                PostTransform::Logistic => scores.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect(),
+                PostTransform::Logistic => {
+                    scores.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect()
+                }
                 PostTransform::Softmax => softmax(&scores),
                 PostTransform::SoftmaxZero => {
                     let m = scores.iter().fold(f64::MIN, |m, &v| m.max(v));
-                    let e: Vec<f64> = scores.iter().map(|&v| if v == 0.0 { 0.0 } else { (v - m).exp() }).collect();
+                    let e: Vec<f64> = scores
+                        .iter()
+                        .map(|&v| if v == 0.0 { 0.0 } else { (v - m).exp() })
+                        .collect();
                     let s: f64 = e.iter().sum();
-                    e.iter().map(|v| if s == 0.0 { 0.0 } else { v / s }).collect()
+                    e.iter()
+                        .map(|v| if s == 0.0 { 0.0 } else { v / s })
+                        .collect()
                 }
             };
             let n = probs.len();
-            vec![Tensor::new(vec![1], vec![label], DType::I64), Tensor::new(vec![1, n], probs, DType::F32)]
+            vec![
+                Tensor::new(vec![1], vec![label], DType::I64),
+                Tensor::new(vec![1, n], probs, DType::F32),
+            ]
         }
     }
 }
@@ -143,7 +211,11 @@ fn softmax(row: &[f64]) -> Vec<f64> {
 }
 
 fn split_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
-    (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product())
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
 }
 
 /// Applies `f` to every 1-D slice along `axis`.

@@ -23,17 +23,29 @@ use prost::Message;
 
 /// Decodes and imports an ONNX model.
 pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
-    let model = pb::ModelProto::decode(bytes).map_err(|e| ImportError::NotOnnx(format!("protobuf decoding failed ({e}); the file is truncated or not ONNX")))?;
+    let model = pb::ModelProto::decode(bytes).map_err(|e| {
+        ImportError::NotOnnx(format!(
+            "protobuf decoding failed ({e}); the file is truncated or not ONNX"
+        ))
+    })?;
     let graph = match &model.graph {
         Some(g) if model.ir_version > 0 && !g.node.is_empty() => g,
-        _ => return Err(ImportError::NotOnnx("no graph with nodes and no IR version".into())),
+        _ => {
+            return Err(ImportError::NotOnnx(
+                "no graph with nodes and no IR version".into(),
+            ))
+        }
     };
     let unsupported: Vec<UnsupportedOp> = graph
         .node
         .iter()
         .enumerate()
         .filter(|(_, n)| ops::builder(&n.domain, &n.op_type).is_none())
-        .map(|(i, n)| UnsupportedOp { op_type: n.op_type.clone(), domain: domain_name(&n.domain).into(), node: node_name(n, i) })
+        .map(|(i, n)| UnsupportedOp {
+            op_type: n.op_type.clone(),
+            domain: domain_name(&n.domain).into(),
+            node: node_name(n, i),
+        })
         .collect();
     if !unsupported.is_empty() {
         return Err(ImportError::Unsupported(unsupported));
@@ -53,49 +65,88 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
         b.inputs.push(id);
     }
     if b.inputs.is_empty() {
-        return Err(ImportError::NotOnnx("the graph has no non-constant input".into()));
+        return Err(ImportError::NotOnnx(
+            "the graph has no non-constant input".into(),
+        ));
     }
     for (i, node) in graph.node.iter().enumerate() {
         let build = ops::builder(&node.domain, &node.op_type).expect("checked above");
-        let mut ctx = NodeCtx { b: &mut b, node, name: node_name(node, i) };
+        let mut ctx = NodeCtx {
+            b: &mut b,
+            node,
+            name: node_name(node, i),
+        };
         build(&mut ctx)?;
     }
     let mut outputs = Vec::new();
     for out in &graph.output {
-        let id = *b.by_name.get(&out.name).ok_or_else(|| ImportError::MissingOutput(out.name.clone()))?;
+        let id = *b
+            .by_name
+            .get(&out.name)
+            .ok_or_else(|| ImportError::MissingOutput(out.name.clone()))?;
         outputs.push(id);
     }
-    Ok(FloatGraph { values: b.values, nodes: b.nodes, inputs: b.inputs, outputs })
+    Ok(FloatGraph {
+        values: b.values,
+        nodes: b.nodes,
+        inputs: b.inputs,
+        outputs,
+    })
 }
 
 fn domain_name(d: &str) -> &str {
-    if d.is_empty() { "ai.onnx" } else { d }
+    if d.is_empty() {
+        "ai.onnx"
+    } else {
+        d
+    }
 }
 
 fn node_name(n: &pb::NodeProto, index: usize) -> String {
-    if n.name.is_empty() { format!("{}#{index}", n.op_type) } else { n.name.clone() }
+    if n.name.is_empty() {
+        format!("{}#{index}", n.op_type)
+    } else {
+        n.name.clone()
+    }
 }
 
 fn input_fact(v: &pb::ValueInfoProto) -> Result<(Vec<usize>, DType), ImportError> {
-    let bad = |reason: &str| ImportError::Tensor { name: v.name.clone(), reason: reason.into() };
-    let tt = v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).ok_or_else(|| bad("input is not a tensor"))?;
-    let dtype = tensor::dtype_of(tt.elem_type).ok_or_else(|| bad("unsupported input element type"))?;
-    let dims = tt.shape.as_ref().ok_or_else(|| bad("input has no declared shape"))?;
+    let bad = |reason: &str| ImportError::Tensor {
+        name: v.name.clone(),
+        reason: reason.into(),
+    };
+    let tt = v
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .ok_or_else(|| bad("input is not a tensor"))?;
+    let dtype =
+        tensor::dtype_of(tt.elem_type).ok_or_else(|| bad("unsupported input element type"))?;
+    let dims = tt
+        .shape
+        .as_ref()
+        .ok_or_else(|| bad("input has no declared shape"))?;
     let mut shape = Vec::new();
     for (axis, d) in dims.dim.iter().enumerate() {
         match (d.dim_value, &d.dim_param) {
             (Some(v), _) if v > 0 && (axis > 0 || v == 1) => shape.push(v as usize),
-            (Some(v), _) if axis == 0 && v > 1 => {
-                return Err(bad(&format!("fixed batch size {v}: export the model with a dynamic (or size-1) batch dimension")))
-            }
+            (Some(v), _) if axis == 0 && v > 1 => return Err(bad(&format!(
+                "fixed batch size {v}: export the model with a dynamic (or size-1) batch dimension"
+            ))),
             _ if axis == 0 => shape.push(1),
             (_, p) => {
-                return Err(ImportError::DynamicShape { input: v.name.clone(), axis, param: p.clone().unwrap_or_else(|| "?".into()) })
+                return Err(ImportError::DynamicShape {
+                    input: v.name.clone(),
+                    axis,
+                    param: p.clone().unwrap_or_else(|| "?".into()),
+                })
             }
         }
     }
     if shape.is_empty() {
-        return Err(bad("scalar inputs are not supported: the first dimension must be the batch"));
+        return Err(bad(
+            "scalar inputs are not supported: the first dimension must be the batch",
+        ));
     }
     Ok((shape, dtype))
 }
@@ -109,9 +160,20 @@ struct Builder {
 }
 
 impl Builder {
-    fn add_value(&mut self, name: &str, shape: Vec<usize>, dtype: DType, constant: Option<Tensor>) -> ValueId {
+    fn add_value(
+        &mut self,
+        name: &str,
+        shape: Vec<usize>,
+        dtype: DType,
+        constant: Option<Tensor>,
+    ) -> ValueId {
         let id = ValueId(self.values.len() as u32);
-        self.values.push(ValueInfo { name: name.to_string(), shape, dtype, constant });
+        self.values.push(ValueInfo {
+            name: name.to_string(),
+            shape,
+            dtype,
+            constant,
+        });
         self.by_name.insert(name.to_string(), id);
         id
     }
@@ -129,7 +191,11 @@ pub(crate) struct NodeCtx<'a> {
 
 impl NodeCtx<'_> {
     pub(crate) fn err(&self, reason: impl Into<String>) -> ImportError {
-        ImportError::Node { node: self.name.clone(), op_type: self.node.op_type.clone(), reason: reason.into() }
+        ImportError::Node {
+            node: self.name.clone(),
+            op_type: self.node.op_type.clone(),
+            reason: reason.into(),
+        }
     }
 
     /// The value feeding input slot `i`, if the slot is present and non-empty.
@@ -137,11 +203,18 @@ impl NodeCtx<'_> {
         match self.node.input.get(i) {
             None => Ok(None),
             Some(n) if n.is_empty() => Ok(None),
-            Some(n) => self.b.by_name.get(n).copied().map(Some).ok_or_else(|| self.err(format!("input '{n}' is not defined before this node"))),
+            Some(n) => self
+                .b
+                .by_name
+                .get(n)
+                .copied()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("input '{n}' is not defined before this node"))),
         }
     }
     pub(crate) fn required_input(&self, i: usize) -> Result<ValueId, ImportError> {
-        self.input(i)?.ok_or_else(|| self.err(format!("missing input {i}")))
+        self.input(i)?
+            .ok_or_else(|| self.err(format!("missing input {i}")))
     }
     pub(crate) fn info(&self, id: ValueId) -> &ValueInfo {
         &self.b.values[id.0 as usize]
@@ -153,7 +226,11 @@ impl NodeCtx<'_> {
         &self.info(id).name
     }
     pub(crate) fn output_name(&self, i: usize) -> Option<&str> {
-        self.node.output.get(i).map(|s| s.as_str()).filter(|s| !s.is_empty())
+        self.node
+            .output
+            .get(i)
+            .map(|s| s.as_str())
+            .filter(|s| !s.is_empty())
     }
     pub(crate) fn node_name(&self) -> &str {
         &self.name
@@ -169,7 +246,8 @@ impl NodeCtx<'_> {
         self.attr(name).map_or(default, |a| a.f)
     }
     pub(crate) fn attr_s(&self, name: &str) -> Option<String> {
-        self.attr(name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+        self.attr(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
     pub(crate) fn attr_ints(&self, name: &str) -> Vec<i64> {
         self.attr(name).map_or_else(Vec::new, |a| a.ints.clone())
@@ -189,26 +267,55 @@ impl NodeCtx<'_> {
 
     /// Binds output slot `i` to a constant.
     pub(crate) fn set_constant(&mut self, i: usize, t: Tensor) -> Result<(), ImportError> {
-        let name = self.output_name(i).ok_or_else(|| self.err("missing output name"))?.to_string();
+        let name = self
+            .output_name(i)
+            .ok_or_else(|| self.err("missing output name"))?
+            .to_string();
         self.b.add_constant(&name, t);
         Ok(())
     }
 
     /// Adds a node named after the ONNX node with the given outputs `(name, shape, dtype)`.
-    pub(crate) fn add_node(&mut self, op: Op, inputs: Vec<ValueId>, outputs: Vec<(String, Vec<usize>, DType)>) -> Vec<ValueId> {
+    pub(crate) fn add_node(
+        &mut self,
+        op: Op,
+        inputs: Vec<ValueId>,
+        outputs: Vec<(String, Vec<usize>, DType)>,
+    ) -> Vec<ValueId> {
         let name = self.name.clone();
         self.push_node(name, op, inputs, outputs)
     }
 
     /// Adds a second node for a builder that splits one ONNX node in two.
-    pub(crate) fn add_sub_node(&mut self, suffix: &str, op: Op, inputs: Vec<ValueId>, outputs: Vec<(String, Vec<usize>, DType)>) -> Vec<ValueId> {
+    pub(crate) fn add_sub_node(
+        &mut self,
+        suffix: &str,
+        op: Op,
+        inputs: Vec<ValueId>,
+        outputs: Vec<(String, Vec<usize>, DType)>,
+    ) -> Vec<ValueId> {
         let name = format!("{}/{suffix}", self.name);
         self.push_node(name, op, inputs, outputs)
     }
 
-    fn push_node(&mut self, name: String, op: Op, inputs: Vec<ValueId>, outputs: Vec<(String, Vec<usize>, DType)>) -> Vec<ValueId> {
-        let ids: Vec<ValueId> = outputs.into_iter().map(|(n, s, d)| self.b.add_value(&n, s, d, None)).collect();
-        self.b.nodes.push(Node { name, onnx_op: self.node.op_type.clone(), op, inputs, outputs: ids.clone() });
+    fn push_node(
+        &mut self,
+        name: String,
+        op: Op,
+        inputs: Vec<ValueId>,
+        outputs: Vec<(String, Vec<usize>, DType)>,
+    ) -> Vec<ValueId> {
+        let ids: Vec<ValueId> = outputs
+            .into_iter()
+            .map(|(n, s, d)| self.b.add_value(&n, s, d, None))
+            .collect();
+        self.b.nodes.push(Node {
+            name,
+            onnx_op: self.node.op_type.clone(),
+            op,
+            inputs,
+            outputs: ids.clone(),
+        });
         ids
     }
 }

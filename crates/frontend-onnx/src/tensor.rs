@@ -15,11 +15,17 @@ pub(crate) fn dtype_of(elem_type: i32) -> Option<DType> {
 }
 
 pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
-    let err = |reason: String| ImportError::Tensor { name: t.name.clone(), reason };
+    let err = |reason: String| ImportError::Tensor {
+        name: t.name.clone(),
+        reason,
+    };
     if t.data_location == 1 || !t.external_data.is_empty() {
-        return Err(err("external data is not supported; save the model with its tensors embedded".into()));
+        return Err(err(
+            "external data is not supported; save the model with its tensors embedded".into(),
+        ));
     }
-    let dtype = dtype_of(t.data_type).ok_or_else(|| err(format!("unsupported element type {}", t.data_type)))?;
+    let dtype = dtype_of(t.data_type)
+        .ok_or_else(|| err(format!("unsupported element type {}", t.data_type)))?;
     let mut shape = Vec::with_capacity(t.dims.len());
     for &d in &t.dims {
         shape.push(usize::try_from(d).map_err(|_| err(format!("negative dimension {d}")))?);
@@ -33,14 +39,27 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
             _ => 1,
         };
         if raw.len() != numel * width {
-            return Err(err(format!("raw data holds {} bytes, shape {:?} needs {}", raw.len(), shape, numel * width)));
+            return Err(err(format!(
+                "raw data holds {} bytes, shape {:?} needs {}",
+                raw.len(),
+                shape,
+                numel * width
+            )));
         }
         let chunks = raw.chunks_exact(width);
         match t.data_type {
-            dt::FLOAT => chunks.map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            dt::DOUBLE => chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
-            dt::INT64 => chunks.map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            dt::INT32 => chunks.map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            dt::FLOAT => chunks
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            dt::DOUBLE => chunks
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            dt::INT64 => chunks
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            dt::INT32 => chunks
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
             dt::INT8 => raw.iter().map(|&b| b as i8 as f64).collect(),
             _ => raw.iter().map(|&b| b as f64).collect(),
         }
@@ -53,7 +72,12 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
         }
     };
     if data.len() != numel {
-        return Err(err(format!("holds {} values, shape {:?} needs {}", data.len(), shape, numel)));
+        return Err(err(format!(
+            "holds {} values, shape {:?} needs {}",
+            data.len(),
+            shape,
+            numel
+        )));
     }
     Ok(Tensor::new(shape, data, dtype))
 }

@@ -8,17 +8,35 @@ impl fmt::Display for Circuit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for id in self.ids() {
             let n = self.node(id);
-            let args: Vec<String> = self.operands(id).iter().map(|o| format!("%{}", o.index())).collect();
+            let args: Vec<String> = self
+                .operands(id)
+                .iter()
+                .map(|o| format!("%{}", o.index()))
+                .collect();
             let detail = match &n.op {
                 IntOp::Input { index, bits } => format!("#{index} u{bits}"),
-                IntOp::Linear { inputs, outputs, weight, .. } => {
-                    format!("{inputs}->{outputs} max|w|={}", weight.iter().map(|w| w.abs()).max().unwrap_or(0))
+                IntOp::Linear {
+                    inputs,
+                    outputs,
+                    weight,
+                    ..
+                } => {
+                    format!(
+                        "{inputs}->{outputs} max|w|={}",
+                        weight.iter().map(|w| w.abs()).max().unwrap_or(0)
+                    )
                 }
                 IntOp::Round { drop_bits } => format!("drop={drop_bits}"),
-                IntOp::Lut { precision, tables, .. } => format!("p={precision} tables={}", tables.len()),
+                IntOp::Lut {
+                    precision, tables, ..
+                } => format!("p={precision} tables={}", tables.len()),
                 IntOp::Reshape => String::new(),
             };
-            let status = if n.status == Status::Encrypted { "enc" } else { "clear" };
+            let status = if n.status == Status::Encrypted {
+                "enc"
+            } else {
+                "clear"
+            };
             writeln!(
                 f,
                 "%{} = {} {} {} : {status} {:?} [{}, {}]  // {}",
@@ -32,7 +50,11 @@ impl fmt::Display for Circuit {
                 n.name
             )?;
         }
-        let outs: Vec<String> = self.outputs.iter().map(|o| format!("%{}", o.index())).collect();
+        let outs: Vec<String> = self
+            .outputs
+            .iter()
+            .map(|o| format!("%{}", o.index()))
+            .collect();
         writeln!(f, "return {}", outs.join(", "))
     }
 }

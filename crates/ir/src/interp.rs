@@ -14,29 +14,56 @@ pub enum SimError {
     #[error("{given} input tensors given, the circuit takes {expected}")]
     InputCount { given: usize, expected: usize },
     #[error("input #{index} has {given} elements, the circuit takes {expected}")]
-    InputSize { index: usize, given: usize, expected: usize },
+    InputSize {
+        index: usize,
+        given: usize,
+        expected: usize,
+    },
     #[error("input #{index} element {element} = {value} is outside [0, 2^{bits})")]
-    InputRange { index: usize, element: usize, value: i64, bits: u32 },
+    InputRange {
+        index: usize,
+        element: usize,
+        value: i64,
+        bits: u32,
+    },
 }
 
 /// Runs the circuit on one sample; returns the values of `c.outputs`.
-pub fn simulate(c: &Circuit, info: &CircuitInfo, inputs: &[Vec<i64>]) -> Result<Vec<Vec<i64>>, SimError> {
+pub fn simulate(
+    c: &Circuit,
+    info: &CircuitInfo,
+    inputs: &[Vec<i64>],
+) -> Result<Vec<Vec<i64>>, SimError> {
     let values = evaluate(c, inputs, Some(info.encoding_bits))?;
-    Ok(c.outputs.iter().map(|o| values[o.index()].clone()).collect())
+    Ok(c.outputs
+        .iter()
+        .map(|o| values[o.index()].clone())
+        .collect())
 }
 
 /// Evaluates every node. With `encoding_bits = Some(W)` values are reduced to the
 /// signed representatives of `Z / 2^(W+1)` as the ciphertexts hold them; with `None` the
 /// arithmetic is exact (used by calibration, before W is known).
-pub fn evaluate(c: &Circuit, inputs: &[Vec<i64>], encoding_bits: Option<u32>) -> Result<Vec<Vec<i64>>, SimError> {
+pub fn evaluate(
+    c: &Circuit,
+    inputs: &[Vec<i64>],
+    encoding_bits: Option<u32>,
+) -> Result<Vec<Vec<i64>>, SimError> {
     if inputs.len() != c.inputs.len() {
-        return Err(SimError::InputCount { given: inputs.len(), expected: c.inputs.len() });
+        return Err(SimError::InputCount {
+            given: inputs.len(),
+            expected: c.inputs.len(),
+        });
     }
     let reduce = |v: i64| match encoding_bits {
         Some(w) => {
             let m = 1i64 << (w + 1);
             let r = v.rem_euclid(m);
-            if r >= m / 2 { r - m } else { r }
+            if r >= m / 2 {
+                r - m
+            } else {
+                r
+            }
         }
         None => v,
     };
@@ -49,14 +76,32 @@ pub fn evaluate(c: &Circuit, inputs: &[Vec<i64>], encoding_bits: Option<u32>) ->
             IntOp::Input { index, bits } => {
                 let data = &inputs[*index];
                 if data.len() != n.numel() {
-                    return Err(SimError::InputSize { index: *index, given: data.len(), expected: n.numel() });
+                    return Err(SimError::InputSize {
+                        index: *index,
+                        given: data.len(),
+                        expected: n.numel(),
+                    });
                 }
-                if let Some((element, &value)) = data.iter().enumerate().find(|(_, &v)| v < 0 || v >= 1 << bits) {
-                    return Err(SimError::InputRange { index: *index, element, value, bits: *bits });
+                if let Some((element, &value)) = data
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &v)| v < 0 || v >= 1 << bits)
+                {
+                    return Err(SimError::InputRange {
+                        index: *index,
+                        element,
+                        value,
+                        bits: *bits,
+                    });
                 }
                 data.clone()
             }
-            IntOp::Linear { inputs, outputs, weight, bias } => {
+            IntOp::Linear {
+                inputs,
+                outputs,
+                weight,
+                bias,
+            } => {
                 let x = x.unwrap();
                 let rows = x.len() / inputs;
                 let mut y = Vec::with_capacity(rows * outputs);
@@ -64,7 +109,10 @@ pub fn evaluate(c: &Circuit, inputs: &[Vec<i64>], encoding_bits: Option<u32>) ->
                     let xr = &x[r * inputs..(r + 1) * inputs];
                     for j in 0..*outputs {
                         let w = &weight[j * inputs..(j + 1) * inputs];
-                        let acc = xr.iter().zip(w).fold(bias[j], |a, (&xi, &wi)| a.wrapping_add(xi.wrapping_mul(wi)));
+                        let acc = xr
+                            .iter()
+                            .zip(w)
+                            .fold(bias[j], |a, (&xi, &wi)| a.wrapping_add(xi.wrapping_mul(wi)));
                         y.push(reduce(acc));
                     }
                 }
@@ -81,7 +129,11 @@ pub fn evaluate(c: &Circuit, inputs: &[Vec<i64>], encoding_bits: Option<u32>) ->
                     })
                     .collect()
             }
-            IntOp::Lut { precision, tables, table_of } => {
+            IntOp::Lut {
+                precision,
+                tables,
+                table_of,
+            } => {
                 let half = 1i64 << precision;
                 x.unwrap()
                     .iter()
@@ -89,7 +141,11 @@ pub fn evaluate(c: &Circuit, inputs: &[Vec<i64>], encoding_bits: Option<u32>) ->
                     .map(|(&v, &t)| {
                         let idx = v.rem_euclid(2 * half);
                         let table = &tables[t as usize];
-                        reduce(if idx < half { table[idx as usize] } else { -table[(idx - half) as usize] })
+                        reduce(if idx < half {
+                            table[idx as usize]
+                        } else {
+                            -table[(idx - half) as usize]
+                        })
                     })
                     .collect()
             }

@@ -39,7 +39,9 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
-pub use verify::{bits_for_range, verify, CircuitInfo, NodeInfo, VerifyError, VerifyErrors, Violation};
+pub use verify::{
+    bits_for_range, verify, CircuitInfo, NodeInfo, VerifyError, VerifyErrors, Violation,
+};
 
 /// The widest encrypted integer fhec accepts (Concrete's accumulator limit).
 pub const MAX_BITS: u32 = 16;
@@ -74,22 +76,40 @@ impl Range {
     /// The smallest range holding every value of `values` (`[0, 0]` when empty).
     pub fn of(values: impl IntoIterator<Item = i64>) -> Self {
         let mut it = values.into_iter();
-        let Some(first) = it.next() else { return Range::new(0, 0) };
-        it.fold(Range::new(first, first), |r, v| Range::new(r.lo.min(v), r.hi.max(v)))
+        let Some(first) = it.next() else {
+            return Range::new(0, 0);
+        };
+        it.fold(Range::new(first, first), |r, v| {
+            Range::new(r.lo.min(v), r.hi.max(v))
+        })
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum IntOp {
     /// Model input `index`, unsigned integers in `[0, 2^bits)`.
-    Input { index: usize, bits: u32 },
+    Input {
+        index: usize,
+        bits: u32,
+    },
     /// Over the last axis: `weight` is `[outputs, inputs]` row-major, `bias` has `outputs`.
-    Linear { inputs: usize, outputs: usize, weight: Vec<i64>, bias: Vec<i64> },
+    Linear {
+        inputs: usize,
+        outputs: usize,
+        weight: Vec<i64>,
+        bias: Vec<i64>,
+    },
     /// `(x + 2^(drop_bits-1)) >> drop_bits` for `x ≥ 0`; consumed only by `Lut`s.
-    Round { drop_bits: u32 },
+    Round {
+        drop_bits: u32,
+    },
     /// `y[e] = tables[table_of[e]][x[e]]`; every table has `2^precision` entries and the
     /// operand's range must lie in `[0, 2^precision)`.
-    Lut { precision: u32, tables: Vec<Vec<i64>>, table_of: Vec<u32> },
+    Lut {
+        precision: u32,
+        tables: Vec<Vec<i64>>,
+        table_of: Vec<u32>,
+    },
     Reshape,
 }
 
@@ -151,12 +171,19 @@ impl Circuit {
     }
     /// Operands in slot order.
     pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
-        let mut ops: Vec<(u32, NodeId)> = self.graph.edges_directed(id.0, Direction::Incoming).map(|e| (*e.weight(), NodeId(e.source()))).collect();
+        let mut ops: Vec<(u32, NodeId)> = self
+            .graph
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| (*e.weight(), NodeId(e.source())))
+            .collect();
         ops.sort();
         ops.into_iter().map(|(_, n)| n).collect()
     }
     pub fn users(&self, id: NodeId) -> Vec<NodeId> {
-        self.graph.neighbors_directed(id.0, Direction::Outgoing).map(NodeId).collect()
+        self.graph
+            .neighbors_directed(id.0, Direction::Outgoing)
+            .map(NodeId)
+            .collect()
     }
     /// All node ids in topological (insertion) order.
     pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {

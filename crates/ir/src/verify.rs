@@ -69,21 +69,38 @@ pub struct VerifyErrors(pub Vec<VerifyError>);
 
 impl fmt::Display for VerifyErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|e| format!("node '{}': {}", e.node, e.reason)).collect();
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|e| format!("node '{}': {}", e.node, e.reason))
+            .collect();
         write!(f, "invalid circuit: {}", parts.join("; "))
     }
 }
 
 pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
-    if let Some(bad) = c.inputs.iter().chain(&c.outputs).find(|id| id.index() >= c.len()) {
-        return Err(VerifyErrors(vec![VerifyError { node: "<circuit>".into(), reason: format!("node id {} does not exist", bad.index()) }]));
+    if let Some(bad) = c
+        .inputs
+        .iter()
+        .chain(&c.outputs)
+        .find(|id| id.index() >= c.len())
+    {
+        return Err(VerifyErrors(vec![VerifyError {
+            node: "<circuit>".into(),
+            reason: format!("node id {} does not exist", bad.index()),
+        }]));
     }
     let mut errors = Vec::new();
     let mut nodes = Vec::with_capacity(c.len());
     let (mut tlu_count, mut rounding_pbs, mut max_tlu_bits) = (0, 0, 0);
     for id in c.ids() {
         let n = c.node(id);
-        let mut err = |reason: String| errors.push(VerifyError { node: n.name.clone(), reason });
+        let mut err = |reason: String| {
+            errors.push(VerifyError {
+                node: n.name.clone(),
+                reason,
+            })
+        };
         let ops = c.operands(id);
         if ops.iter().any(|o| o.index() >= id.index()) {
             err("an operand is defined after its user".into());
@@ -93,28 +110,56 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
         }
         let expected_operands = usize::from(!matches!(n.op, IntOp::Input { .. }));
         if ops.len() != expected_operands {
-            err(format!("{} has {} operands, expects {expected_operands}", n.op.name(), ops.len()));
-            nodes.push(NodeInfo { bits: bits_for_range(n.range), shift: 0, pbs: 0 });
+            err(format!(
+                "{} has {} operands, expects {expected_operands}",
+                n.op.name(),
+                ops.len()
+            ));
+            nodes.push(NodeInfo {
+                bits: bits_for_range(n.range),
+                shift: 0,
+                pbs: 0,
+            });
             continue;
         }
         let operand = ops.first().map(|&o| c.node(o));
         let numel = n.numel();
-        let mut info = NodeInfo { bits: bits_for_range(n.range), shift: 0, pbs: 0 };
+        let mut info = NodeInfo {
+            bits: bits_for_range(n.range),
+            shift: 0,
+            pbs: 0,
+        };
         match (&n.op, operand) {
             (IntOp::Input { bits, index }, _) => {
                 if c.inputs.get(*index) != Some(&id) {
-                    err(format!("input #{index} is not listed at that position among the circuit inputs"));
+                    err(format!(
+                        "input #{index} is not listed at that position among the circuit inputs"
+                    ));
                 }
                 if *bits == 0 || *bits > 16 {
                     err(format!("input of {bits} bits"));
                 }
                 if n.range.lo < 0 || n.range.hi >= 1 << bits {
-                    err(format!("input range [{}, {}] exceeds {bits} unsigned bits", n.range.lo, n.range.hi));
+                    err(format!(
+                        "input range [{}, {}] exceeds {bits} unsigned bits",
+                        n.range.lo, n.range.hi
+                    ));
                 }
             }
-            (IntOp::Linear { inputs, outputs, weight, bias }, Some(x)) => {
+            (
+                IntOp::Linear {
+                    inputs,
+                    outputs,
+                    weight,
+                    bias,
+                },
+                Some(x),
+            ) => {
                 if x.shape.last() != Some(inputs) || n.shape.last() != Some(outputs) {
-                    err(format!("linear {inputs}→{outputs} on shape {:?} giving {:?}", x.shape, n.shape));
+                    err(format!(
+                        "linear {inputs}→{outputs} on shape {:?} giving {:?}",
+                        x.shape, n.shape
+                    ));
                 }
                 if weight.len() != inputs * outputs || bias.len() != *outputs {
                     err("weight/bias sizes do not match inputs×outputs".into());
@@ -127,19 +172,35 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                 if *drop_bits == 0 {
                     err("round drops no bit".into());
                 }
-                if c.users(id).iter().any(|&u| !matches!(c.node(u).op, IntOp::Lut { .. })) {
+                if c.users(id)
+                    .iter()
+                    .any(|&u| !matches!(c.node(u).op, IntOp::Lut { .. }))
+                {
                     err("a round result may only feed table lookups".into());
                 }
                 info.shift = *drop_bits;
                 // the ciphertext holds x + 2^(k-1) (low bits cleared), which may need one
                 // bit more than x: the encoding width must hold it
-                info.bits = bits_for_range(Range::new(0, x.range.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62))));
+                info.bits = bits_for_range(Range::new(
+                    0,
+                    x.range.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)),
+                ));
                 info.pbs = numel * *drop_bits as usize;
                 rounding_pbs += info.pbs;
             }
-            (IntOp::Lut { precision, tables, table_of }, Some(x)) => {
+            (
+                IntOp::Lut {
+                    precision,
+                    tables,
+                    table_of,
+                },
+                Some(x),
+            ) => {
                 if x.range.lo < 0 || x.range.hi >= 1i64 << precision {
-                    err(format!("table input range [{}, {}] does not fit {precision} unsigned bits", x.range.lo, x.range.hi));
+                    err(format!(
+                        "table input range [{}, {}] does not fit {precision} unsigned bits",
+                        x.range.lo, x.range.hi
+                    ));
                 }
                 if tables.iter().any(|t| t.len() != 1 << precision) {
                     err(format!("a table does not have 2^{precision} entries"));
@@ -156,50 +217,89 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
             }
             (IntOp::Reshape, Some(x)) => {
                 if x.shape.iter().product::<usize>() != numel {
-                    err(format!("reshape {:?} → {:?} changes the element count", x.shape, n.shape));
+                    err(format!(
+                        "reshape {:?} → {:?} changes the element count",
+                        x.shape, n.shape
+                    ));
                 }
                 info.shift = nodes[ops[0].index()].shift;
             }
             _ => unreachable!("operand count checked above"),
         }
-        if operand.is_some_and(|x| x.status == Status::Clear) && n.status == Status::Encrypted && !matches!(n.op, IntOp::Linear { .. } | IntOp::Reshape) {
+        if operand.is_some_and(|x| x.status == Status::Clear)
+            && n.status == Status::Encrypted
+            && !matches!(n.op, IntOp::Linear { .. } | IntOp::Reshape)
+        {
             err("encrypted result from a clear operand".into());
         }
         nodes.push(info);
     }
     for (i, &id) in c.inputs.iter().enumerate() {
         if !matches!(c.node(id).op, IntOp::Input { index, .. } if index == i) {
-            errors.push(VerifyError { node: c.node(id).name.clone(), reason: format!("inputs[{i}] is not input #{i}") });
+            errors.push(VerifyError {
+                node: c.node(id).name.clone(),
+                reason: format!("inputs[{i}] is not input #{i}"),
+            });
         }
     }
     for &id in &c.outputs {
         if nodes[id.index()].shift != 0 {
-            errors.push(VerifyError { node: c.node(id).name.clone(), reason: "a rounded value cannot be an output".into() });
+            errors.push(VerifyError {
+                node: c.node(id).name.clone(),
+                reason: "a rounded value cannot be an output".into(),
+            });
         }
     }
-    let encrypted: Vec<NodeId> = c.ids().filter(|&id| c.node(id).status == Status::Encrypted).collect();
-    let max_bits = encrypted.iter().map(|id| nodes[id.index()].bits).max().unwrap_or(1);
+    let encrypted: Vec<NodeId> = c
+        .ids()
+        .filter(|&id| c.node(id).status == Status::Encrypted)
+        .collect();
+    let max_bits = encrypted
+        .iter()
+        .map(|id| nodes[id.index()].bits)
+        .max()
+        .unwrap_or(1);
     let violations = encrypted
         .iter()
         .filter(|id| nodes[id.index()].bits > MAX_BITS)
         .map(|&id| {
             let n = c.node(id);
-            Violation { node: n.name.clone(), op: n.op.name().into(), bits: nodes[id.index()].bits, range: n.range }
+            Violation {
+                node: n.name.clone(),
+                op: n.op.name().into(),
+                bits: nodes[id.index()].bits,
+                range: n.range,
+            }
         })
         .collect();
     if max_bits > 60 {
-        errors.push(VerifyError { node: "<circuit>".into(), reason: format!("{max_bits}-bit values cannot be encoded on a 64-bit torus") });
+        errors.push(VerifyError {
+            node: "<circuit>".into(),
+            reason: format!("{max_bits}-bit values cannot be encoded on a 64-bit torus"),
+        });
     }
     for id in c.ids() {
         if let IntOp::Lut { precision, .. } = c.node(id).op {
             let x = c.operands(id)[0];
             if precision + nodes[x.index()].shift > max_bits {
-                errors.push(VerifyError { node: c.node(id).name.clone(), reason: "table precision exceeds the encoding width".into() });
+                errors.push(VerifyError {
+                    node: c.node(id).name.clone(),
+                    reason: "table precision exceeds the encoding width".into(),
+                });
             }
         }
     }
     if !errors.is_empty() {
         return Err(VerifyErrors(errors));
     }
-    Ok(CircuitInfo { encoding_bits: max_bits, nodes, tlu_count, rounding_pbs, pbs_per_sample: tlu_count + rounding_pbs, max_tlu_bits, max_bits, violations })
+    Ok(CircuitInfo {
+        encoding_bits: max_bits,
+        nodes,
+        tlu_count,
+        rounding_pbs,
+        pbs_per_sample: tlu_count + rounding_pbs,
+        max_tlu_bits,
+        max_bits,
+        violations,
+    })
 }

@@ -4,17 +4,56 @@ use fhec_ir::interp::{evaluate, simulate};
 use fhec_ir::{verify, Circuit, IntOp, Node, NodeId, Range, Status};
 
 fn node(name: &str, op: IntOp, shape: Vec<usize>, lo: i64, hi: i64) -> Node {
-    Node { name: name.into(), op, shape, status: Status::Encrypted, range: Range::new(lo, hi) }
+    Node {
+        name: name.into(),
+        op,
+        shape,
+        status: Status::Encrypted,
+        range: Range::new(lo, hi),
+    }
 }
 
 /// input(u3, 2 elements) → linear(2→1) → round(drop 2) → lut(p=3)
 fn small() -> (Circuit, NodeId) {
     let mut c = Circuit::default();
-    let x = c.add(node("x", IntOp::Input { index: 0, bits: 3 }, vec![1, 2], 0, 7), &[]);
-    let l = c.add(node("acc", IntOp::Linear { inputs: 2, outputs: 1, weight: vec![3, 2], bias: vec![1] }, vec![1, 1], 1, 36), &[x]);
-    let r = c.add(node("round", IntOp::Round { drop_bits: 2 }, vec![1, 1], 0, 9), &[l]);
+    let x = c.add(
+        node("x", IntOp::Input { index: 0, bits: 3 }, vec![1, 2], 0, 7),
+        &[],
+    );
+    let l = c.add(
+        node(
+            "acc",
+            IntOp::Linear {
+                inputs: 2,
+                outputs: 1,
+                weight: vec![3, 2],
+                bias: vec![1],
+            },
+            vec![1, 1],
+            1,
+            36,
+        ),
+        &[x],
+    );
+    let r = c.add(
+        node("round", IntOp::Round { drop_bits: 2 }, vec![1, 1], 0, 9),
+        &[l],
+    );
     let table: Vec<i64> = (0..16).map(|i| 15 - i).collect();
-    let t = c.add(node("lut", IntOp::Lut { precision: 4, tables: vec![table], table_of: vec![0] }, vec![1, 1], 6, 15), &[r]);
+    let t = c.add(
+        node(
+            "lut",
+            IntOp::Lut {
+                precision: 4,
+                tables: vec![table],
+                table_of: vec![0],
+            },
+            vec![1, 1],
+            6,
+            15,
+        ),
+        &[r],
+    );
     c.inputs = vec![x];
     c.outputs = vec![t, l];
     (c, t)
@@ -58,12 +97,31 @@ fn lookup_wraps_negacyclically_past_its_precision() {
     // a lut of precision 2 whose operand (calibrated [0, 3]) reaches 5 at run time:
     // index 5 mod 8 = 5 ≥ 4 → −table[1]
     let mut c = Circuit::default();
-    let x = c.add(node("x", IntOp::Input { index: 0, bits: 3 }, vec![1], 0, 7), &[]);
-    let t = c.add(node("lut", IntOp::Lut { precision: 2, tables: vec![vec![10, 20, 30, 40]], table_of: vec![0] }, vec![1], 10, 40), &[x]);
+    let x = c.add(
+        node("x", IntOp::Input { index: 0, bits: 3 }, vec![1], 0, 7),
+        &[],
+    );
+    let t = c.add(
+        node(
+            "lut",
+            IntOp::Lut {
+                precision: 2,
+                tables: vec![vec![10, 20, 30, 40]],
+                table_of: vec![0],
+            },
+            vec![1],
+            10,
+            40,
+        ),
+        &[x],
+    );
     c.inputs = vec![x];
     c.outputs = vec![t];
     let info = verify(&c).unwrap_err();
-    assert!(info.to_string().contains("does not fit 2 unsigned bits"), "{info}");
+    assert!(
+        info.to_string().contains("does not fit 2 unsigned bits"),
+        "{info}"
+    );
     // the verifier refuses it; the interpreter still models the ciphertext behaviour
     let v = evaluate(&c, &[vec![5]], Some(6)).unwrap();
     assert_eq!(v[1], vec![-20]);
@@ -72,8 +130,25 @@ fn lookup_wraps_negacyclically_past_its_precision() {
 #[test]
 fn values_over_16_bits_are_violations() {
     let mut c = Circuit::default();
-    let x = c.add(node("x", IntOp::Input { index: 0, bits: 8 }, vec![1, 1], 0, 255), &[]);
-    let l = c.add(node("wide", IntOp::Linear { inputs: 1, outputs: 1, weight: vec![1000], bias: vec![0] }, vec![1, 1], 0, 255_000), &[x]);
+    let x = c.add(
+        node("x", IntOp::Input { index: 0, bits: 8 }, vec![1, 1], 0, 255),
+        &[],
+    );
+    let l = c.add(
+        node(
+            "wide",
+            IntOp::Linear {
+                inputs: 1,
+                outputs: 1,
+                weight: vec![1000],
+                bias: vec![0],
+            },
+            vec![1, 1],
+            0,
+            255_000,
+        ),
+        &[x],
+    );
     c.inputs = vec![x];
     c.outputs = vec![l];
     let info = verify(&c).unwrap();
@@ -85,9 +160,39 @@ fn values_over_16_bits_are_violations() {
 #[test]
 fn structural_errors_are_all_collected() {
     let mut c = Circuit::default();
-    let x = c.add(node("x", IntOp::Input { index: 0, bits: 3 }, vec![1, 2], 0, 7), &[]);
-    let bad_linear = c.add(node("l", IntOp::Linear { inputs: 3, outputs: 1, weight: vec![1, 1], bias: vec![] }, vec![1, 1], 0, 7), &[x]);
-    let _bad_lut = c.add(node("t", IntOp::Lut { precision: 2, tables: vec![vec![0; 3]], table_of: vec![] }, vec![1, 1], 0, 0), &[bad_linear]);
+    let x = c.add(
+        node("x", IntOp::Input { index: 0, bits: 3 }, vec![1, 2], 0, 7),
+        &[],
+    );
+    let bad_linear = c.add(
+        node(
+            "l",
+            IntOp::Linear {
+                inputs: 3,
+                outputs: 1,
+                weight: vec![1, 1],
+                bias: vec![],
+            },
+            vec![1, 1],
+            0,
+            7,
+        ),
+        &[x],
+    );
+    let _bad_lut = c.add(
+        node(
+            "t",
+            IntOp::Lut {
+                precision: 2,
+                tables: vec![vec![0; 3]],
+                table_of: vec![],
+            },
+            vec![1, 1],
+            0,
+            0,
+        ),
+        &[bad_linear],
+    );
     c.inputs = vec![x];
     let errs = verify(&c).unwrap_err();
     assert!(errs.0.len() >= 3, "{errs}");

@@ -11,8 +11,18 @@ use fhec_ir::{Circuit, CircuitInfo, IntOp, NodeId};
 
 /// Prints the circuit as an MLIR module with one function `@main`.
 pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
-    let mut e = Emitter { c, info, body: String::new(), next: 0 };
-    let args: Vec<String> = c.inputs.iter().enumerate().map(|(i, &id)| format!("%arg{i}: {}", e.ty(id))).collect();
+    let mut e = Emitter {
+        c,
+        info,
+        body: String::new(),
+        next: 0,
+    };
+    let args: Vec<String> = c
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| format!("%arg{i}: {}", e.ty(id)))
+        .collect();
     let results: Vec<String> = c.outputs.iter().map(|&id| e.ty(id)).collect();
     let mut names: Vec<String> = vec![String::new(); c.len()];
     for (i, &id) in c.inputs.iter().enumerate() {
@@ -26,11 +36,25 @@ pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
     let rets: Vec<String> = c.outputs.iter().map(|o| names[o.index()].clone()).collect();
     let mut out = String::new();
     let _ = writeln!(out, "// fhec {}: {title}", env!("CARGO_PKG_VERSION"));
-    let _ = writeln!(out, "// encoding width {} bits, {} table lookups, {} rounding bootstraps per sample", info.encoding_bits, info.tlu_count, info.rounding_pbs);
+    let _ = writeln!(
+        out,
+        "// encoding width {} bits, {} table lookups, {} rounding bootstraps per sample",
+        info.encoding_bits, info.tlu_count, info.rounding_pbs
+    );
     let _ = writeln!(out, "module {{");
-    let _ = writeln!(out, "  func.func @main({}) -> ({}) {{", args.join(", "), results.join(", "));
+    let _ = writeln!(
+        out,
+        "  func.func @main({}) -> ({}) {{",
+        args.join(", "),
+        results.join(", ")
+    );
     out.push_str(&e.body);
-    let _ = writeln!(out, "    return {} : {}", rets.join(", "), results.join(", "));
+    let _ = writeln!(
+        out,
+        "    return {} : {}",
+        rets.join(", "),
+        results.join(", ")
+    );
     let _ = writeln!(out, "  }}");
     let _ = writeln!(out, "}}");
     out
@@ -50,10 +74,20 @@ fn dims(shape: &[usize]) -> String {
 /// A dense literal of `values` with `shape`, nested row-major.
 fn dense(values: &[i64], shape: &[usize]) -> String {
     if shape.len() <= 1 {
-        return format!("[{}]", values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "));
+        return format!(
+            "[{}]",
+            values
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let chunk = values.len() / shape[0].max(1);
-    let parts: Vec<String> = values.chunks(chunk.max(1)).map(|c| dense(c, &shape[1..])).collect();
+    let parts: Vec<String> = values
+        .chunks(chunk.max(1))
+        .map(|c| dense(c, &shape[1..]))
+        .collect();
     format!("[{}]", parts.join(", "))
 }
 
@@ -61,7 +95,11 @@ impl Emitter<'_> {
     fn ty(&self, id: NodeId) -> String {
         let n = self.c.node(id);
         let bits = self.info.nodes[id.index()].bits;
-        let elem = if n.range.lo < 0 { format!("!FHE.esint<{bits}>") } else { format!("!FHE.eint<{bits}>") };
+        let elem = if n.range.lo < 0 {
+            format!("!FHE.esint<{bits}>")
+        } else {
+            format!("!FHE.eint<{bits}>")
+        };
         format!("tensor<{}{elem}>", dims(&n.shape))
     }
 
@@ -73,7 +111,11 @@ impl Emitter<'_> {
     fn constant(&mut self, values: &[i64], shape: &[usize], bits: u32) -> String {
         let name = self.fresh();
         let ty = format!("tensor<{}i{bits}>", dims(shape));
-        let _ = writeln!(self.body, "    {name} = arith.constant dense<{}> : {ty}", dense(values, shape));
+        let _ = writeln!(
+            self.body,
+            "    {name} = arith.constant dense<{}> : {ty}",
+            dense(values, shape)
+        );
         name
     }
 
@@ -87,7 +129,12 @@ impl Emitter<'_> {
         let clear_bits = self.info.nodes[id.index()].bits + 1;
         let result = match &n.op {
             IntOp::Input { .. } => return None,
-            IntOp::Linear { inputs, outputs, weight, bias } => {
+            IntOp::Linear {
+                inputs,
+                outputs,
+                weight,
+                bias,
+            } => {
                 let (x, x_ty) = x.unwrap();
                 let mut wt = vec![0; weight.len()];
                 for j in 0..*outputs {
@@ -109,7 +156,11 @@ impl Emitter<'_> {
                 let _ = writeln!(self.body, "    {r} = \"FHELinalg.round\"({x}) {{drop_bits = {drop_bits} : i32}} : ({x_ty}) -> {out_ty}");
                 r
             }
-            IntOp::Lut { precision, tables, table_of } => {
+            IntOp::Lut {
+                precision,
+                tables,
+                table_of,
+            } => {
                 let (x, x_ty) = x.unwrap();
                 let size = 1usize << precision;
                 let r = self.fresh();
@@ -135,7 +186,11 @@ impl Emitter<'_> {
                 let shape: Vec<i64> = n.shape.iter().map(|&d| d as i64).collect();
                 let s = self.constant(&shape, &[shape.len()], 64);
                 let r = self.fresh();
-                let _ = writeln!(self.body, "    {r} = \"tensor.reshape\"({x}, {s}) : ({x_ty}, tensor<{}xi64>) -> {out_ty}", shape.len());
+                let _ = writeln!(
+                    self.body,
+                    "    {r} = \"tensor.reshape\"({x}, {s}) : ({x_ty}, tensor<{}xi64>) -> {out_ty}",
+                    shape.len()
+                );
                 r
             }
         };

@@ -1,7 +1,9 @@
 //! The client's side of a quantized model: input quantization before encryption,
 //! dequantization and the float tail after decryption.
 
-use fhec_frontend_onnx::{interp, Activation, BinaryKind, FloatGraph, ImportError, Tensor, ValueId};
+use fhec_frontend_onnx::{
+    interp, Activation, BinaryKind, FloatGraph, ImportError, Tensor, ValueId,
+};
 use serde::{Deserialize, Serialize};
 
 /// How the client turns model input `value` into circuit input integers.
@@ -27,16 +29,28 @@ impl InputQuant {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Pending {
     Activation(Activation),
-    Binary { kind: BinaryKind, constant: Vec<f64>, constant_first: bool },
+    Binary {
+        kind: BinaryKind,
+        constant: Vec<f64>,
+        constant_first: bool,
+    },
 }
 
 impl Pending {
     pub fn apply(&self, element: usize, x: f64) -> f64 {
         match self {
             Pending::Activation(a) => a.apply(x),
-            Pending::Binary { kind, constant, constant_first } => {
+            Pending::Binary {
+                kind,
+                constant,
+                constant_first,
+            } => {
                 let c = constant[element];
-                if *constant_first { kind.apply(c, x) } else { kind.apply(x, c) }
+                if *constant_first {
+                    kind.apply(c, x)
+                } else {
+                    kind.apply(x, c)
+                }
             }
         }
     }
@@ -55,7 +69,13 @@ impl OutputDequant {
     pub fn dequantize(&self, q: &[i64]) -> Vec<f64> {
         q.iter()
             .enumerate()
-            .map(|(e, &v)| self.pending.iter().fold(self.scale[e] * v as f64 + self.offset[e], |x, p| p.apply(e, x)))
+            .map(|(e, &v)| {
+                self.pending
+                    .iter()
+                    .fold(self.scale[e] * v as f64 + self.offset[e], |x, p| {
+                        p.apply(e, x)
+                    })
+            })
             .collect()
     }
 }
@@ -74,23 +94,39 @@ pub struct ClientSpec {
 impl ClientSpec {
     /// Quantizes one sample (one tensor per model input).
     pub fn quantize_inputs(&self, sample: &[Tensor]) -> Vec<Vec<i64>> {
-        self.inputs.iter().zip(sample).map(|(q, t)| t.data.iter().map(|&x| q.quantize(x)).collect()).collect()
+        self.inputs
+            .iter()
+            .zip(sample)
+            .map(|(q, t)| t.data.iter().map(|&x| q.quantize(x)).collect())
+            .collect()
     }
 
     /// Dequantizes decrypted circuit outputs and runs the float tail; returns the
     /// model's outputs in graph order.
-    pub fn finish(&self, graph: &FloatGraph, circuit_outputs: &[Vec<i64>]) -> Result<Vec<Tensor>, ImportError> {
-        let mut env: Vec<Option<Tensor>> = graph.values.iter().map(|v| v.constant.clone()).collect();
+    pub fn finish(
+        &self,
+        graph: &FloatGraph,
+        circuit_outputs: &[Vec<i64>],
+    ) -> Result<Vec<Tensor>, ImportError> {
+        let mut env: Vec<Option<Tensor>> =
+            graph.values.iter().map(|v| v.constant.clone()).collect();
         for (d, q) in self.outputs.iter().zip(circuit_outputs) {
             let info = graph.value(d.value);
-            env[d.value.0 as usize] = Some(Tensor::new(info.shape.clone(), d.dequantize(q), info.dtype));
+            env[d.value.0 as usize] =
+                Some(Tensor::new(info.shape.clone(), d.dequantize(q), info.dtype));
         }
         interp::evaluate_nodes(graph, self.tail.iter().copied(), &mut env)?;
         graph
             .outputs
             .iter()
-            .map(|id| env[id.0 as usize].clone().ok_or_else(|| ImportError::Eval(format!("output '{}' was not computed", graph.value(*id).name))))
+            .map(|id| {
+                env[id.0 as usize].clone().ok_or_else(|| {
+                    ImportError::Eval(format!(
+                        "output '{}' was not computed",
+                        graph.value(*id).name
+                    ))
+                })
+            })
             .collect()
     }
 }
-

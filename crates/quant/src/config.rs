@@ -18,7 +18,13 @@ pub struct QuantConfig {
 
 impl Default for QuantConfig {
     fn default() -> Self {
-        QuantConfig { input_bits: 6, weight_bits: 6, activation_bits: 6, rounding_bits: Some(6), range_margin: 0.25 }
+        QuantConfig {
+            input_bits: 6,
+            weight_bits: 6,
+            activation_bits: 6,
+            rounding_bits: Some(6),
+            range_margin: 0.25,
+        }
     }
 }
 
@@ -34,14 +40,20 @@ impl QuantConfig {
     pub(crate) fn check(&self) -> Result<(), crate::QuantError> {
         let ok = |b: u32| (2..=12).contains(&b);
         if !ok(self.input_bits) || !ok(self.weight_bits) || !ok(self.activation_bits) {
-            return Err(crate::QuantError::Config("bit counts must be between 2 and 12".into()));
+            return Err(crate::QuantError::Config(
+                "bit counts must be between 2 and 12".into(),
+            ));
         }
         if !(0.0..=4.0).contains(&self.range_margin) {
-            return Err(crate::QuantError::Config("the range margin must be between 0 and 4".into()));
+            return Err(crate::QuantError::Config(
+                "the range margin must be between 0 and 4".into(),
+            ));
         }
         if let Some(r) = self.rounding_bits {
             if !(1..=16).contains(&r) {
-                return Err(crate::QuantError::Config("rounding threshold bits must be between 1 and 16".into()));
+                return Err(crate::QuantError::Config(
+                    "rounding threshold bits must be between 1 and 16".into(),
+                ));
             }
         }
         Ok(())

@@ -39,13 +39,32 @@ pub enum QuantError {
     #[error("the inputset is empty")]
     EmptyInputset,
     #[error("inputset sample {sample}: {given} input tensors, the model takes {expected}")]
-    InputCount { sample: usize, given: usize, expected: usize },
-    #[error("inputset: input '{input}' has per-sample shape {given:?}, the model expects {expected:?}")]
-    InputShape { input: String, given: Vec<usize>, expected: Vec<usize> },
+    InputCount {
+        sample: usize,
+        given: usize,
+        expected: usize,
+    },
+    #[error(
+        "inputset: input '{input}' has per-sample shape {given:?}, the model expects {expected:?}"
+    )]
+    InputShape {
+        input: String,
+        given: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("inputset: input '{input}' sample {sample} element {element} is {value} (NaN or infinite values cannot be calibrated)")]
-    NonFinite { input: String, sample: usize, element: usize, value: f64 },
+    NonFinite {
+        input: String,
+        sample: usize,
+        element: usize,
+        value: f64,
+    },
     #[error("node '{node}' ({op}) cannot run inside the encrypted circuit: {reason}")]
-    Unsupported { node: String, op: String, reason: String },
+    Unsupported {
+        node: String,
+        op: String,
+        reason: String,
+    },
     #[error("the table lookup feeding node '{node}' would read a {bits}-bit accumulator (over the {max}-bit limit); set --rounding-threshold-bits or lower --n-bits", max = fhec_ir::MAX_BITS)]
     TooWide { node: String, bits: u32 },
     #[error("invalid quantization setting: {0}")]

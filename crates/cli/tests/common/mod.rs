@@ -42,7 +42,13 @@ pub fn compile(name: &str, cfg: Option<QuantConfig>) -> (Artifact, CircuitInfo) 
 
 pub fn compile_with(name: &str, cfg: Option<QuantConfig>, p_error: f64) -> (Artifact, CircuitInfo) {
     let dir = fixture(name);
-    let c = fhec::pipeline::compile(&dir.join("model.onnx"), &dir.join("train.npy"), &cfg.unwrap_or_default(), p_error).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let c = fhec::pipeline::compile(
+        &dir.join("model.onnx"),
+        &dir.join("train.npy"),
+        &cfg.unwrap_or_default(),
+        p_error,
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     (c.artifact, c.info)
 }
 
@@ -56,13 +62,26 @@ pub fn array(path: &std::path::Path) -> Array {
 
 /// The prediction the metric is computed from: class ids or regression values.
 pub fn predictions(meta: &Meta, a: &Artifact, outputs: &[Vec<Tensor>]) -> Vec<f64> {
-    let k = a.client.graph.outputs.iter().position(|&o| a.client.graph.value(o).name == meta.label_output).expect("label output exists");
+    let k = a
+        .client
+        .graph
+        .outputs
+        .iter()
+        .position(|&o| a.client.graph.value(o).name == meta.label_output)
+        .expect("label output exists");
     outputs
         .iter()
         .map(|o| {
             let t = &o[k];
             if meta.argmax {
-                t.data.iter().enumerate().fold((0, f64::MIN), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0 as f64
+                t.data
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f64::MIN),
+                        |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) },
+                    )
+                    .0 as f64
             } else {
                 t.data[0]
             }

@@ -11,7 +11,10 @@ pub(crate) fn binary(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         _ => BinaryKind::Div,
     };
     let (a, b) = (ctx.required_input(0)?, ctx.required_input(1)?);
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     match (ctx.constant(a).cloned(), ctx.constant(b).cloned()) {
         (Some(ta), Some(tb)) => {
             let shape = broadcast_shapes(&ta.shape, &tb.shape).ok_or_else(|| ctx.err("operand shapes do not broadcast"))?;
@@ -47,7 +50,10 @@ pub(crate) fn activation(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     if ctx.constant(x).is_some() {
         return Err(ctx.err("activation of a constant is not supported"));
     }
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     let (shape, dtype) = (ctx.info(x).shape.clone(), ctx.info(x).dtype);
     ctx.add_node(Op::Activation(act), vec![x], vec![(out, shape, dtype)]);
     Ok(())

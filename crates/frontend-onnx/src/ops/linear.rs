@@ -9,42 +9,79 @@ pub(crate) fn gemm(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     if ctx.constant(a).is_some() {
         return Err(ctx.err("operand A is a constant: fhec needs the model input on the left"));
     }
-    let bt = ctx.constant(b).cloned().ok_or_else(|| ctx.err("operand B is not a constant: a product of two encrypted tensors is not supported yet"))?;
+    let bt = ctx.constant(b).cloned().ok_or_else(|| {
+        ctx.err(
+            "operand B is not a constant: a product of two encrypted tensors is not supported yet",
+        )
+    })?;
     if ctx.attr_i("transA", 0) != 0 {
         return Err(ctx.err("transA=1 is not supported"));
     }
-    let (alpha, beta) = (ctx.attr_f("alpha", 1.0) as f64, ctx.attr_f("beta", 1.0) as f64);
+    let (alpha, beta) = (
+        ctx.attr_f("alpha", 1.0) as f64,
+        ctx.attr_f("beta", 1.0) as f64,
+    );
     let trans_b = ctx.attr_i("transB", 0) != 0;
     let a_shape = ctx.info(a).shape.clone();
     if a_shape.len() != 2 || bt.shape.len() != 2 {
-        return Err(ctx.err(format!("Gemm needs 2-D operands, got {:?} and {:?}", a_shape, bt.shape)));
+        return Err(ctx.err(format!(
+            "Gemm needs 2-D operands, got {:?} and {:?}",
+            a_shape, bt.shape
+        )));
     }
-    let (k, n) = if trans_b { (bt.shape[1], bt.shape[0]) } else { (bt.shape[0], bt.shape[1]) };
+    let (k, n) = if trans_b {
+        (bt.shape[1], bt.shape[0])
+    } else {
+        (bt.shape[0], bt.shape[1])
+    };
     if a_shape[1] != k {
         return Err(ctx.err(format!("A has {} columns, B has {k} rows", a_shape[1])));
     }
     let mut weight = vec![0.0; n * k];
     for j in 0..n {
         for i in 0..k {
-            let w = if trans_b { bt.data[j * k + i] } else { bt.data[i * n + j] };
+            let w = if trans_b {
+                bt.data[j * k + i]
+            } else {
+                bt.data[i * n + j]
+            };
             weight[j * k + i] = alpha * w;
         }
     }
     let bias = match ctx.input(2)? {
         None => vec![0.0; n],
         Some(c) => {
-            let ct = ctx.constant(c).ok_or_else(|| ctx.err("operand C is not a constant"))?;
+            let ct = ctx
+                .constant(c)
+                .ok_or_else(|| ctx.err("operand C is not a constant"))?;
             let row: Vec<f64> = match ct.numel() {
                 1 => vec![ct.data[0]; n],
                 m if m == n => ct.data.clone(),
-                _ => return Err(ctx.err(format!("operand C of shape {:?} does not broadcast to [1, {n}]", ct.shape))),
+                _ => {
+                    return Err(ctx.err(format!(
+                        "operand C of shape {:?} does not broadcast to [1, {n}]",
+                        ct.shape
+                    )))
+                }
             };
             row.into_iter().map(|v| beta * v).collect()
         }
     };
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     let dtype = ctx.info(a).dtype;
-    ctx.add_node(Op::Dense { inputs: k, outputs: n, weight, bias }, vec![a], vec![(out, vec![a_shape[0], n], dtype)]);
+    ctx.add_node(
+        Op::Dense {
+            inputs: k,
+            outputs: n,
+            weight,
+            bias,
+        },
+        vec![a],
+        vec![(out, vec![a_shape[0], n], dtype)],
+    );
     Ok(())
 }
 
@@ -52,16 +89,24 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let a = ctx.required_input(0)?;
     let b = ctx.required_input(1)?;
     if ctx.constant(a).is_some() {
-        return Err(ctx.err("the left operand is a constant: fhec needs the encrypted operand on the left"));
+        return Err(
+            ctx.err("the left operand is a constant: fhec needs the encrypted operand on the left")
+        );
     }
     let bt = ctx.constant(b).cloned().ok_or_else(|| ctx.err("the right operand is not a constant: a product of two encrypted tensors is not supported yet"))?;
     if bt.shape.len() != 2 {
-        return Err(ctx.err(format!("the constant operand must be 2-D, got {:?}", bt.shape)));
+        return Err(ctx.err(format!(
+            "the constant operand must be 2-D, got {:?}",
+            bt.shape
+        )));
     }
     let (k, n) = (bt.shape[0], bt.shape[1]);
     let mut shape = ctx.info(a).shape.clone();
     if shape.len() < 2 || *shape.last().unwrap() != k {
-        return Err(ctx.err(format!("shapes {:?} and {:?} do not multiply", shape, bt.shape)));
+        return Err(ctx.err(format!(
+            "shapes {:?} and {:?} do not multiply",
+            shape, bt.shape
+        )));
     }
     let mut weight = vec![0.0; n * k];
     for j in 0..n {
@@ -70,36 +115,67 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         }
     }
     *shape.last_mut().unwrap() = n;
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     let dtype = ctx.info(a).dtype;
-    ctx.add_node(Op::Dense { inputs: k, outputs: n, weight, bias: vec![0.0; n] }, vec![a], vec![(out, shape, dtype)]);
+    ctx.add_node(
+        Op::Dense {
+            inputs: k,
+            outputs: n,
+            weight,
+            bias: vec![0.0; n],
+        },
+        vec![a],
+        vec![(out, shape, dtype)],
+    );
     Ok(())
 }
 
 fn post_transform(ctx: &NodeCtx<'_>) -> Result<PostTransform, ImportError> {
-    Ok(match ctx.attr_s("post_transform").as_deref().unwrap_or("NONE") {
-        "NONE" => PostTransform::None,
-        "SOFTMAX" => PostTransform::Softmax,
-        "LOGISTIC" => PostTransform::Logistic,
-        "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
-        "PROBIT" => PostTransform::Probit,
-        other => return Err(ctx.err(format!("unknown post_transform '{other}'"))),
-    })
+    Ok(
+        match ctx.attr_s("post_transform").as_deref().unwrap_or("NONE") {
+            "NONE" => PostTransform::None,
+            "SOFTMAX" => PostTransform::Softmax,
+            "LOGISTIC" => PostTransform::Logistic,
+            "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
+            "PROBIT" => PostTransform::Probit,
+            other => return Err(ctx.err(format!("unknown post_transform '{other}'"))),
+        },
+    )
 }
 
 /// Reads `coefficients`/`intercepts` as a Dense of `features → rows`.
-fn dense_from_coefficients(ctx: &NodeCtx<'_>, features: usize) -> Result<(usize, Vec<f64>, Vec<f64>), ImportError> {
-    let coef: Vec<f64> = ctx.attr_floats("coefficients").iter().map(|&v| v as f64).collect();
+fn dense_from_coefficients(
+    ctx: &NodeCtx<'_>,
+    features: usize,
+) -> Result<(usize, Vec<f64>, Vec<f64>), ImportError> {
+    let coef: Vec<f64> = ctx
+        .attr_floats("coefficients")
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
     if coef.is_empty() || coef.len() % features != 0 {
-        return Err(ctx.err(format!("{} coefficients do not split into rows of {features} features", coef.len())));
+        return Err(ctx.err(format!(
+            "{} coefficients do not split into rows of {features} features",
+            coef.len()
+        )));
     }
     let rows = coef.len() / features;
-    let mut bias: Vec<f64> = ctx.attr_floats("intercepts").iter().map(|&v| v as f64).collect();
+    let mut bias: Vec<f64> = ctx
+        .attr_floats("intercepts")
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
     if bias.is_empty() {
         bias = vec![0.0; rows];
     }
     if bias.len() != rows {
-        return Err(ctx.err(format!("{} intercepts for {rows} coefficient rows", bias.len())));
+        return Err(ctx.err(format!(
+            "{} intercepts for {rows} coefficient rows",
+            bias.len()
+        )));
     }
     Ok((rows, coef, bias))
 }
@@ -121,7 +197,10 @@ pub(crate) fn linear_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError
     let (rows, weight, bias) = dense_from_coefficients(ctx, features)?;
     let binary_single_score = rows == 1 && labels.len() == 2;
     if !binary_single_score && rows != labels.len() {
-        return Err(ctx.err(format!("{rows} score rows for {} class labels", labels.len())));
+        return Err(ctx.err(format!(
+            "{rows} score rows for {} class labels",
+            labels.len()
+        )));
     }
     let pt = post_transform(ctx)?;
     if pt == PostTransform::Probit {
@@ -132,10 +211,27 @@ pub(crate) fn linear_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError
         _ => return Err(ctx.err("LinearClassifier needs both outputs (label, scores)")),
     };
     let raw = format!("{}/scores", ctx.node_name());
-    let dense = Op::Dense { inputs: features, outputs: rows, weight, bias };
+    let dense = Op::Dense {
+        inputs: features,
+        outputs: rows,
+        weight,
+        bias,
+    };
     let scores = ctx.add_node(dense, vec![x], vec![(raw, vec![1, rows], DType::F32)]);
-    let head = Op::ClassifierHead { labels: labels.clone(), post_transform: pt, binary_single_score };
-    ctx.add_sub_node("head", head, scores, vec![(label_name, vec![1], DType::I64), (score_name, vec![1, labels.len()], DType::F32)]);
+    let head = Op::ClassifierHead {
+        labels: labels.clone(),
+        post_transform: pt,
+        binary_single_score,
+    };
+    ctx.add_sub_node(
+        "head",
+        head,
+        scores,
+        vec![
+            (label_name, vec![1], DType::I64),
+            (score_name, vec![1, labels.len()], DType::F32),
+        ],
+    );
     Ok(())
 }
 
@@ -145,12 +241,26 @@ pub(crate) fn linear_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError>
     let (rows, weight, bias) = dense_from_coefficients(ctx, features)?;
     let targets = ctx.attr_i("targets", 1) as usize;
     if targets != rows {
-        return Err(ctx.err(format!("targets={targets} but coefficients give {rows} rows")));
+        return Err(ctx.err(format!(
+            "targets={targets} but coefficients give {rows} rows"
+        )));
     }
     if post_transform(ctx)? != PostTransform::None {
         return Err(ctx.err("LinearRegressor post_transform other than NONE is not supported"));
     }
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
-    ctx.add_node(Op::Dense { inputs: features, outputs: rows, weight, bias }, vec![x], vec![(out, vec![1, rows], DType::F32)]);
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
+    ctx.add_node(
+        Op::Dense {
+            inputs: features,
+            outputs: rows,
+            weight,
+            bias,
+        },
+        vec![x],
+        vec![(out, vec![1, rows], DType::F32)],
+    );
     Ok(())
 }

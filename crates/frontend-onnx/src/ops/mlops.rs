@@ -5,7 +5,9 @@ use crate::{ImportError, NodeCtx};
 
 fn batch_axis_guard(ctx: &NodeCtx<'_>, axis: usize) -> Result<(), ImportError> {
     if axis == 0 {
-        return Err(ctx.err("reduces over the batch dimension (axis 0); fhec evaluates samples independently"));
+        return Err(ctx.err(
+            "reduces over the batch dimension (axis 0); fhec evaluates samples independently",
+        ));
     }
     Ok(())
 }
@@ -15,7 +17,10 @@ pub(crate) fn softmax(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let shape = ctx.info(x).shape.clone();
     let axis = crate::ops::axis(ctx, ctx.attr_i("axis", -1), shape.len())?;
     batch_axis_guard(ctx, axis)?;
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     let dtype = ctx.info(x).dtype;
     ctx.add_node(Op::Softmax { axis }, vec![x], vec![(out, shape, dtype)]);
     Ok(())
@@ -33,8 +38,19 @@ pub(crate) fn argmax(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     } else {
         shape.remove(axis);
     }
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
-    ctx.add_node(Op::ArgMax { axis, keepdims, select_last_index }, vec![x], vec![(out, shape, DType::I64)]);
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
+    ctx.add_node(
+        Op::ArgMax {
+            axis,
+            keepdims,
+            select_last_index,
+        },
+        vec![x],
+        vec![(out, shape, DType::I64)],
+    );
     Ok(())
 }
 
@@ -44,7 +60,10 @@ pub(crate) fn zipmap(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         return Err(ctx.err("ZipMap with string class labels is not supported"));
     }
     let shape = ctx.info(x).shape.clone();
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     ctx.add_node(Op::ZipMap, vec![x], vec![(out, shape, DType::F32)]);
     Ok(())
 }
@@ -58,7 +77,14 @@ pub(crate) fn normalizer(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         other => return Err(ctx.err(format!("unknown norm '{other}'"))),
     };
     let shape = ctx.info(x).shape.clone();
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
-    ctx.add_node(Op::Normalizer { norm }, vec![x], vec![(out, shape, DType::F32)]);
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
+    ctx.add_node(
+        Op::Normalizer { norm },
+        vec![x],
+        vec![(out, shape, DType::F32)],
+    );
     Ok(())
 }

@@ -6,15 +6,26 @@ use crate::{ImportError, NodeCtx};
 
 fn reshape_to(ctx: &mut NodeCtx<'_>, shape: Vec<usize>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     if let Some(t) = ctx.constant(x).cloned() {
         return ctx.set_constant(0, Tensor::new(shape, t.data, t.dtype));
     }
     if shape.first() != Some(&1) {
-        return Err(ctx.err(format!("result shape {shape:?} does not keep the batch dimension first")));
+        return Err(ctx.err(format!(
+            "result shape {shape:?} does not keep the batch dimension first"
+        )));
     }
     let dtype = ctx.info(x).dtype;
-    ctx.add_node(Op::Reshape { shape: shape.clone() }, vec![x], vec![(out, shape, dtype)]);
+    ctx.add_node(
+        Op::Reshape {
+            shape: shape.clone(),
+        },
+        vec![x],
+        vec![(out, shape, dtype)],
+    );
     Ok(())
 }
 
@@ -28,7 +39,11 @@ pub(crate) fn flatten(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let shape = ctx.info(x).shape.clone();
     let raw = ctx.attr_i("axis", 1);
-    let axis = if raw < 0 { raw + shape.len() as i64 } else { raw };
+    let axis = if raw < 0 {
+        raw + shape.len() as i64
+    } else {
+        raw
+    };
     if axis < 0 || axis > shape.len() as i64 {
         return Err(ctx.err(format!("axis {raw} out of range for rank {}", shape.len())));
     }
@@ -44,7 +59,10 @@ pub(crate) fn flatten(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
 pub(crate) fn reshape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let s = ctx.required_input(1)?;
-    let spec = ctx.constant(s).cloned().ok_or_else(|| ctx.err("the target shape is not a constant (dynamic reshape)"))?;
+    let spec = ctx
+        .constant(s)
+        .cloned()
+        .ok_or_else(|| ctx.err("the target shape is not a constant (dynamic reshape)"))?;
     let in_shape = ctx.info(x).shape.clone();
     let numel: usize = in_shape.iter().product();
     let allow_zero = ctx.attr_i("allowzero", 0) != 0;
@@ -56,7 +74,11 @@ pub(crate) fn reshape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
                 infer = Some(i);
                 shape.push(1);
             }
-            0 if !allow_zero => shape.push(*in_shape.get(i).ok_or_else(|| ctx.err("0 in shape beyond the input rank"))?),
+            0 if !allow_zero => shape.push(
+                *in_shape
+                    .get(i)
+                    .ok_or_else(|| ctx.err("0 in shape beyond the input rank"))?,
+            ),
             d if d >= 0 => shape.push(d as usize),
             d => return Err(ctx.err(format!("invalid dimension {d} in target shape"))),
         }
@@ -69,7 +91,9 @@ pub(crate) fn reshape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         shape[i] = numel / known;
     }
     if shape.iter().product::<usize>() != numel {
-        return Err(ctx.err(format!("cannot reshape {in_shape:?} ({numel} elements) to {shape:?}")));
+        return Err(ctx.err(format!(
+            "cannot reshape {in_shape:?} ({numel} elements) to {shape:?}"
+        )));
     }
     reshape_to(ctx, shape)
 }
@@ -80,11 +104,19 @@ pub(crate) fn constant(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     } else if let Some(a) = ctx.node.attribute.iter().find(|a| a.name == "value_float") {
         Tensor::new(vec![], vec![a.f as f64], DType::F32)
     } else if let Some(a) = ctx.node.attribute.iter().find(|a| a.name == "value_floats") {
-        Tensor::new(vec![a.floats.len()], a.floats.iter().map(|&v| v as f64).collect(), DType::F32)
+        Tensor::new(
+            vec![a.floats.len()],
+            a.floats.iter().map(|&v| v as f64).collect(),
+            DType::F32,
+        )
     } else if let Some(a) = ctx.node.attribute.iter().find(|a| a.name == "value_int") {
         Tensor::new(vec![], vec![a.i as f64], DType::I64)
     } else if let Some(a) = ctx.node.attribute.iter().find(|a| a.name == "value_ints") {
-        Tensor::new(vec![a.ints.len()], a.ints.iter().map(|&v| v as f64).collect(), DType::I64)
+        Tensor::new(
+            vec![a.ints.len()],
+            a.ints.iter().map(|&v| v as f64).collect(),
+            DType::I64,
+        )
     } else {
         return Err(ctx.err("Constant without a supported value attribute"));
     };
@@ -93,10 +125,18 @@ pub(crate) fn constant(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
 
 pub(crate) fn cast(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
-    let to = dtype_of(ctx.attr_i("to", 1) as i32).ok_or_else(|| ctx.err("unsupported target type"))?;
-    let out = ctx.output_name(0).ok_or_else(|| ctx.err("missing output"))?.to_string();
+    let to =
+        dtype_of(ctx.attr_i("to", 1) as i32).ok_or_else(|| ctx.err("unsupported target type"))?;
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
     if let Some(t) = ctx.constant(x).cloned() {
-        let data = t.data.iter().map(|&v| crate::interp::cast_value(v, to)).collect();
+        let data = t
+            .data
+            .iter()
+            .map(|&v| crate::interp::cast_value(v, to))
+            .collect();
         return ctx.set_constant(0, Tensor::new(t.shape, data, to));
     }
     let shape = ctx.info(x).shape.clone();

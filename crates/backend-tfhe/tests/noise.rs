@@ -1,0 +1,133 @@
+//! The noise model checked against real ciphertexts: the variance of bootstrap outputs
+//! measured on tfhe-rs ciphertexts must match the model's prediction.
+
+use fhec_backend_tfhe::noise::StepVariances;
+use fhec_backend_tfhe::{generate_keys, CryptoParams, Evaluator};
+use fhec_ir::{verify, Circuit, IntOp, Node, Range, Status};
+
+/// input (u3, `n` elements) → identity table of precision 3; output encoding W = 3.
+fn identity_circuit(n: usize) -> Circuit {
+    let mut c = Circuit::default();
+    let x = c.add(
+        Node {
+            name: "x".into(),
+            op: IntOp::Input { index: 0, bits: 3 },
+            shape: vec![1, n],
+            status: Status::Encrypted,
+            range: Range::new(0, 7),
+        },
+        &[],
+    );
+    let table: Vec<i64> = (0..8).collect();
+    let t = c.add(
+        Node {
+            name: "id".into(),
+            op: IntOp::Lut {
+                precision: 3,
+                tables: vec![table],
+                table_of: vec![0; n],
+            },
+            shape: vec![1, n],
+            status: Status::Encrypted,
+            range: Range::new(0, 7),
+        },
+        &[x],
+    );
+    c.inputs = vec![x];
+    c.outputs = vec![t];
+    c
+}
+
+/// Measured over `samples` bootstraps: variance of (phase − expected) on the torus.
+fn measured_pbs_variance(params: &CryptoParams, samples: usize) -> f64 {
+    let c = identity_circuit(samples);
+    let info = verify(&c).unwrap();
+    let (client, server) = generate_keys(params, true);
+    let ev = Evaluator::new(&c, &info, &server).unwrap();
+    let values: Vec<i64> = (0..samples as i64).map(|i| i % 8).collect();
+    let out = ev
+        .run(vec![client.encrypt(&values, info.encoding_bits)], &|_| {})
+        .unwrap();
+    let delta = 1u64 << (63 - info.encoding_bits);
+    let errs: Vec<f64> = out[0]
+        .iter()
+        .zip(&values)
+        .map(|(ct, &v)| {
+            (client.phase(ct).wrapping_sub((v as u64 * delta) as i64)) as f64 / 2f64.powi(64)
+        })
+        .collect();
+    assert_eq!(
+        client.decrypt(&out[0], info.encoding_bits),
+        values,
+        "identity bootstrap decoded wrong values"
+    );
+    errs.iter().map(|e| e * e).sum::<f64>() / errs.len() as f64
+}
+
+fn check(params: CryptoParams, samples: usize) {
+    let predicted = StepVariances::of(&params).pbs;
+    let measured = measured_pbs_variance(&params, samples);
+    let ratio = measured / predicted;
+    println!(
+        "{params:?}: PBS output σ measured 2^{:.2}, predicted 2^{:.2} (variance ratio {ratio:.2})",
+        measured.sqrt().log2(),
+        predicted.sqrt().log2()
+    );
+    // the model is a bound for parameter choice: it may be pessimistic, never much optimistic
+    assert!(
+        ratio < 2.0,
+        "measured PBS noise is {ratio:.1}× the predicted variance"
+    );
+    assert!(
+        ratio > 1.0 / 64.0,
+        "the model is far too pessimistic ({ratio})"
+    );
+}
+
+#[test]
+fn pbs_output_noise_matches_the_model_small_base() {
+    check(
+        CryptoParams {
+            lwe_dimension: 900,
+            glwe_dimension: 1,
+            polynomial_size: 2048,
+            pbs_base_log: 8,
+            pbs_level: 3,
+            ks_base_log: 3,
+            ks_level: 5,
+        },
+        96,
+    );
+}
+
+#[test]
+fn pbs_output_noise_matches_the_model_large_base() {
+    check(
+        CryptoParams {
+            lwe_dimension: 900,
+            glwe_dimension: 1,
+            polynomial_size: 2048,
+            pbs_base_log: 15,
+            pbs_level: 3,
+            ks_base_log: 3,
+            ks_level: 5,
+        },
+        96,
+    );
+}
+
+#[test]
+fn pbs_output_noise_matches_the_model_n8192() {
+    check(
+        CryptoParams {
+            lwe_dimension: 898,
+            glwe_dimension: 1,
+            polynomial_size: 8192,
+            pbs_base_log: 15,
+            pbs_level: 3,
+            ks_base_log: 3,
+            ks_level: 6,
+        },
+        32,
+    );
+}

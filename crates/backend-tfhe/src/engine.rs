@@ -255,19 +255,32 @@ impl<'a> Evaluator<'a> {
             .collect()
     }
 
-    /// Exact rounding: clears the `drop` low bits of `x + 2^(drop−1)` one bit at a time.
-    /// Bit i (lower bits already zero) is moved to the top of the torus, where a
-    /// constant-table bootstrap returns ±c: +c for 0, −c for 1.
+    /// Exact rounding: clears the `drop` low bits of `x + 2^(drop−1)`, a chunk of c bits
+    /// at a time from the LSB (lower bits already zero). Scaled by 2^(W+1−i−c), the chunk
+    /// L fills the torus as L/2^c: a constant-table bootstrap on L/2^c + 2^-(c+1) gives
+    /// ±C with the sign of L's top bit, which is subtracted; the remaining c − 1 bits
+    /// sit in the padding-protected half and a (c−1)-bit table returns them, scaled to
+    /// their place, for subtraction. See docs/NOISE.md.
     fn round(&self, x: &[Ciphertext], drop: u32, w: u32) -> Vec<Ciphertext> {
         let p = self.bootstrap.as_ref().unwrap();
+        let (glwe, n) = (p.glwe_size(), p.polynomial_size().0);
         let shift = delta_shift(w);
-        let accs: Vec<GlweCiphertextOwned<u64>> = (0..drop)
-            .map(|bit| {
-                constant_accumulator(
-                    1u64 << (shift - 1 + bit),
-                    p.glwe_size(),
-                    p.polynomial_size().0,
-                )
+        type Step = (
+            u32,
+            u32,
+            GlweCiphertextOwned<u64>,
+            Option<GlweCiphertextOwned<u64>>,
+        );
+        let steps: Vec<Step> = fhec_ir::rounding_chunks(drop, self.info.rounding_chunk_bits)
+            .into_iter()
+            .map(|(bit, c)| {
+                // C = half the weight of the chunk's top bit, in Δ_W units
+                let sign = constant_accumulator(1u64 << (shift + bit + c - 2), glwe, n);
+                let low = (c > 1).then(|| {
+                    let table: Vec<i64> = (0..1i64 << (c - 1)).map(|m| m << bit).collect();
+                    lut_accumulator(&table, c - 1, w, glwe, n)
+                });
+                (bit, c, sign, low)
             })
             .collect();
         x.par_iter()
@@ -278,25 +291,21 @@ impl<'a> Evaluator<'a> {
                         LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native()),
                     )
                 },
-                |(s, extracted), ct| {
+                |(s, out), ct| {
                     let mut y = ct.clone();
                     let body = y.get_mut_body();
                     *body.data = body.data.wrapping_add(1u64 << (shift + drop - 1));
-                    for bit in 0..drop {
-                        // bit·2^63 + 2^62: the decision sits a quarter-torus away from both values
-                        self.bootstrap_one(
-                            s,
-                            &y,
-                            w - bit,
-                            1u64 << 62,
-                            &accs[bit as usize],
-                            extracted,
-                        );
-                        // y − b·2^bit·Δ = y − c + (±c)
-                        let c = 1u64 << (shift - 1 + bit);
-                        lwe_ciphertext_add_assign(&mut y, extracted);
+                    for (bit, c, sign, low) in &steps {
+                        let scale = w + 1 - bit - c;
+                        // top bit: y += ±C − C, i.e. y −= b·2C
+                        self.bootstrap_one(s, &y, scale, 1u64 << (63 - c), sign, out);
+                        lwe_ciphertext_add_assign(&mut y, out);
                         let body = y.get_mut_body();
-                        *body.data = body.data.wrapping_sub(c);
+                        *body.data = body.data.wrapping_sub(1u64 << (shift + bit + c - 2));
+                        if let Some(low) = low {
+                            self.bootstrap_one(s, &y, scale, 0, low, out);
+                            lwe_ciphertext_sub_assign(&mut y, out);
+                        }
                     }
                     y
                 },

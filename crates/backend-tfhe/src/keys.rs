@@ -12,7 +12,8 @@ pub type Ciphertext = LweCiphertextOwned<u64>;
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ClientKey {
     pub params: CryptoParams,
-    small: LweSecretKeyOwned<u64>,
+    /// The key bootstraps start from; `None` for leveled-only circuits.
+    small: Option<LweSecretKeyOwned<u64>>,
     glwe: GlweSecretKeyOwned<u64>,
 }
 
@@ -47,17 +48,15 @@ pub fn generate_keys(params: &CryptoParams, needs_bootstrap: bool) -> (ClientKey
         PolynomialSize(params.polynomial_size),
         &mut secret_gen,
     );
-    let small = if needs_bootstrap {
+    let small = needs_bootstrap.then(|| {
         LweSecretKey::generate_new_binary(LweDimension(params.lwe_dimension), &mut secret_gen)
-    } else {
-        LweSecretKey::new_empty_key(0u64, LweDimension(0))
-    };
-    let (keyswitch, bootstrap) = if needs_bootstrap {
+    });
+    let (keyswitch, bootstrap) = if let Some(small) = &small {
         let big = glwe.clone().into_lwe_secret_key();
         let modulus = CiphertextModulus::new_native();
         let ksk = allocate_and_generate_new_seeded_lwe_keyswitch_key(
             &big,
-            &small,
+            small,
             DecompositionBaseLog(params.ks_base_log),
             DecompositionLevelCount(params.ks_level),
             noise(params.lwe_std_dev()),
@@ -65,7 +64,7 @@ pub fn generate_keys(params: &CryptoParams, needs_bootstrap: bool) -> (ClientKey
             seeder,
         );
         let bsk = par_allocate_and_generate_new_seeded_lwe_bootstrap_key(
-            &small,
+            small,
             &glwe,
             DecompositionBaseLog(params.pbs_base_log),
             DecompositionLevelCount(params.pbs_level),

@@ -191,23 +191,30 @@ impl NoiseBudget {
                 IntOp::Round { drop_bits } => {
                     let x = x.unwrap();
                     let base = worst(x);
-                    for bit in 0..*drop_bits {
-                        let t = base.add(NoiseTerms {
-                            fresh: 0.0,
-                            pbs: bit as f64,
-                        });
-                        add_site(PbsSite {
-                            terms: t,
-                            scale_log2: w - bit,
-                            precision: 0,
-                            count: node.numel(),
-                        });
+                    // each step's bootstrap input: y scaled so the chunk fills the torus,
+                    // margin that of a (c−1)-bit table; every bootstrap output adds to y
+                    let mut done = 0.0;
+                    for (bit, c) in fhec_ir::rounding_chunks(*drop_bits, info.rounding_chunk_bits) {
+                        let steps = if c > 1 { 2 } else { 1 };
+                        for _ in 0..steps {
+                            let t = base.add(NoiseTerms {
+                                fresh: 0.0,
+                                pbs: done,
+                            });
+                            add_site(PbsSite {
+                                terms: t,
+                                scale_log2: w + 1 - bit - c,
+                                precision: c - 1,
+                                count: node.numel(),
+                            });
+                            done += 1.0;
+                        }
                     }
                     x.iter()
                         .map(|t| {
                             t.add(NoiseTerms {
                                 fresh: 0.0,
-                                pbs: *drop_bits as f64,
+                                pbs: done,
                             })
                         })
                         .collect()

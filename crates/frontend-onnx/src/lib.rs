@@ -5,8 +5,8 @@
 //! each node through the op registry in [`ops`], which normalises ONNX's several forms
 //! of one computation (Gemm, MatMul, LinearClassifier, …) onto one [`Op`]. Every
 //! unsupported node is reported at once, naming op type, domain and node.
-//! [`interp`] evaluates the float graph: it is the reference that quantization
-//! calibrates on and that `predict --mode clear` runs.
+//! [`interp`] evaluates the float graph: it is what `predict --mode clear` runs, the
+//! client's post-processing tail, and the reference the tests hold against onnxruntime.
 
 mod error;
 pub mod graph;
@@ -130,9 +130,11 @@ fn input_fact(v: &pb::ValueInfoProto) -> Result<(Vec<usize>, DType), ImportError
     for (axis, d) in dims.dim.iter().enumerate() {
         match (d.dim_value, &d.dim_param) {
             (Some(v), _) if v > 0 && (axis > 0 || v == 1) => shape.push(v as usize),
-            (Some(v), _) if axis == 0 && v > 1 => return Err(bad(&format!(
+            (Some(v), _) if axis == 0 && v > 1 => {
+                return Err(bad(&format!(
                 "fixed batch size {v}: export the model with a dynamic (or size-1) batch dimension"
-            ))),
+            )))
+            }
             _ if axis == 0 => shape.push(1),
             (_, p) => {
                 return Err(ImportError::DynamicShape {

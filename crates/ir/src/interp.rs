@@ -43,7 +43,7 @@ pub fn simulate(
 
 /// Evaluates every node. With `encoding_bits = Some(W)` values are reduced to the
 /// signed representatives of `Z / 2^(W+1)` as the ciphertexts hold them; with `None` the
-/// arithmetic is exact (used by calibration, before W is known).
+/// arithmetic is exact (W not applied).
 pub fn evaluate(
     c: &Circuit,
     inputs: &[Vec<i64>],

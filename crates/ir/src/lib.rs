@@ -6,8 +6,9 @@
 //!
 //! * a per-sample `shape` (batch dimension 1);
 //! * a `status`: encrypted (one LWE ciphertext per element) or clear;
-//! * a calibrated integer `range` `[lo, hi]` over the inputset, which gives its bit-width
-//!   (sign bit included when `lo < 0`).
+//! * an integer `range` `[lo, hi]`: the range the circuit is built for (the quantizer
+//!   takes the inputset's range plus a margin, within sound bounds), which gives its
+//!   bit-width (sign bit included when `lo < 0`).
 //!
 //! Operations ([`IntOp`]):
 //!
@@ -40,7 +41,8 @@ use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
 pub use verify::{
-    bits_for_range, verify, CircuitInfo, NodeInfo, VerifyError, VerifyErrors, Violation,
+    bits_for_range, rounding_chunks, rounding_pbs_count, verify, CircuitInfo, NodeInfo,
+    VerifyError, VerifyErrors, Violation,
 };
 
 /// The widest encrypted integer fhec accepts (Concrete's accumulator limit).
@@ -134,7 +136,8 @@ pub struct Node {
     /// Per-sample shape; `shape.iter().product()` elements.
     pub shape: Vec<usize>,
     pub status: Status,
-    /// Calibrated range of the value over the inputset.
+    /// The range the circuit is built for: values outside it wrap around (simulate
+    /// models the wrap exactly).
     pub range: Range,
 }
 

@@ -8,6 +8,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Circuit, IntOp, NodeId, Range, Status, MAX_BITS};
 
+/// How exact rounding clears `drop` low bits: chunks `(first_bit, bits)` from the LSB up,
+/// each at most `max_chunk` bits. A chunk of c bits costs two bootstraps (its top bit by
+/// a sign bootstrap, then the other c − 1 bits by a table of precision c − 1), a 1-bit
+/// chunk one. `max_chunk` is the widest table precision of the circuit + 1, so rounding
+/// never needs more precision than the circuit's own lookups.
+pub fn rounding_chunks(drop: u32, max_chunk: u32) -> Vec<(u32, u32)> {
+    let mut chunks = Vec::new();
+    let mut bit = 0;
+    while bit < drop {
+        let c = (drop - bit).min(max_chunk.max(1));
+        chunks.push((bit, c));
+        bit += c;
+    }
+    chunks
+}
+
+/// Bootstraps one element's exact rounding costs.
+pub fn rounding_pbs_count(drop: u32, max_chunk: u32) -> usize {
+    rounding_chunks(drop, max_chunk)
+        .iter()
+        .map(|&(_, c)| if c > 1 { 2 } else { 1 })
+        .sum()
+}
+
 /// Width of the smallest integer type holding `range` (sign bit included if `lo < 0`).
 pub fn bits_for_range(r: Range) -> u32 {
     let unsigned = |v: i64| (64 - (v as u64).leading_zeros()).max(1);
@@ -54,6 +78,8 @@ pub struct CircuitInfo {
     pub max_tlu_bits: u32,
     /// Widest encrypted value.
     pub max_bits: u32,
+    /// Widest chunk of bits one exact-rounding step clears (`max_tlu_bits + 1`).
+    pub rounding_chunk_bits: u32,
     pub violations: Vec<Violation>,
 }
 
@@ -92,6 +118,14 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
     }
     let mut errors = Vec::new();
     let mut nodes = Vec::with_capacity(c.len());
+    let chunk_bits = 1 + c
+        .ids()
+        .filter_map(|id| match c.node(id).op {
+            IntOp::Lut { precision, .. } => Some(precision),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
     let (mut tlu_count, mut rounding_pbs, mut max_tlu_bits) = (0, 0, 0);
     for id in c.ids() {
         let n = c.node(id);
@@ -185,7 +219,7 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                     0,
                     x.range.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)),
                 ));
-                info.pbs = numel * *drop_bits as usize;
+                info.pbs = numel * rounding_pbs_count(*drop_bits, chunk_bits);
                 rounding_pbs += info.pbs;
             }
             (
@@ -300,6 +334,7 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
         pbs_per_sample: tlu_count + rounding_pbs,
         max_tlu_bits,
         max_bits,
+        rounding_chunk_bits: chunk_bits,
         violations,
     })
 }

@@ -1,0 +1,170 @@
+//! The command-line contract: what compile writes, what inspect reports and exits with.
+
+mod common;
+
+use std::process::Command;
+
+use common::fixture;
+
+fn fhec(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhec"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fhec-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
+    let d = tmp("compile");
+    let f = fixture("mlp_iris");
+    let out = d.join("iris.fhe");
+    let (code, stdout, err) = fhec(&[
+        "compile",
+        f.join("model.onnx").to_str().unwrap(),
+        "--inputset",
+        f.join("train.npy").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "ops:",
+        "TLUs 16",
+        "PBS per sample",
+        "max TLU precision 6 bits",
+        "parameters:",
+        "compile time",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "summary lacks '{needle}': {stdout}"
+        );
+    }
+    let mlir = std::fs::read_to_string(d.join("iris.mlir")).unwrap();
+    assert!(
+        mlir.starts_with("// fhec")
+            && mlir.contains("func.func @main")
+            && mlir.contains("FHELinalg.apply_mapped_lookup_table"),
+        "{mlir}"
+    );
+    let (code, json, err) = fhec(&["inspect", out.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["pbs_per_sample"], 128);
+    assert_eq!(v["tlu_count"], 16);
+    assert_eq!(v["rounding_pbs"], 112);
+    assert_eq!(v["max_tlu_bits"], 6);
+    assert!(v["max_bits"].as_u64().unwrap() <= 16);
+    assert_eq!(v["violations"].as_array().unwrap().len(), 0);
+    let nodes = v["nodes"].as_array().unwrap();
+    assert!(nodes
+        .iter()
+        .any(|n| n["op"] == "lut" && n["tlu_bits"] == 6 && n["encrypted"] == true));
+}
+
+#[test]
+fn inspect_exits_1_and_names_values_over_16_bits() {
+    let f = fixture("mlp_digits");
+    let (model, inputset) = (f.join("model.onnx"), f.join("train.npy"));
+    let args = [
+        "inspect",
+        model.to_str().unwrap(),
+        "--inputset",
+        inputset.to_str().unwrap(),
+        "--n-bits",
+        "8",
+        "--rounding-threshold-bits",
+        "16",
+    ];
+    let (code, text, err) = fhec(&args);
+    assert_eq!(code, 1, "{text}{err}");
+    assert!(
+        text.contains("16-bit check:") && text.contains("over 16 bits"),
+        "{text}"
+    );
+    let (code, json, _) = fhec(&[&args[..], &["--format", "json"]].concat());
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let violations = v["violations"].as_array().unwrap();
+    assert!(!violations.is_empty());
+    assert!(violations
+        .iter()
+        .all(|x| x["bits"].as_u64().unwrap() > 16 && x["node"].as_str().is_some()));
+    // compile refuses the same circuit, naming the node
+    let d = tmp("wide");
+    let (code, _, err) = fhec(&[
+        "compile",
+        args[1],
+        "--inputset",
+        args[3],
+        "--n-bits",
+        "8",
+        "--rounding-threshold-bits",
+        "16",
+        "-o",
+        d.join("w.fhe").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("16-bit limit") && err.contains("node '"),
+        "{err}"
+    );
+}
+
+#[test]
+fn predict_writes_outputs_keyed_and_typed_like_the_onnx_model() {
+    let d = tmp("predict");
+    let f = fixture("logreg_breast_zipmap");
+    let out = d.join("lr.fhe");
+    let (code, _, err) = fhec(&[
+        "compile",
+        f.join("model.onnx").to_str().unwrap(),
+        "--inputset",
+        f.join("train.npy").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let y = d.join("y.npz");
+    let (code, _, err) = fhec(&[
+        "predict",
+        out.to_str().unwrap(),
+        "--input",
+        f.join("test_x.npy").to_str().unwrap(),
+        "--mode",
+        "fhe",
+        "--limit",
+        "4",
+        "-o",
+        y.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let arrays = fhec::npy::read_arrays(&y).unwrap();
+    let label = &arrays
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("output_label"))
+        .unwrap()
+        .1;
+    let probs = &arrays
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("output_probability"))
+        .unwrap()
+        .1;
+    assert_eq!((label.shape.clone(), label.dtype), (vec![4], "<i8"));
+    assert_eq!((probs.shape.clone(), probs.dtype), (vec![4, 2], "<f4"));
+    for row in probs.data.chunks(2) {
+        assert!((row[0] + row[1] - 1.0).abs() < 1e-5);
+    }
+}

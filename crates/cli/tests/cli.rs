@@ -2,28 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::fixture;
-
-fn fhec(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fhec"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fhec-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{fhec, fixture, tmp};
 
 #[test]
 fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
@@ -62,9 +41,12 @@ fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
     let (code, json, err) = fhec(&["inspect", out.to_str().unwrap(), "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["pbs_per_sample"], 128);
+    assert_eq!(v["pbs_per_sample"], 48);
     assert_eq!(v["tlu_count"], 16);
-    assert_eq!(v["rounding_pbs"], 112);
+    assert_eq!(
+        v["rounding_pbs"], 32,
+        "7 dropped bits: one 6+1-bit chunk, two bootstraps per neuron"
+    );
     assert_eq!(v["max_tlu_bits"], 6);
     assert!(v["max_bits"].as_u64().unwrap() <= 16);
     assert_eq!(v["violations"].as_array().unwrap().len(), 0);

@@ -207,3 +207,15 @@ fn text_form_lists_every_node() {
     assert!(text.contains("%2 = round %1 drop=2"), "{text}");
     assert!(text.ends_with("return %3, %1\n"));
 }
+
+#[test]
+fn exact_rounding_clears_up_to_precision_plus_one_bits_per_two_bootstraps() {
+    use fhec_ir::{rounding_chunks, rounding_pbs_count};
+    assert_eq!(rounding_chunks(8, 7), vec![(0, 7), (7, 1)]);
+    assert_eq!(rounding_pbs_count(8, 7), 3);
+    assert_eq!(rounding_chunks(7, 7), vec![(0, 7)]);
+    assert_eq!(rounding_pbs_count(7, 7), 2);
+    assert_eq!(rounding_pbs_count(1, 7), 1);
+    assert_eq!(rounding_chunks(5, 2), vec![(0, 2), (2, 2), (4, 1)]);
+    assert_eq!(rounding_pbs_count(5, 2), 5);
+}

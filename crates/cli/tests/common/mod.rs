@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use fhec::artifact::Artifact;
 use fhec::npy::{read_arrays, Array};
@@ -98,4 +99,25 @@ pub fn r2(pred: &[f64], truth: &[f64]) -> f64 {
     let ss_res: f64 = pred.iter().zip(truth).map(|(p, t)| (p - t).powi(2)).sum();
     let ss_tot: f64 = truth.iter().map(|t| (t - mean).powi(2)).sum();
     1.0 - ss_res / ss_tot
+}
+
+/// Runs the `fhec` binary: (exit code, stdout, stderr).
+pub fn fhec(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fhec"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh temporary directory for one test.
+pub fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fhec-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }

@@ -314,7 +314,7 @@ fn predict(
         }
         samples.truncate(n);
     }
-    let start = Instant::now();
+    let mut start = Instant::now();
     let outputs: Vec<_> = match mode {
         Mode::Clear => run::clear(&a.client.graph, &samples)?,
         Mode::Simulate => samples
@@ -349,6 +349,7 @@ fn predict(
                 }
             };
             let evaluator = run::evaluator(&a, &info, &server)?;
+            start = Instant::now(); // per-sample figures exclude key setup
             let total = samples.len();
             let tty = std::io::stderr().is_terminal();
             let mut outs = Vec::with_capacity(total);
@@ -426,8 +427,8 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
     let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
     let p = &a.server.params;
     println!(
-        "{:<24} compile {:>7.2} s | keygen {:>6.2} s | eval key {:>8.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>9.1} ms/sample over {} | PBS {:>5} (predicted {:.0} ms on 1 core) | fhe!=simulate {}",
-        a.source,
+        "{:<40} compile {:>7.2} s | keygen {:>6.2} s | eval key {:>8.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>9.1} ms/sample over {} | PBS {:>5} (predicted {:.0} ms on 1 core) | fhe!=simulate {}",
+        model.display(),
         compiled.elapsed.as_secs_f64(),
         keygen,
         server.size_bytes() as f64 / (1 << 20) as f64,

@@ -150,3 +150,84 @@ fn predict_writes_outputs_keyed_and_typed_like_the_onnx_model() {
         assert!((row[0] + row[1] - 1.0).abs() < 1e-5);
     }
 }
+
+#[test]
+fn an_npz_inputset_is_keyed_by_input_name() {
+    let d = tmp("npz");
+    let f = fixture("mlp_iris");
+    let x = common::array(&f.join("train.npy"));
+    let npz = d.join("train.npz");
+    fhec::npy::write_npz(&npz, &[("input".to_string(), x.clone())]).unwrap();
+    let (code, _, err) = fhec(&[
+        "compile",
+        f.join("model.onnx").to_str().unwrap(),
+        "--inputset",
+        npz.to_str().unwrap(),
+        "-o",
+        d.join("a.fhe").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let wrong = d.join("wrong.npz");
+    fhec::npy::write_npz(&wrong, &[("features".to_string(), x)]).unwrap();
+    let (code, _, err) = fhec(&[
+        "compile",
+        f.join("model.onnx").to_str().unwrap(),
+        "--inputset",
+        wrong.to_str().unwrap(),
+        "-o",
+        d.join("b.fhe").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("wrong.npz") && err.contains("no array named 'input'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn keys_are_generated_once_then_loaded_and_checked_against_the_model() {
+    let d = tmp("keys");
+    let compile = |name: &str| {
+        let f = fixture(name);
+        let out = d.join(format!("{name}.fhe"));
+        let (code, _, err) = fhec(&[
+            "compile",
+            f.join("model.onnx").to_str().unwrap(),
+            "--inputset",
+            f.join("train.npy").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        (out, f.join("test_x.npy"))
+    };
+    let (iris, iris_x) = compile("logreg_iris");
+    let keys = d.join("keys");
+    let run = |model: &std::path::Path, x: &std::path::Path| {
+        fhec(&[
+            "predict",
+            model.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--mode",
+            "fhe",
+            "--limit",
+            "3",
+            "--keys",
+            keys.to_str().unwrap(),
+        ])
+    };
+    let (code, first, err) = run(&iris, &iris_x);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("generated and saved"), "{err}");
+    assert!(keys.join("client.key").exists() && keys.join("server.key").exists());
+    let (code, second, err) = run(&iris, &iris_x);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("loaded from"), "{err}");
+    assert_eq!(first, second, "same keys, same decrypted outputs");
+    // keys made for N=1024 do not fit the breast-cancer model (N=2048)
+    let (breast, breast_x) = compile("logreg_breast_zipmap");
+    let (code, _, err) = run(&breast, &breast_x);
+    assert_eq!(code, 2);
+    assert!(err.contains("other parameters"), "{err}");
+}

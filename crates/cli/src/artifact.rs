@@ -111,7 +111,7 @@ impl Artifact {
         std::fs::File::open(path)
             .and_then(|mut f| {
                 let mut buf = [0u8; 13];
-                std::io::Read::read_exact(&mut f, &mut buf).map(|_| &buf == MAGIC.as_bytes())
+                std::io::Read::read_exact(&mut f, &mut buf).map(|_| buf == MAGIC.as_bytes())
             })
             .unwrap_or(false)
     }

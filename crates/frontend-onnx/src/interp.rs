@@ -225,8 +225,8 @@ fn along_axis(x: &Tensor, axis: usize, f: impl Fn(&[f64]) -> Vec<f64>) -> Vec<f6
     let mut row = vec![0.0; len];
     for o in 0..outer {
         for i in 0..inner {
-            for k in 0..len {
-                row[k] = x.data[(o * len + k) * inner + i];
+            for (k, r) in row.iter_mut().enumerate() {
+                *r = x.data[(o * len + k) * inner + i];
             }
             for (k, v) in f(&row).into_iter().enumerate() {
                 out[(o * len + k) * inner + i] = v;

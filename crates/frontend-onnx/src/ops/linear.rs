@@ -156,7 +156,7 @@ fn dense_from_coefficients(
         .iter()
         .map(|&v| v as f64)
         .collect();
-    if coef.is_empty() || coef.len() % features != 0 {
+    if coef.is_empty() || !coef.len().is_multiple_of(features) {
         return Err(ctx.err(format!(
             "{} coefficients do not split into rows of {features} features",
             coef.len()

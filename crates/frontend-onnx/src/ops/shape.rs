@@ -85,7 +85,7 @@ pub(crate) fn reshape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
     let known: usize = shape.iter().product();
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(ctx.err(format!("cannot reshape {in_shape:?} to {:?}", spec.data)));
         }
         shape[i] = numel / known;

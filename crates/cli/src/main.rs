@@ -304,7 +304,7 @@ fn predict(
     force: bool,
 ) -> Result<ExitCode> {
     if let Some(o) = output {
-        guard_overwrite(o, false, force)?;
+        guard_overwrite(o, npy::is_fhec_npz(o), force)?;
     }
     let (a, info) = Artifact::load(model)?;
     let mut samples = data::load_samples(input, &a.client.graph)?;

@@ -180,11 +180,23 @@ pub fn read_arrays(path: &Path) -> Result<Vec<(Option<String>, Array)>> {
     }
 }
 
-/// Writes named arrays as an uncompressed `.npz`.
+/// The archive comment that marks an `.npz` as written by fhec (so it may replace it).
+const NPZ_MARK: &str = "written by fhec";
+
+/// True when `path` is an `.npz` that fhec wrote.
+pub fn is_fhec_npz(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .ok()
+        .and_then(|f| zip::ZipArchive::new(f).ok())
+        .is_some_and(|z| z.comment() == NPZ_MARK.as_bytes())
+}
+
+/// Writes named arrays as an uncompressed `.npz`, marked as fhec's.
 pub fn write_npz(path: &Path, arrays: &[(String, Array)]) -> Result<()> {
     let file = std::fs::File::create(path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
     let mut zip = zip::ZipWriter::new(file);
+    zip.set_comment(NPZ_MARK);
     let opts =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, a) in arrays {

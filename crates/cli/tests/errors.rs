@@ -300,4 +300,19 @@ fn files_the_user_wrote_are_not_overwritten() {
         &["y.npz", "refusing"],
     );
     assert_eq!(std::fs::read_to_string(&y).unwrap(), "precious");
+    // predictions fhec wrote itself are replaced on a rerun
+    let mine = d.join("mine.npz");
+    for _ in 0..2 {
+        let (code, _, err) = fhec(&[
+            "predict",
+            s(&p),
+            "--input",
+            s(&iris().1),
+            "--limit",
+            "2",
+            "-o",
+            s(&mine),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
 }

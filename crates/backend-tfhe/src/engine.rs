@@ -19,7 +19,35 @@ pub struct Evaluator<'a> {
     fft: Option<Fft>,
     /// Per Lut node index: one accumulator per table.
     luts: Vec<Vec<GlweCiphertextOwned<u64>>>,
+    /// Per Round node index: its chunks with their accumulators.
+    rounds: Vec<Vec<RoundStep>>,
     big_size: LweSize,
+}
+
+/// One chunk of an exact rounding: `bits` bits from `first_bit` up, cleared by a sign
+/// bootstrap (`sign`) and, for chunks wider than one bit, a table (`low`).
+struct RoundStep {
+    first_bit: u32,
+    bits: u32,
+    sign: GlweCiphertextOwned<u64>,
+    low: Option<GlweCiphertextOwned<u64>>,
+}
+
+fn round_steps(drop: u32, chunk_bits: u32, w: u32, glwe: GlweSize, n: usize) -> Vec<RoundStep> {
+    let shift = delta_shift(w);
+    fhec_ir::rounding_chunks(drop, chunk_bits)
+        .into_iter()
+        .map(|(bit, c)| RoundStep {
+            first_bit: bit,
+            bits: c,
+            // C = half the weight of the chunk's top bit, in Δ_W units
+            sign: constant_accumulator(1u64 << (shift + bit + c - 2), glwe, n),
+            low: (c > 1).then(|| {
+                let table: Vec<i64> = (0..1i64 << (c - 1)).map(|m| m << bit).collect();
+                lut_accumulator(&table, c - 1, w, glwe, n)
+            }),
+        })
+        .collect()
 }
 
 struct Scratch {
@@ -75,6 +103,19 @@ impl<'a> Evaluator<'a> {
                 _ => Vec::new(),
             })
             .collect();
+        let rounds = circuit
+            .ids()
+            .map(|id| match circuit.node(id).op {
+                IntOp::Round { drop_bits } => round_steps(
+                    drop_bits,
+                    info.rounding_chunk_bits,
+                    w,
+                    glwe_size,
+                    p.polynomial_size,
+                ),
+                _ => Vec::new(),
+            })
+            .collect();
         Ok(Evaluator {
             circuit,
             info,
@@ -82,6 +123,7 @@ impl<'a> Evaluator<'a> {
             bootstrap,
             fft,
             luts,
+            rounds,
             big_size: LweSize(p.big_dimension() + 1),
         })
     }
@@ -128,7 +170,9 @@ impl<'a> Evaluator<'a> {
                     weight,
                     bias,
                 } => self.linear(x.unwrap(), *inputs, *outputs, weight, bias, w),
-                IntOp::Round { drop_bits } => self.round(x.unwrap(), *drop_bits, w),
+                IntOp::Round { drop_bits } => {
+                    self.round(x.unwrap(), &self.rounds[id.index()], *drop_bits, w)
+                }
                 IntOp::Lut {
                     precision,
                     table_of,
@@ -261,28 +305,8 @@ impl<'a> Evaluator<'a> {
     /// ±C with the sign of L's top bit, which is subtracted; the remaining c − 1 bits
     /// sit in the padding-protected half and a (c−1)-bit table returns them, scaled to
     /// their place, for subtraction. See docs/NOISE.md.
-    fn round(&self, x: &[Ciphertext], drop: u32, w: u32) -> Vec<Ciphertext> {
-        let p = self.bootstrap.as_ref().unwrap();
-        let (glwe, n) = (p.glwe_size(), p.polynomial_size().0);
+    fn round(&self, x: &[Ciphertext], steps: &[RoundStep], drop: u32, w: u32) -> Vec<Ciphertext> {
         let shift = delta_shift(w);
-        type Step = (
-            u32,
-            u32,
-            GlweCiphertextOwned<u64>,
-            Option<GlweCiphertextOwned<u64>>,
-        );
-        let steps: Vec<Step> = fhec_ir::rounding_chunks(drop, self.info.rounding_chunk_bits)
-            .into_iter()
-            .map(|(bit, c)| {
-                // C = half the weight of the chunk's top bit, in Δ_W units
-                let sign = constant_accumulator(1u64 << (shift + bit + c - 2), glwe, n);
-                let low = (c > 1).then(|| {
-                    let table: Vec<i64> = (0..1i64 << (c - 1)).map(|m| m << bit).collect();
-                    lut_accumulator(&table, c - 1, w, glwe, n)
-                });
-                (bit, c, sign, low)
-            })
-            .collect();
         x.par_iter()
             .map_init(
                 || {
@@ -295,7 +319,13 @@ impl<'a> Evaluator<'a> {
                     let mut y = ct.clone();
                     let body = y.get_mut_body();
                     *body.data = body.data.wrapping_add(1u64 << (shift + drop - 1));
-                    for (bit, c, sign, low) in &steps {
+                    for RoundStep {
+                        first_bit: bit,
+                        bits: c,
+                        sign,
+                        low,
+                    } in steps
+                    {
                         let scale = w + 1 - bit - c;
                         // top bit: y += ±C − C, i.e. y −= b·2C
                         self.bootstrap_one(s, &y, scale, 1u64 << (63 - c), sign, out);

@@ -69,6 +69,12 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Time one key switch + bootstrap on one core for several parameter sets, against the cost model.
+    BenchParams {
+        /// Bootstraps timed per parameter set.
+        #[arg(long, default_value_t = 16)]
+        count: usize,
+    },
     /// Measure compile time, keygen time, key size, FHE latency and #PBS of a model.
     Bench {
         model: PathBuf,
@@ -184,6 +190,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             samples,
             q,
         } => bench(&model, &inputset, &input, samples, &q),
+        Command::BenchParams { count } => bench_params(count),
     }
 }
 
@@ -444,5 +451,46 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
         "  parameters: {}",
         fhec::report::params_text(&p.params, p.needs_bootstrap)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parameter sets spanning what the search picks: tfhe-rs-like small sets and the
+/// N = 8192, four-level sets the fixture MLPs use.
+fn bench_params(count: usize) -> Result<ExitCode> {
+    use fhec_backend_tfhe::CryptoParams;
+    let set = |n, big_n, pb, pl, kb, kl| CryptoParams {
+        lwe_dimension: n,
+        glwe_dimension: 1,
+        polynomial_size: big_n,
+        pbs_base_log: pb,
+        pbs_level: pl,
+        ks_base_log: kb,
+        ks_level: kl,
+    };
+    let sets = [
+        set(742, 2048, 23, 1, 3, 5),
+        set(742, 4096, 15, 2, 3, 5),
+        set(800, 2048, 10, 3, 3, 6),
+        set(898, 8192, 23, 1, 3, 6),
+        set(898, 8192, 10, 4, 3, 6),
+        set(922, 8192, 9, 4, 3, 6),
+    ];
+    println!(
+        "{:<44} {:>10} {:>12} {:>12} {:>7}",
+        "parameters", "keygen s", "predicted ms", "measured ms", "ratio"
+    );
+    for p in sets {
+        let (keygen, ms) = run::time_bootstrap(&p, count)?;
+        let predicted = p.pbs_cost_ms() + p.ks_cost_ms();
+        let name = fhec::report::params_text(&p, true);
+        println!(
+            "{:<44} {:>10.1} {:>12.1} {:>12.1} {:>7.2}",
+            name.split(" (").next().unwrap_or_default(),
+            keygen,
+            predicted,
+            ms,
+            ms / predicted
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -81,3 +81,55 @@ pub fn evaluator<'a>(
 pub fn keys(a: &Artifact) -> (ClientKey, ServerKey) {
     fhec_backend_tfhe::generate_keys(&a.client.params.params, a.client.params.needs_bootstrap)
 }
+
+/// Single-core time of one key switch + bootstrap for `params`, measured on `count`
+/// bootstraps of an identity table (real keys); also returns the keygen time.
+pub fn time_bootstrap(
+    params: &fhec_backend_tfhe::CryptoParams,
+    count: usize,
+) -> Result<(f64, f64)> {
+    use fhec_ir::{Circuit, IntOp, Node, Range, Status};
+    let mut c = Circuit::default();
+    let x = c.add(
+        Node {
+            name: "x".into(),
+            op: IntOp::Input { index: 0, bits: 2 },
+            shape: vec![1, count],
+            status: Status::Encrypted,
+            range: Range::new(0, 3),
+        },
+        &[],
+    );
+    let t = c.add(
+        Node {
+            name: "id".into(),
+            op: IntOp::Lut {
+                precision: 2,
+                tables: vec![vec![0, 1, 2, 3]],
+                table_of: vec![0; count],
+            },
+            shape: vec![1, count],
+            status: Status::Encrypted,
+            range: Range::new(0, 3),
+        },
+        &[x],
+    );
+    c.inputs = vec![x];
+    c.outputs = vec![t];
+    let info = fhec_ir::verify(&c)?;
+    let start = std::time::Instant::now();
+    let (client, server) = fhec_backend_tfhe::generate_keys(params, true);
+    let keygen = start.elapsed().as_secs_f64();
+    let ev = Evaluator::new(&c, &info, &server)?;
+    let values: Vec<i64> = (0..count as i64).map(|i| i % 4).collect();
+    let input = client.encrypt(&values, info.encoding_bits);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let start = std::time::Instant::now();
+    let out = pool.install(|| ev.run(vec![input], &|_| {}))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3 / count as f64;
+    anyhow::ensure!(
+        client.decrypt(&out[0], info.encoding_bits) == values,
+        "identity bootstraps decoded wrong values"
+    );
+    Ok((keygen, ms))
+}

@@ -159,7 +159,6 @@ impl NoiseBudget {
             let node = c.node(id);
             let ops = c.operands(id);
             let x = ops.first().map(|o| &terms[o.index()]);
-            let worst = |t: &[NoiseTerms]| t.iter().fold(NoiseTerms::default(), |m, &v| m.max(v));
             let t: Vec<NoiseTerms> = match &node.op {
                 IntOp::Input { .. } => vec![
                     NoiseTerms {
@@ -190,7 +189,7 @@ impl NoiseBudget {
                 }
                 IntOp::Round { drop_bits } => {
                     let x = x.unwrap();
-                    let base = worst(x);
+                    let base = worst_of(x);
                     // each step's bootstrap input: y scaled so the chunk fills the torus,
                     // margin that of a (c−1)-bit table; every bootstrap output adds to y
                     let mut done = 0.0;
@@ -222,7 +221,7 @@ impl NoiseBudget {
                 IntOp::Lut { precision, .. } => {
                     let shift = info.nodes[ops[0].index()].shift;
                     add_site(PbsSite {
-                        terms: worst(x.unwrap()),
+                        terms: worst_of(x.unwrap()),
                         scale_log2: w - precision - shift,
                         precision: *precision,
                         count: node.numel(),

@@ -101,23 +101,10 @@ pub fn evaluate(
                 outputs,
                 weight,
                 bias,
-            } => {
-                let x = x.unwrap();
-                let rows = x.len() / inputs;
-                let mut y = Vec::with_capacity(rows * outputs);
-                for r in 0..rows {
-                    let xr = &x[r * inputs..(r + 1) * inputs];
-                    for j in 0..*outputs {
-                        let w = &weight[j * inputs..(j + 1) * inputs];
-                        let acc = xr
-                            .iter()
-                            .zip(w)
-                            .fold(bias[j], |a, (&xi, &wi)| a.wrapping_add(xi.wrapping_mul(wi)));
-                        y.push(reduce(acc));
-                    }
-                }
-                y
-            }
+            } => linear(x.unwrap(), weight, bias, *inputs, *outputs)
+                .into_iter()
+                .map(reduce)
+                .collect(),
             IntOp::Round { drop_bits } => {
                 let half = 1i64 << (drop_bits - 1);
                 x.unwrap()
@@ -154,4 +141,21 @@ pub fn evaluate(
         values.push(v);
     }
     Ok(values)
+}
+
+/// `IntOp::Linear` on one sample: `y[r, j] = Σ_i w[j, i]·x[r, i] + b[j]` over the last
+/// axis (`inputs` wide), in wrapping 64-bit arithmetic, before any modular reduction.
+pub fn linear(x: &[i64], weight: &[i64], bias: &[i64], inputs: usize, outputs: usize) -> Vec<i64> {
+    let rows = x.len() / inputs;
+    let mut y = Vec::with_capacity(rows * outputs);
+    for xr in x.chunks_exact(inputs).take(rows) {
+        for (j, w) in weight.chunks_exact(inputs).enumerate().take(outputs) {
+            y.push(
+                xr.iter()
+                    .zip(w)
+                    .fold(bias[j], |a, (&xi, &wi)| a.wrapping_add(xi.wrapping_mul(wi))),
+            );
+        }
+    }
+    y
 }

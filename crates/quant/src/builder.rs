@@ -305,7 +305,7 @@ impl Lowering<'_> {
         let acc: Vec<Vec<i64>> = x
             .calib
             .iter()
-            .map(|q| linear(q, &wq, &vec![0; n], k, n))
+            .map(|q| fhec_ir::interp::linear(q, &wq, &vec![0; n], k, n))
             .collect();
         let sound = sound_linear(&x.sound, &wq, k, n);
         // the range the circuit is built for: calibrated, widened by the margin, within sound
@@ -573,22 +573,4 @@ fn sound_linear(x: &[(i64, i64)], w: &[i64], k: usize, n: usize) -> Vec<(i64, i6
         }
     }
     out
-}
-
-fn linear(x: &[i64], w: &[i64], b: &[i64], k: usize, n: usize) -> Vec<i64> {
-    let rows = x.len() / k;
-    let mut y = Vec::with_capacity(rows * n);
-    for r in 0..rows {
-        let xr = &x[r * k..(r + 1) * k];
-        for j in 0..n {
-            y.push(
-                b[j] + xr
-                    .iter()
-                    .zip(&w[j * k..(j + 1) * k])
-                    .map(|(a, b)| a * b)
-                    .sum::<i64>(),
-            );
-        }
-    }
-    y
 }

@@ -9,19 +9,25 @@ use fhec_ir::{Circuit, CircuitInfo, IntOp};
 use crate::keys::{delta_shift, Ciphertext, ServerKey};
 use crate::BackendError;
 
-/// Evaluation state prepared once per (circuit, key): Fourier bootstrap key, FFT plan,
-/// and every lookup table already encoded as a GLWE accumulator.
+/// One partition's evaluation keys, ready to use: key-switching key (from the master-key
+/// prefix its inputs span), Fourier bootstrap key and FFT plan.
+struct PartitionEval {
+    keyswitch: LweKeyswitchKeyOwned<u64>,
+    bootstrap: FourierLweBootstrapKeyOwned,
+    fft: Fft,
+}
+
+/// Evaluation state prepared once per (circuit, key): every partition's keys, and every
+/// lookup table and rounding step already encoded as a GLWE accumulator of its partition.
 pub struct Evaluator<'a> {
     circuit: &'a Circuit,
     info: &'a CircuitInfo,
-    keyswitch: Option<LweKeyswitchKeyOwned<u64>>,
-    bootstrap: Option<FourierLweBootstrapKeyOwned>,
-    fft: Option<Fft>,
-    /// Per Lut node index: one accumulator per table.
-    luts: Vec<Vec<GlweCiphertextOwned<u64>>>,
-    /// Per Round node index: its chunks with their accumulators.
-    rounds: Vec<Vec<RoundStep>>,
-    big_size: LweSize,
+    parts: Vec<PartitionEval>,
+    /// Per Lut node index: its partition and one accumulator per table.
+    luts: Vec<(usize, Vec<GlweCiphertextOwned<u64>>)>,
+    /// Per Round node index: its partition and chunks with their accumulators.
+    rounds: Vec<(usize, Vec<RoundStep>)>,
+    input_size: LweSize,
 }
 
 /// One chunk of an exact rounding: `bits` bits from `first_bit` up, cleared by a sign
@@ -50,10 +56,22 @@ fn round_steps(drop: u32, chunk_bits: u32, w: u32, glwe: GlweSize, n: usize) -> 
         .collect()
 }
 
+/// Per-thread buffers of one partition, sized once: nothing is allocated per bootstrap
+/// except its output ciphertext.
 struct Scratch {
     buffers: ComputationBuffers,
-    scaled: Ciphertext,
+    scaled: Vec<u64>,
     small: Ciphertext,
+}
+
+/// `acc += w·ct` for ciphertexts under master-key prefixes (`acc` at least as long).
+fn add_scaled_into(acc: &mut [u64], ct: &[u64], w: u64) {
+    let (body, mask) = ct.split_last().expect("an LWE ciphertext has a body");
+    let (acc_body, acc_mask) = acc.split_last_mut().expect("an LWE ciphertext has a body");
+    for (a, &c) in acc_mask.iter_mut().zip(mask) {
+        *a = a.wrapping_add(c.wrapping_mul(w));
+    }
+    *acc_body = acc_body.wrapping_add(body.wrapping_mul(w));
 }
 
 impl<'a> Evaluator<'a> {
@@ -62,69 +80,92 @@ impl<'a> Evaluator<'a> {
         info: &'a CircuitInfo,
         key: &ServerKey,
     ) -> Result<Self, BackendError> {
-        let p = key.params;
+        // bootstraps run in the key's narrowest partition precise enough for them
+        let precisions: Vec<u32> = key.params.partitions.iter().map(|p| p.precision).collect();
         let needs = info.pbs_per_sample > 0;
-        let (keyswitch, bootstrap, fft) = match (&key.keyswitch, &key.bootstrap, needs) {
-            (_, _, false) => (None, None, None),
-            (Some(ksk), Some(bsk), true) => {
-                let ksk = ksk.clone().decompress_into_lwe_keyswitch_key();
-                let std = bsk.clone().decompress_into_lwe_bootstrap_key();
-                let mut fourier = FourierLweBootstrapKey::new(
-                    std.input_lwe_dimension(),
-                    std.glwe_size(),
-                    std.polynomial_size(),
-                    std.decomposition_base_log(),
-                    std.decomposition_level_count(),
-                );
-                par_convert_standard_lwe_bootstrap_key_to_fourier(&std, &mut fourier);
-                (
-                    Some(ksk),
-                    Some(fourier),
-                    Some(Fft::new(PolynomialSize(p.polynomial_size))),
-                )
-            }
-            _ => {
-                return Err(BackendError::Keys(
-                    "the circuit bootstraps but the server key has no evaluation keys".into(),
-                ))
-            }
+        if key.params.partitions.len() != key.partitions.len() {
+            return Err(BackendError::Keys("the server key is inconsistent".into()));
+        }
+        let widest = crate::noise::circuit_precisions(circuit, info).last().copied();
+        if needs && widest.is_none_or(|w| precisions.last().is_none_or(|&k| k < w)) {
+            return Err(BackendError::Keys(format!(
+                "the circuit bootstraps at up to {} bits but the server key's partitions only reach {:?}",
+                widest.unwrap_or(0),
+                precisions.last()
+            )));
+        }
+        let parts: Vec<PartitionEval> = if needs {
+            key.partitions
+                .iter()
+                .map(|k| {
+                    let keyswitch = k.keyswitch.clone().decompress_into_lwe_keyswitch_key();
+                    let std = k.bootstrap.clone().decompress_into_lwe_bootstrap_key();
+                    let mut fourier = FourierLweBootstrapKey::new(
+                        std.input_lwe_dimension(),
+                        std.glwe_size(),
+                        std.polynomial_size(),
+                        std.decomposition_base_log(),
+                        std.decomposition_level_count(),
+                    );
+                    par_convert_standard_lwe_bootstrap_key_to_fourier(&std, &mut fourier);
+                    PartitionEval {
+                        keyswitch,
+                        fft: Fft::new(std.polynomial_size()),
+                        bootstrap: fourier,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
         let w = info.encoding_bits;
-        let glwe_size = GlweDimension(p.glwe_dimension).to_glwe_size();
+        let accumulator_shape = |part: usize| {
+            let b = &parts[part].bootstrap;
+            (b.glwe_size(), b.polynomial_size().0)
+        };
         let luts = circuit
             .ids()
             .map(|id| match &circuit.node(id).op {
                 IntOp::Lut {
                     precision, tables, ..
-                } => tables
-                    .iter()
-                    .map(|t| lut_accumulator(t, *precision, w, glwe_size, p.polynomial_size))
-                    .collect(),
-                _ => Vec::new(),
+                } => {
+                    let part = crate::noise::partition_of(&precisions, *precision);
+                    let (glwe, n) = accumulator_shape(part);
+                    (
+                        part,
+                        tables
+                            .iter()
+                            .map(|t| lut_accumulator(t, *precision, w, glwe, n))
+                            .collect(),
+                    )
+                }
+                _ => (0, Vec::new()),
             })
             .collect();
         let rounds = circuit
             .ids()
             .map(|id| match circuit.node(id).op {
-                IntOp::Round { drop_bits } => round_steps(
-                    drop_bits,
-                    info.rounding_chunk_bits,
-                    w,
-                    glwe_size,
-                    p.polynomial_size,
-                ),
-                _ => Vec::new(),
+                IntOp::Round { drop_bits } if drop_bits > 0 => {
+                    let part = crate::noise::partition_of(
+                        &precisions,
+                        crate::noise::rounding_precision(drop_bits, info.rounding_chunk_bits),
+                    );
+                    let (glwe, n) = accumulator_shape(part);
+                    (
+                        part,
+                        round_steps(drop_bits, info.rounding_chunk_bits, w, glwe, n),
+                    )
+                }
+                _ => (0, Vec::new()),
             })
             .collect();
         Ok(Evaluator {
             circuit,
             info,
-            keyswitch,
-            bootstrap,
-            fft,
+            parts,
             luts,
             rounds,
-            big_size: LweSize(p.big_dimension() + 1),
+            input_size: LweSize(key.params.input_dimension + 1),
         })
     }
 
@@ -154,12 +195,12 @@ impl<'a> Evaluator<'a> {
             let v = match &node.op {
                 IntOp::Input { index, .. } => {
                     let v = inputs[*index].take().unwrap_or_default();
-                    if v.len() != node.numel() || v.iter().any(|ct| ct.lwe_size() != self.big_size)
+                    if v.len() != node.numel() || v.iter().any(|ct| ct.lwe_size() != self.input_size)
                     {
                         return Err(BackendError::Input(format!(
                             "input #{index}: expected {} ciphertexts of size {}",
                             node.numel(),
-                            self.big_size.0
+                            self.input_size.0
                         )));
                     }
                     v
@@ -171,7 +212,8 @@ impl<'a> Evaluator<'a> {
                     bias,
                 } => self.linear(x.unwrap(), *inputs, *outputs, weight, bias, w),
                 IntOp::Round { drop_bits } => {
-                    self.round(x.unwrap(), &self.rounds[id.index()], *drop_bits, w)
+                    let (part, steps) = &self.rounds[id.index()];
+                    self.round(x.unwrap(), *part, steps, *drop_bits, w)
                 }
                 IntOp::Lut {
                     precision,
@@ -179,12 +221,8 @@ impl<'a> Evaluator<'a> {
                     ..
                 } => {
                     let shift = self.info.nodes[ops[0].index()].shift;
-                    self.lut(
-                        x.unwrap(),
-                        &self.luts[id.index()],
-                        table_of,
-                        w - precision - shift,
-                    )
+                    let (part, accs) = &self.luts[id.index()];
+                    self.lut(x.unwrap(), *part, accs, table_of, w - precision - shift)
                 }
                 IntOp::Reshape => x.unwrap().clone(),
             };
@@ -198,6 +236,7 @@ impl<'a> Evaluator<'a> {
             .collect())
     }
 
+    /// `y = W·x + b`, each output as long as the longest ciphertext of its row.
     fn linear(
         &self,
         x: &[Ciphertext],
@@ -208,18 +247,17 @@ impl<'a> Evaluator<'a> {
         w: u32,
     ) -> Vec<Ciphertext> {
         let rows = x.len() / k;
-        let size = self.big_size.0;
         (0..rows * n)
             .into_par_iter()
             .map(|e| {
                 let (r, j) = (e / n, e % n);
+                let row = &x[r * k..(r + 1) * k];
+                let size = row.iter().map(|c| c.lwe_size().0).max().unwrap_or(1);
                 let mut acc = vec![0u64; size];
-                for i in 0..k {
+                for (i, ct) in row.iter().enumerate() {
                     let wi = weight[j * k + i] as u64;
                     if wi != 0 {
-                        for (a, &c) in acc.iter_mut().zip(x[r * k + i].as_ref()) {
-                            *a = a.wrapping_add(c.wrapping_mul(wi));
-                        }
+                        add_scaled_into(&mut acc, ct.as_ref(), wi);
                     }
                 }
                 acc[size - 1] = acc[size - 1].wrapping_add((bias[j] as u64) << delta_shift(w));
@@ -228,71 +266,111 @@ impl<'a> Evaluator<'a> {
             .collect()
     }
 
-    fn scratch(&self) -> Scratch {
-        let p = self
-            .bootstrap
-            .as_ref()
-            .expect("bootstrap key present when the circuit bootstraps");
-        let fft = self.fft.as_ref().unwrap().as_view();
+    fn scratch(&self, part: usize) -> Scratch {
+        let p = &self.parts[part];
+        let ksk = &p.keyswitch;
         let mut buffers = ComputationBuffers::new();
         buffers.resize(
             programmable_bootstrap_lwe_ciphertext_mem_optimized_requirement::<u64>(
-                p.glwe_size(),
-                p.polynomial_size(),
-                fft,
+                p.bootstrap.glwe_size(),
+                p.bootstrap.polynomial_size(),
+                p.fft.as_view(),
             )
             .unaligned_bytes_required(),
         );
-        let small_size = self.keyswitch.as_ref().unwrap().output_lwe_size();
         Scratch {
             buffers,
-            scaled: LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native()),
-            small: LweCiphertext::new(0u64, small_size, CiphertextModulus::new_native()),
+            scaled: vec![0u64; ksk.input_key_lwe_dimension().to_lwe_size().0],
+            small: LweCiphertext::new(0u64, ksk.output_lwe_size(), CiphertextModulus::new_native()),
         }
     }
 
-    /// `out = PBS(KS(x · 2^scale_log2 + offset), acc)`.
+    fn output_size(&self, part: usize) -> LweSize {
+        self.parts[part].bootstrap.output_lwe_dimension().to_lwe_size()
+    }
+
+    /// `s.small = KS(x · 2^scale_log2 + offset)` with partition `part`'s key; the key
+    /// switch reads only the rows of its key for the master-key prefix `x` is under.
+    fn keyswitch_scaled(&self, part: usize, s: &mut Scratch, x: &[u64], scale_log2: u32, offset: u64) {
+        let scaled = &mut s.scaled[..x.len()];
+        for (d, &c) in scaled.iter_mut().zip(x) {
+            *d = c.wrapping_shl(scale_log2);
+        }
+        let last = scaled.len() - 1;
+        scaled[last] = scaled[last].wrapping_add(offset);
+        let ksk = &self.parts[part].keyswitch;
+        let rows = (x.len() - 1) * ksk.decomposition_level_count().0 * ksk.output_lwe_size().0;
+        let ksk_prefix = LweKeyswitchKey::from_container(
+            &ksk.as_ref()[..rows],
+            ksk.decomposition_base_log(),
+            ksk.decomposition_level_count(),
+            ksk.output_lwe_size(),
+            ksk.ciphertext_modulus(),
+        );
+        let scaled = LweCiphertext::from_container(&*scaled, CiphertextModulus::new_native());
+        keyswitch_lwe_ciphertext(&ksk_prefix, &scaled, &mut s.small);
+    }
+
+    /// `out = PBS(KS(x · 2^scale_log2 + offset), acc)` in partition `part`.
+    #[allow(clippy::too_many_arguments)]
     fn bootstrap_one(
         &self,
+        part: usize,
         s: &mut Scratch,
-        x: &Ciphertext,
+        x: &[u64],
         scale_log2: u32,
         offset: u64,
         acc: &GlweCiphertextOwned<u64>,
         out: &mut Ciphertext,
     ) {
-        for (d, &c) in s.scaled.as_mut().iter_mut().zip(x.as_ref()) {
-            *d = c.wrapping_shl(scale_log2);
-        }
-        let body = s.scaled.get_mut_body();
-        *body.data = body.data.wrapping_add(offset);
-        keyswitch_lwe_ciphertext(self.keyswitch.as_ref().unwrap(), &s.scaled, &mut s.small);
-        let fft = self.fft.as_ref().unwrap().as_view();
+        self.keyswitch_scaled(part, s, x, scale_log2, offset);
+        let p = &self.parts[part];
         programmable_bootstrap_lwe_ciphertext_mem_optimized(
             &s.small,
             out,
             acc,
-            self.bootstrap.as_ref().unwrap(),
-            fft,
+            &p.bootstrap,
+            p.fft.as_view(),
             s.buffers.stack(),
         );
+    }
+
+    /// What partition `part`'s blind rotation starts from, for noise measurements: `x`
+    /// scaled by `2^scale_log2`, key-switched to the partition's small key, then each
+    /// coefficient modulus-switched to `[0, 2N)` as the bootstrap does.
+    pub fn bootstrap_input(&self, part: usize, x: &Ciphertext, scale_log2: u32) -> Vec<u64> {
+        let mut s = self.scratch(part);
+        self.keyswitch_scaled(part, &mut s, x.as_ref(), scale_log2, 0);
+        let p = &self.parts[part];
+        let log_2n = p.bootstrap.polynomial_size().log2().0 + 1;
+        s.small
+            .as_ref()
+            .iter()
+            .map(|&c| c.wrapping_add(1u64 << (63 - log_2n)) >> (64 - log_2n))
+            .collect()
+    }
+
+    /// Number of partitions (parameter sets) this evaluator bootstraps with.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
     }
 
     fn lut(
         &self,
         x: &[Ciphertext],
+        part: usize,
         accs: &[GlweCiphertextOwned<u64>],
         table_of: &[u32],
         scale_log2: u32,
     ) -> Vec<Ciphertext> {
+        let size = self.output_size(part);
         x.par_iter()
             .zip(table_of)
             .map_init(
-                || self.scratch(),
+                || self.scratch(part),
                 |s, (ct, &t)| {
-                    let mut out =
-                        LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native());
-                    self.bootstrap_one(s, ct, scale_log2, 0, &accs[t as usize], &mut out);
+                    let mut out = LweCiphertext::new(0u64, size, CiphertextModulus::new_native());
+                    self.bootstrap_one(part, s, ct.as_ref(), scale_log2, 0, &accs[t as usize], &mut out);
                     out
                 },
             )
@@ -305,20 +383,30 @@ impl<'a> Evaluator<'a> {
     /// ±C with the sign of L's top bit, which is subtracted; the remaining c − 1 bits
     /// sit in the padding-protected half and a (c−1)-bit table returns them, scaled to
     /// their place, for subtraction. See docs/NOISE.md.
-    fn round(&self, x: &[Ciphertext], steps: &[RoundStep], drop: u32, w: u32) -> Vec<Ciphertext> {
+    fn round(
+        &self,
+        x: &[Ciphertext],
+        part: usize,
+        steps: &[RoundStep],
+        drop: u32,
+        w: u32,
+    ) -> Vec<Ciphertext> {
         let shift = delta_shift(w);
+        let out_size = self.output_size(part);
         x.par_iter()
             .map_init(
                 || {
                     (
-                        self.scratch(),
-                        LweCiphertext::new(0u64, self.big_size, CiphertextModulus::new_native()),
+                        self.scratch(part),
+                        LweCiphertext::new(0u64, out_size, CiphertextModulus::new_native()),
                     )
                 },
                 |(s, out), ct| {
-                    let mut y = ct.clone();
-                    let body = y.get_mut_body();
-                    *body.data = body.data.wrapping_add(1u64 << (shift + drop - 1));
+                    // y spans both x's key prefix and the bootstrap outputs'
+                    let size = ct.lwe_size().0.max(out_size.0);
+                    let mut y = vec![0u64; size];
+                    add_scaled_into(&mut y, ct.as_ref(), 1);
+                    y[size - 1] = y[size - 1].wrapping_add(1u64 << (shift + drop - 1));
                     for RoundStep {
                         first_bit: bit,
                         bits: c,
@@ -328,16 +416,15 @@ impl<'a> Evaluator<'a> {
                     {
                         let scale = w + 1 - bit - c;
                         // top bit: y += ±C − C, i.e. y −= b·2C
-                        self.bootstrap_one(s, &y, scale, 1u64 << (63 - c), sign, out);
-                        lwe_ciphertext_add_assign(&mut y, out);
-                        let body = y.get_mut_body();
-                        *body.data = body.data.wrapping_sub(1u64 << (shift + bit + c - 2));
+                        self.bootstrap_one(part, s, &y, scale, 1u64 << (63 - c), sign, out);
+                        add_scaled_into(&mut y, out.as_ref(), 1);
+                        y[size - 1] = y[size - 1].wrapping_sub(1u64 << (shift + bit + c - 2));
                         if let Some(low) = low {
-                            self.bootstrap_one(s, &y, scale, 0, low, out);
-                            lwe_ciphertext_sub_assign(&mut y, out);
+                            self.bootstrap_one(part, s, &y, scale, 0, low, out);
+                            add_scaled_into(&mut y, out.as_ref(), u64::MAX);
                         }
                     }
-                    y
+                    LweCiphertext::from_container(y, CiphertextModulus::new_native())
                 },
             )
             .collect()

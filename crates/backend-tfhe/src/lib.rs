@@ -2,20 +2,26 @@
 //! encryption, and evaluation of a verified circuit on LWE ciphertexts.
 //!
 //! Only this crate knows tfhe. Encoding (see `fhec_ir`): an integer m of a circuit with
-//! encoding width W is the LWE plaintext `m·2^(63−W)` under the big key (the GLWE key
-//! read as an LWE key, dimension k·N). Leveled ops are LWE arithmetic on those; a table
-//! lookup multiplies its operand up to the table's precision, key-switches to the small
-//! key and bootstraps with the table as accumulator.
+//! encoding width W is the LWE plaintext `m·2^(63−W)` under a prefix of the client's
+//! master key. Leveled ops are LWE arithmetic on those; a bootstrap (table lookup or
+//! rounding step) multiplies its operand up to the table's precision, key-switches to
+//! its partition's small key and bootstraps with the table as accumulator. Bootstraps of
+//! different precisions run in different partitions, each with its own parameters.
 
 mod engine;
 mod keys;
+mod latency;
 pub mod noise;
 mod params;
 
 pub use engine::Evaluator;
 pub use keys::{generate_keys, Ciphertext, ClientKey, ServerKey};
 pub use noise::NoiseBudget;
-pub use params::{choose_params, CryptoParams, ParamChoice, ParamError};
+pub use latency::predicted_latency_ms;
+pub use params::{
+    choose_params, predicted_variances, CryptoParams, KeyParams, PErrorTarget, ParamChoice,
+    ParamError, PartitionKeyParams, PartitionParams,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

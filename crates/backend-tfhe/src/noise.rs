@@ -36,6 +36,41 @@ pub fn p_error_of(margin: f64, sigma: f64) -> f64 {
     libm::erfc(margin / (sigma * std::f64::consts::SQRT_2))
 }
 
+/// Output variance of a programmable bootstrap: key noise and f64 FFT error through the
+/// decomposed external products, plus the gadget decomposition's approximation error.
+pub fn pbs_variance(n: usize, k: usize, big_n: usize, base_log: usize, level: usize) -> f64 {
+    let (n, k, big_n) = (n as f64, k as f64, big_n as f64);
+    let kn = k * big_n;
+    let glwe_var = security_std_dev(kn as usize).powi(2);
+    let b = (base_log as f64).exp2();
+    let l = level as f64;
+    let key_part = n * l * (k + 1.0) * big_n * (b * b + 2.0) / 12.0 * glwe_var;
+    // Rounding error of the f64 FFT in the external products. It grows as N²·B²:
+    // fitted on tfhe-rs 1.8 measurements (tests/noise.rs: N = 2048 and 8192, B = 2^15,
+    // three levels gave 2^-110.1 and 2^-111), rounded up to 2^-109 to stay a bound.
+    let fft_part = n * (k + 1.0) * l * k * big_n * big_n * b * b * 2f64.powi(-109);
+    let eps = (-(base_log as f64) * l).exp2();
+    let decomp_part = n * eps * eps * (1.0 / 12.0 + kn / 24.0 + kn / 16.0);
+    key_part + fft_part + decomp_part
+}
+
+/// Variance a key switch from a key of `input_dim` to one of `n` adds: noise of the
+/// key-switching key times the digits, plus its decomposition error.
+pub fn keyswitch_variance(input_dim: usize, n: usize, base_log: usize, level: usize) -> f64 {
+    let lwe_var = security_std_dev(n).powi(2);
+    let d = input_dim as f64;
+    let bks = (base_log as f64).exp2();
+    let lks = level as f64;
+    let eps_ks = (-(base_log as f64) * lks).exp2();
+    d * lks * (bks * bks + 2.0) / 12.0 * lwe_var + d * eps_ks * eps_ks * (1.0 / 24.0 + 1.0 / 16.0)
+}
+
+/// Variance of the modulus switch to 2N: each of the n + 1 coefficients is rounded to a
+/// multiple of 1/(2N), the binary key weighting n/2 of them on average.
+pub fn modulus_switch_variance(n: usize, big_n: usize) -> f64 {
+    (1.0 + n as f64 / 2.0) / (48.0 * (big_n as f64).powi(2))
+}
+
 /// Variances of the primitive steps for one parameter set.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepVariances {
@@ -43,114 +78,193 @@ pub struct StepVariances {
     pub fresh: f64,
     /// The output of a programmable bootstrap.
     pub pbs: f64,
-    /// Key switching big → small key.
+    /// Key switching from a key of the given input dimension to the small key.
     pub keyswitch: f64,
     /// The modulus switch to 2N at the start of a bootstrap.
     pub modulus_switch: f64,
 }
 
 impl StepVariances {
-    pub fn of(p: &CryptoParams) -> Self {
-        let (n, k, big_n) = (
-            p.lwe_dimension as f64,
-            p.glwe_dimension as f64,
-            p.polynomial_size as f64,
-        );
-        let kn = k * big_n;
-        let glwe_var = security_std_dev(p.glwe_dimension * p.polynomial_size).powi(2);
-        let lwe_var = security_std_dev(p.lwe_dimension).powi(2);
-        // PBS: key noise + FFT error through the decomposed external products, plus the
-        // approximation error of the gadget decomposition.
-        let b = (p.pbs_base_log as f64).exp2();
-        let l = p.pbs_level as f64;
-        let key_part = n * l * (k + 1.0) * big_n * (b * b + 2.0) / 12.0 * glwe_var;
-        // Rounding error of the f64 FFT in the external products. It grows as N²·B²:
-        // fitted on tfhe-rs 1.8 measurements (tests/noise.rs: N = 2048 and 8192, B = 2^15,
-        // three levels gave 2^-110.1 and 2^-111), rounded up to 2^-109 to stay a bound.
-        let fft_part = n * (k + 1.0) * l * k * big_n * big_n * b * b * 2f64.powi(-109);
-        let eps = (-(p.pbs_base_log as f64) * l).exp2();
-        let decomp_part = n * eps * eps * (1.0 / 12.0 + kn / 24.0 + kn / 16.0);
-        // Key switch: noise of the key-switching key times the digits, plus its decomposition error.
-        let bks = (p.ks_base_log as f64).exp2();
-        let lks = p.ks_level as f64;
-        let eps_ks = (-(p.ks_base_log as f64) * lks).exp2();
-        let ks = kn * lks * (bks * bks + 2.0) / 12.0 * lwe_var
-            + kn * eps_ks * eps_ks * (1.0 / 24.0 + 1.0 / 16.0);
-        // Modulus switch: each of the n+1 coefficients rounded to a multiple of 1/(2N).
-        let ms = (1.0 + n / 2.0) / (48.0 * big_n * big_n);
+    /// Step variances of `p` for key switches from a key of dimension `ks_input_dim`.
+    pub fn of(p: &CryptoParams, ks_input_dim: usize) -> Self {
         StepVariances {
-            fresh: glwe_var,
-            pbs: key_part + fft_part + decomp_part,
-            keyswitch: ks,
-            modulus_switch: ms,
+            fresh: security_std_dev(p.big_dimension()).powi(2),
+            pbs: pbs_variance(
+                p.lwe_dimension,
+                p.glwe_dimension,
+                p.polynomial_size,
+                p.pbs_base_log,
+                p.pbs_level,
+            ),
+            keyswitch: keyswitch_variance(ks_input_dim, p.lwe_dimension, p.ks_base_log, p.ks_level),
+            modulus_switch: modulus_switch_variance(p.lwe_dimension, p.polynomial_size),
         }
     }
 }
 
-/// The noise a ciphertext carries, as `fresh·var_fresh + pbs·var_pbs`: which parameter
-/// set it is evaluated for is left open, so the budget is computed once per circuit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Which keys a ciphertext's mask spans: bit 0 the fresh-input key prefix, bit `1 + p`
+/// the output key of partition `p`. Every big key is a prefix of one master key, so a
+/// ciphertext's dimension is the largest of these (docs/PARAMETERS.md, key sharing).
+pub type KeySources = u32;
+
+pub const FRESH_SOURCE: KeySources = 1;
+
+pub fn partition_source(p: usize) -> KeySources {
+    1 << (1 + p)
+}
+
+/// The noise a ciphertext carries, as `fresh·var_fresh + Σ_p pbs[p]·var_pbs[p]`: which
+/// parameter sets it is evaluated for is left open, so the budget is computed once per
+/// circuit. `sources` records which key prefixes the mask spans.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoiseTerms {
     pub fresh: f64,
-    pub pbs: f64,
+    /// Per partition: how many PBS-output variances of that partition are carried.
+    pub pbs: Vec<f64>,
+    pub sources: KeySources,
 }
 
 impl NoiseTerms {
-    fn scaled(self, w2: f64) -> Self {
+    fn fresh_input(partitions: usize) -> Self {
         NoiseTerms {
-            fresh: self.fresh * w2,
-            pbs: self.pbs * w2,
+            fresh: 1.0,
+            pbs: vec![0.0; partitions],
+            sources: FRESH_SOURCE,
         }
     }
-    fn add(self, o: Self) -> Self {
+    fn pbs_output(partitions: usize, p: usize, count: f64) -> Self {
+        let mut pbs = vec![0.0; partitions];
+        pbs[p] = count;
         NoiseTerms {
-            fresh: self.fresh + o.fresh,
-            pbs: self.pbs + o.pbs,
+            fresh: 0.0,
+            pbs,
+            sources: partition_source(p),
         }
     }
-    fn max(self, o: Self) -> Self {
+    fn zero(partitions: usize) -> Self {
         NoiseTerms {
-            fresh: self.fresh.max(o.fresh),
-            pbs: self.pbs.max(o.pbs),
+            fresh: 0.0,
+            pbs: vec![0.0; partitions],
+            sources: 0,
         }
     }
-    pub fn variance(&self, v: &StepVariances) -> f64 {
-        self.fresh * v.fresh + self.pbs * v.pbs
+    fn add_scaled(&mut self, o: &Self, w2: f64) {
+        self.fresh += o.fresh * w2;
+        for (a, b) in self.pbs.iter_mut().zip(&o.pbs) {
+            *a += b * w2;
+        }
+        self.sources |= o.sources;
+    }
+    fn max_with(&mut self, o: &Self) {
+        self.fresh = self.fresh.max(o.fresh);
+        for (a, b) in self.pbs.iter_mut().zip(&o.pbs) {
+            *a = a.max(*b);
+        }
+        self.sources |= o.sources;
+    }
+    /// The variance for per-partition PBS-output variances `pbs_var` and fresh `fresh_var`.
+    pub fn variance(&self, fresh_var: f64, pbs_var: &[f64]) -> f64 {
+        self.fresh * fresh_var + self.pbs.iter().zip(pbs_var).map(|(t, v)| t * v).sum::<f64>()
     }
 }
 
 /// One kind of bootstrap input: the ciphertext (noise `terms`) is multiplied by
-/// `2^scale_log2` and must decode with precision `precision` (margin 2^-(precision+2)).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// `2^scale_log2`, key-switched and bootstrapped in `partition`, and must decode with
+/// precision `precision` (margin 2^-(precision+2)).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PbsSite {
     pub terms: NoiseTerms,
     pub scale_log2: u32,
     pub precision: u32,
+    pub partition: usize,
     /// How many bootstraps per sample have this (or a smaller) noise.
     pub count: usize,
+}
+
+/// Bootstraps that share one parameter set. Keyed by the widest precision they decode:
+/// table lookups of precision p, and the chunks of exact rounding (whose tables have
+/// precision chunk − 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionInfo {
+    pub precision: u32,
+    pub pbs_count: usize,
+}
+
+/// At most this many parameter sets per circuit; precisions beyond it share the set of
+/// the next wider precision (the joint search is exponential in the partition count).
+pub const MAX_PARTITIONS: usize = 3;
+
+/// Which partition bootstraps of each precision run in: precisions sorted, the
+/// narrowest merged upward until at most [`MAX_PARTITIONS`] remain.
+pub fn partition_precisions(mut precisions: Vec<u32>) -> Vec<u32> {
+    precisions.sort_unstable();
+    precisions.dedup();
+    while precisions.len() > MAX_PARTITIONS {
+        precisions.remove(0);
+    }
+    precisions
+}
+
+/// The partition of a bootstrap decoding `precision` bits: the narrowest partition at
+/// least that precise.
+pub fn partition_of(partitions: &[u32], precision: u32) -> usize {
+    partitions
+        .iter()
+        .position(|&p| p >= precision)
+        .unwrap_or(partitions.len().saturating_sub(1))
+}
+
+/// The precision (of its widest chunk's table) an exact rounding bootstraps at.
+pub fn rounding_precision(drop: u32, chunk_bits: u32) -> u32 {
+    fhec_ir::rounding_chunks(drop, chunk_bits)
+        .iter()
+        .map(|&(_, c)| c - 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The precisions of every bootstrap of a circuit, Lut and Round nodes alike.
+pub fn circuit_precisions(c: &Circuit, info: &CircuitInfo) -> Vec<u32> {
+    let all = c
+        .ids()
+        .filter_map(|id| match c.node(id).op {
+            IntOp::Lut { precision, .. } => Some(precision),
+            IntOp::Round { drop_bits } if drop_bits > 0 => {
+                Some(rounding_precision(drop_bits, info.rounding_chunk_bits))
+            }
+            _ => None,
+        })
+        .collect();
+    partition_precisions(all)
 }
 
 /// What a parameter set must satisfy for one circuit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NoiseBudget {
     pub encoding_bits: u32,
+    pub partitions: Vec<PartitionInfo>,
     pub sites: Vec<PbsSite>,
     /// Worst noise of a value the client decrypts without bootstrap.
     pub output: Option<NoiseTerms>,
+    /// Decrypted output elements per sample.
+    pub output_count: usize,
 }
 
 impl NoiseBudget {
     /// Walks the circuit, propagating noise terms element by element.
     pub fn of(c: &Circuit, info: &CircuitInfo) -> Self {
         let w = info.encoding_bits;
+        let precisions = circuit_precisions(c, info);
+        let np = precisions.len();
         let mut terms: Vec<Vec<NoiseTerms>> = Vec::with_capacity(c.len());
         let mut sites: Vec<PbsSite> = Vec::new();
-        let mut add_site = |site: PbsSite| match sites
-            .iter_mut()
-            .find(|s| s.scale_log2 == site.scale_log2 && s.precision == site.precision)
-        {
+        let mut add_site = |site: PbsSite| match sites.iter_mut().find(|s| {
+            s.scale_log2 == site.scale_log2
+                && s.precision == site.precision
+                && s.partition == site.partition
+        }) {
             Some(s) => {
-                s.terms = s.terms.max(site.terms);
+                s.terms.max_with(&site.terms);
                 s.count += site.count;
             }
             None => sites.push(site),
@@ -160,13 +274,7 @@ impl NoiseBudget {
             let ops = c.operands(id);
             let x = ops.first().map(|o| &terms[o.index()]);
             let t: Vec<NoiseTerms> = match &node.op {
-                IntOp::Input { .. } => vec![
-                    NoiseTerms {
-                        fresh: 1.0,
-                        pbs: 0.0
-                    };
-                    node.numel()
-                ],
+                IntOp::Input { .. } => vec![NoiseTerms::fresh_input(np); node.numel()],
                 IntOp::Linear {
                     inputs,
                     outputs,
@@ -177,11 +285,17 @@ impl NoiseBudget {
                     let rows = x.len() / inputs;
                     let mut out = Vec::with_capacity(rows * outputs);
                     for r in 0..rows {
+                        // the engine sizes an output like its widest input, zero weight or not
+                        let row_sources = x[r * inputs..(r + 1) * inputs]
+                            .iter()
+                            .fold(0, |s, t| s | t.sources);
                         for j in 0..*outputs {
-                            let acc = (0..*inputs).fold(NoiseTerms::default(), |acc, i| {
+                            let mut acc = NoiseTerms::zero(np);
+                            for i in 0..*inputs {
                                 let wi = weight[j * inputs + i] as f64;
-                                acc.add(x[r * inputs + i].scaled(wi * wi))
-                            });
+                                acc.add_scaled(&x[r * inputs + i], wi * wi);
+                            }
+                            acc.sources = row_sources;
                             out.push(acc);
                         }
                     }
@@ -189,50 +303,51 @@ impl NoiseBudget {
                 }
                 IntOp::Round { drop_bits } => {
                     let x = x.unwrap();
-                    let base = worst_of(x);
+                    let base = worst_of(x, np);
+                    let part = partition_of(
+                        &precisions,
+                        rounding_precision(*drop_bits, info.rounding_chunk_bits),
+                    );
                     // each step's bootstrap input: y scaled so the chunk fills the torus,
                     // margin that of a (c−1)-bit table; every bootstrap output adds to y
                     let mut done = 0.0;
                     for (bit, c) in fhec_ir::rounding_chunks(*drop_bits, info.rounding_chunk_bits) {
                         let steps = if c > 1 { 2 } else { 1 };
                         for _ in 0..steps {
-                            let t = base.add(NoiseTerms {
-                                fresh: 0.0,
-                                pbs: done,
-                            });
+                            let mut t = base.clone();
+                            if done > 0.0 {
+                                t.add_scaled(&NoiseTerms::pbs_output(np, part, done), 1.0);
+                            }
                             add_site(PbsSite {
                                 terms: t,
                                 scale_log2: w + 1 - bit - c,
                                 precision: c - 1,
+                                partition: part,
                                 count: node.numel(),
                             });
                             done += 1.0;
                         }
                     }
+                    let out = NoiseTerms::pbs_output(np, part, done);
                     x.iter()
                         .map(|t| {
-                            t.add(NoiseTerms {
-                                fresh: 0.0,
-                                pbs: done,
-                            })
+                            let mut t = t.clone();
+                            t.add_scaled(&out, 1.0);
+                            t
                         })
                         .collect()
                 }
                 IntOp::Lut { precision, .. } => {
                     let shift = info.nodes[ops[0].index()].shift;
+                    let part = partition_of(&precisions, *precision);
                     add_site(PbsSite {
-                        terms: worst_of(x.unwrap()),
+                        terms: worst_of(x.unwrap(), np),
                         scale_log2: w - precision - shift,
                         precision: *precision,
+                        partition: part,
                         count: node.numel(),
                     });
-                    vec![
-                        NoiseTerms {
-                            fresh: 0.0,
-                            pbs: 1.0
-                        };
-                        node.numel()
-                    ]
+                    vec![NoiseTerms::pbs_output(np, part, 1.0); node.numel()]
                 }
                 IntOp::Reshape => x.unwrap().clone(),
             };
@@ -241,36 +356,39 @@ impl NoiseBudget {
         let output = c
             .outputs
             .iter()
-            .map(|o| worst_of(&terms[o.index()]))
-            .reduce(NoiseTerms::max);
+            .map(|o| worst_of(&terms[o.index()], np))
+            .reduce(|mut a, b| {
+                a.max_with(&b);
+                a
+            });
+        let output_count = c.outputs.iter().map(|o| c.node(*o).numel()).sum();
+        let partitions = precisions
+            .iter()
+            .enumerate()
+            .map(|(p, &precision)| PartitionInfo {
+                precision,
+                pbs_count: sites.iter().filter(|s| s.partition == p).map(|s| s.count).sum(),
+            })
+            .collect();
         NoiseBudget {
             encoding_bits: w,
+            partitions,
             sites,
             output,
+            output_count,
         }
     }
 
     pub fn pbs_count(&self) -> usize {
         self.sites.iter().map(|s| s.count).sum()
     }
-
-    /// The largest per-bootstrap error probability and the output one, for `params`.
-    pub fn error_probabilities(&self, params: &CryptoParams) -> (f64, f64) {
-        let v = StepVariances::of(params);
-        let site = self
-            .sites
-            .iter()
-            .map(|s| p_error_of(site_margin(s.precision), site_sigma(s, &v)))
-            .fold(0.0, f64::max);
-        let out = self.output.map_or(0.0, |t| {
-            p_error_of(output_margin(self.encoding_bits), t.variance(&v).sqrt())
-        });
-        (site, out)
-    }
 }
 
-fn worst_of(t: &[NoiseTerms]) -> NoiseTerms {
-    t.iter().fold(NoiseTerms::default(), |m, &v| m.max(v))
+fn worst_of(t: &[NoiseTerms], partitions: usize) -> NoiseTerms {
+    t.iter().fold(NoiseTerms::zero(partitions), |mut m, v| {
+        m.max_with(v);
+        m
+    })
 }
 
 /// Half the distance between two encoded values of `precision` bits (+1 padding bit).
@@ -283,8 +401,10 @@ pub fn output_margin(w: u32) -> f64 {
     (-(w as f64) - 2.0).exp2()
 }
 
-/// Std-dev at the input of the bootstrap's blind rotation for a site.
-pub fn site_sigma(s: &PbsSite, v: &StepVariances) -> f64 {
+/// Variance at the input of a site's blind rotation: the carried noise scaled by
+/// `2^scale_log2` (the engine scales before the key switch), plus the key switch and
+/// modulus switch of the site's partition (`input_var`).
+pub fn site_variance(s: &PbsSite, fresh_var: f64, pbs_var: &[f64], input_var: f64) -> f64 {
     let scale = (2.0 * s.scale_log2 as f64).exp2();
-    (s.terms.variance(v) * scale + v.keyswitch + v.modulus_switch).sqrt()
+    s.terms.variance(fresh_var, pbs_var) * scale + input_var
 }

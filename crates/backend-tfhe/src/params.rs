@@ -1,15 +1,18 @@
 //! TFHE parameter sets and their choice for a circuit (docs/PARAMETERS.md).
 //!
-//! The search enumerates LWE dimension, polynomial size, GLWE dimension and the PBS and
-//! key-switch decompositions; every candidate's noise comes from the security curve
-//! (so every key is at 128-bit security by construction) and is checked against the
-//! circuit's [`NoiseBudget`]; the cheapest candidate by the cost model wins.
+//! Bootstraps are grouped into partitions by the precision they decode; each partition
+//! gets its own parameter set (LWE dimension, polynomial size, PBS and key-switch
+//! decompositions). Every big key is a prefix of one master key, so ciphertexts of
+//! different partitions add up without conversion key switches. Every candidate's noise
+//! comes from the security curve (so every key is at 128-bit security by construction);
+//! the cheapest combination meeting the circuit's [`NoiseBudget`] wins.
 
 use serde::{Deserialize, Serialize};
 
 use crate::noise::{
-    output_margin, security_std_dev, site_margin, site_sigma, z_for_p_error, NoiseBudget,
-    StepVariances, MIN_SECURE_DIMENSION,
+    keyswitch_variance, modulus_switch_variance, output_margin, p_error_of, pbs_variance,
+    security_std_dev, site_margin, site_variance, z_for_p_error, KeySources, NoiseBudget,
+    MIN_SECURE_DIMENSION,
 };
 
 /// One TFHE parameter set. Noise std-devs are derived from the dimensions (the minimum
@@ -29,7 +32,7 @@ pub struct CryptoParams {
 }
 
 impl CryptoParams {
-    /// Dimension of the big key (`k·N`), the one inputs are encrypted under.
+    /// Dimension of the big key (`k·N`): where bootstrap outputs live.
     pub fn big_dimension(&self) -> usize {
         self.glwe_dimension * self.polynomial_size
     }
@@ -41,49 +44,138 @@ impl CryptoParams {
     }
     /// Predicted milliseconds of one bootstrap (modulus switch, blind rotation, sample
     /// extract) on one core of the reference machine. Fitted to tfhe-rs 1.8 timings and
-    /// recalibrated with `fhec bench-params` (measured/predicted 0.87–1.03 on six sets).
+    /// recalibrated with `fhec bench-params` (docs/BENCHMARKS.md).
     pub fn pbs_cost_ms(&self) -> f64 {
-        let (n, k, big_n) = (
-            self.lwe_dimension as f64,
-            self.glwe_dimension as f64,
-            self.polynomial_size as f64,
-        );
-        3.7e-7 * n * big_n * big_n.log2() * (k + 1.0) * (self.pbs_level as f64 + 1.0)
+        pbs_cost_ms(
+            self.lwe_dimension,
+            self.glwe_dimension,
+            self.polynomial_size,
+            self.pbs_level,
+        )
     }
-    /// Predicted milliseconds of one key switch.
-    pub fn ks_cost_ms(&self) -> f64 {
-        1.14e-6 * self.big_dimension() as f64 * self.ks_level as f64 * self.lwe_dimension as f64
+    /// Predicted milliseconds of one key switch from a key of `input_dim`.
+    pub fn ks_cost_ms(&self, input_dim: usize) -> f64 {
+        ks_cost_ms(input_dim, self.ks_level, self.lwe_dimension)
     }
     /// Bytes of the bootstrap key in the Fourier domain (what the server holds in memory).
     pub fn fourier_bsk_bytes(&self) -> usize {
         let k1 = self.glwe_dimension + 1;
         self.lwe_dimension * k1 * k1 * self.pbs_level * (self.polynomial_size / 2) * 16
     }
-    /// Bytes of the key-switching key.
-    pub fn ksk_bytes(&self) -> usize {
-        self.big_dimension() * self.ks_level * (self.lwe_dimension + 1) * 8
+    /// Bytes of a key-switching key from a key of `input_dim`.
+    pub fn ksk_bytes(&self, input_dim: usize) -> usize {
+        input_dim * self.ks_level * (self.lwe_dimension + 1) * 8
+    }
+}
+
+fn pbs_cost_ms(n: usize, k: usize, big_n: usize, level: usize) -> f64 {
+    let (n, k, big_n) = (n as f64, k as f64, big_n as f64);
+    3.7e-7 * n * big_n * big_n.log2() * (k + 1.0) * (level as f64 + 1.0)
+}
+
+fn ks_cost_ms(input_dim: usize, level: usize, n: usize) -> f64 {
+    1.14e-6 * input_dim as f64 * level as f64 * n as f64
+}
+
+/// The error-probability target: per bootstrap, or for the whole circuit (split evenly
+/// over its bootstraps and decrypted outputs).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PErrorTarget {
+    PerPbs(f64),
+    Global(f64),
+}
+
+impl PErrorTarget {
+    fn value(self) -> f64 {
+        match self {
+            PErrorTarget::PerPbs(p) | PErrorTarget::Global(p) => p,
+        }
+    }
+}
+
+/// The parameters of one partition: the bootstraps decoding up to `precision` bits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionParams {
+    pub precision: u32,
+    pub params: CryptoParams,
+    /// Dimension of the master-key prefix its key switches start from (its KSK's rows).
+    pub ks_input_dimension: usize,
+    pub pbs_per_sample: usize,
+    /// Predicted milliseconds of one key switch + bootstrap on one core.
+    pub cost_ms: f64,
+    /// Largest predicted failure probability of one of its bootstraps.
+    pub p_error: f64,
+}
+
+/// One partition's keys: its parameters and where its key switches start.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionKeyParams {
+    /// Widest precision its bootstraps decode.
+    pub precision: u32,
+    pub params: CryptoParams,
+    /// Dimension of the master-key prefix its key-switching key starts from.
+    pub ks_input_dimension: usize,
+}
+
+/// What keys are generated from: two key sets are interchangeable iff these are equal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyParams {
+    /// Fresh inputs are encrypted under the master key's prefix of this dimension.
+    pub input_dimension: usize,
+    pub partitions: Vec<PartitionKeyParams>,
+}
+
+impl KeyParams {
+    /// Dimension of the master LWE key every big key is a prefix of.
+    pub fn master_dimension(&self) -> usize {
+        self.partitions
+            .iter()
+            .map(|p| p.params.big_dimension())
+            .fold(self.input_dimension, usize::max)
     }
 }
 
 /// The parameter choice for a circuit, with what it guarantees.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ParamChoice {
-    pub params: CryptoParams,
-    /// Whether the circuit bootstraps at all (linear models do not: no evaluation key).
-    pub needs_bootstrap: bool,
+    pub keys: KeyParams,
+    /// Empty for circuits without bootstrap (linear models: no evaluation key).
+    pub partitions: Vec<PartitionParams>,
     /// Largest predicted failure probability of one bootstrap.
     pub p_error_per_pbs: f64,
     /// Predicted failure probability of decoding one decrypted output element.
     pub p_error_output: f64,
-    /// Predicted bootstrap + key-switch time per sample on one core, milliseconds.
+    /// Union bound on a sample's failure: Σ over bootstraps and outputs.
+    pub p_error_circuit: f64,
+    /// Predicted key-switch + bootstrap time per sample on one core, milliseconds.
     pub predicted_ms_per_sample: f64,
     /// The bound requested.
-    pub p_error_target: f64,
+    pub p_error_target: PErrorTarget,
+}
+
+impl ParamChoice {
+    pub fn needs_bootstrap(&self) -> bool {
+        !self.partitions.is_empty()
+    }
+    /// The partition bootstraps of `precision` run in.
+    pub fn partition_of(&self, precision: u32) -> usize {
+        let precisions: Vec<u32> = self.partitions.iter().map(|p| p.precision).collect();
+        crate::noise::partition_of(&precisions, precision)
+    }
+    /// Evaluation key bytes in memory: Fourier bootstrap keys and key-switching keys.
+    pub fn eval_key_bytes(&self) -> (usize, usize) {
+        self.partitions.iter().fold((0, 0), |(b, k), p| {
+            (
+                b + p.params.fourier_bsk_bytes(),
+                k + p.params.ksk_bytes(p.ks_input_dimension),
+            )
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParamError {
-    #[error("no parameter set reaches p_error ≤ 2^{:.1} for this circuit at 128-bit security ({precision}-bit table lookups, {bits}-bit encoding); lower --rounding-threshold-bits or --n-bits", p_error.log2())]
+    #[error("no parameter set reaches p_error ≤ 2^{:.1} per bootstrap for this circuit at 128-bit security ({precision}-bit table lookups, {bits}-bit encoding); lower --rounding-threshold-bits or --n-bits, or allow a larger --p-error", p_error.log2())]
     Infeasible {
         p_error: f64,
         bits: u32,
@@ -93,100 +185,376 @@ pub enum ParamError {
     BadPError(f64),
 }
 
-/// Picks the cheapest parameters meeting `p_error` for every bootstrap and output.
-pub fn choose_params(budget: &NoiseBudget, p_error: f64) -> Result<ParamChoice, ParamError> {
-    if !(p_error > 0.0 && p_error < 0.5) {
-        return Err(ParamError::BadPError(p_error));
+/// Log2-variance grid the joint search works on: thresholds are rounded up to it, so a
+/// choice found on the grid meets the exact constraints too.
+const GRID_LO: f64 = -72.0;
+const GRID_STEP: f64 = 0.5;
+const GRID: usize = 132; // up to 2^-6
+
+fn grid_value(i: usize) -> f64 {
+    (GRID_LO + i as f64 * GRID_STEP).exp2()
+}
+/// Smallest grid index whose value is ≥ v (None above the grid).
+fn grid_ceil(v: f64) -> Option<usize> {
+    let i = ((v.log2() - GRID_LO) / GRID_STEP).ceil().max(0.0) as usize;
+    (i < GRID).then_some(i)
+}
+/// Largest grid index whose value is ≤ v (None below the grid).
+fn grid_floor(v: f64) -> Option<usize> {
+    if v <= 0.0 {
+        return None;
     }
-    let z = z_for_p_error(p_error);
-    let out_ok = |v: &StepVariances| {
-        budget
-            .output
-            .is_none_or(|t| z * t.variance(v).sqrt() <= output_margin(budget.encoding_bits))
-    };
-    let count = budget.pbs_count() as f64;
-    let mut best: Option<(f64, CryptoParams)> = None;
-    if budget.sites.is_empty() {
-        // Leveled only: the smallest big key whose fresh noise survives the linear part.
-        for log_n in 9..=16 {
-            let params = CryptoParams {
-                lwe_dimension: 0,
-                glwe_dimension: 1,
-                polynomial_size: 1 << log_n,
-                pbs_base_log: 0,
-                pbs_level: 0,
-                ks_base_log: 0,
-                ks_level: 0,
-            };
-            let v = StepVariances {
-                fresh: params.glwe_std_dev().powi(2),
-                pbs: 0.0,
-                keyswitch: 0.0,
-                modulus_switch: 0.0,
-            };
-            if params.big_dimension() >= MIN_SECURE_DIMENSION && out_ok(&v) {
-                best = Some((0.0, params));
-                break;
-            }
-        }
-    } else {
-        for log_n in 9..=16usize {
-            for k in 1..=2usize {
-                if log_n + k > 17 || k * (1 << log_n) < 1024 {
-                    continue;
-                }
-                for lwe in (MIN_SECURE_DIMENSION..=1200).step_by(8) {
-                    for pbs_level in 1..=4 {
-                        for pbs_base_log in (1..=30).rev() {
-                            if pbs_base_log * pbs_level > 56 {
-                                continue;
-                            }
-                            for ks_level in 1..=14 {
-                                for ks_base_log in 1..=8 {
-                                    if ks_base_log * ks_level > 40 {
-                                        continue;
-                                    }
-                                    let params = CryptoParams {
-                                        lwe_dimension: lwe,
-                                        glwe_dimension: k,
-                                        polynomial_size: 1 << log_n,
-                                        pbs_base_log,
-                                        pbs_level,
-                                        ks_base_log,
-                                        ks_level,
-                                    };
-                                    let cost = params.pbs_cost_ms() + params.ks_cost_ms();
-                                    if best.is_some_and(|(c, _)| cost >= c) {
-                                        continue;
-                                    }
-                                    let v = StepVariances::of(&params);
-                                    let sites_ok = budget
-                                        .sites
-                                        .iter()
-                                        .all(|s| z * site_sigma(s, &v) <= site_margin(s.precision));
-                                    if sites_ok && out_ok(&v) {
-                                        best = Some((cost, params));
-                                    }
-                                }
-                            }
-                        }
+    let f = ((v.log2() - GRID_LO) / GRID_STEP).floor();
+    (f >= 0.0).then_some((f as usize).min(GRID - 1))
+}
+
+/// For one partition with fixed N and KS input dimension: the cheapest parameters whose
+/// PBS-output variance is ≤ grid(t) and whose KS + MS variance is ≤ grid(a).
+struct PartitionTable {
+    cost: Vec<f64>, // GRID × GRID, row t
+    params: Vec<Option<CryptoParams>>,
+    /// Rows below `lo` are all infeasible; rows from `hi` on are all equal.
+    lo: usize,
+    hi: usize,
+}
+
+impl PartitionTable {
+    fn build(big_n: usize, ks_dim: usize) -> Self {
+        let mut cost = vec![f64::INFINITY; GRID * GRID];
+        let mut params = vec![None; GRID * GRID];
+        for n in (MIN_SECURE_DIMENSION..=1200).step_by(8) {
+            let ms = modulus_switch_variance(n, big_n);
+            // best base per level: the base only trades noise terms, never cost
+            let pbs: Vec<(usize, usize, f64)> = (1..=4)
+                .filter_map(|l| {
+                    (1..=30usize)
+                        .filter(|b| b * l <= 56)
+                        .map(|b| (b, l, pbs_variance(n, 1, big_n, b, l)))
+                        .min_by(|x, y| x.2.total_cmp(&y.2))
+                })
+                .collect();
+            let ks: Vec<(usize, usize, f64)> = (1..=14)
+                .filter_map(|l| {
+                    (1..=8usize)
+                        .filter(|b| b * l <= 40)
+                        .map(|b| (b, l, keyswitch_variance(ks_dim, n, b, l)))
+                        .min_by(|x, y| x.2.total_cmp(&y.2))
+                })
+                .collect();
+            for &(pb, pl, vp) in &pbs {
+                let Some(t) = grid_ceil(vp) else { continue };
+                for &(kb, kl, vk) in &ks {
+                    let Some(a) = grid_ceil(vk + ms) else { continue };
+                    let c = pbs_cost_ms(n, 1, big_n, pl) + ks_cost_ms(ks_dim, kl, n);
+                    if c < cost[t * GRID + a] {
+                        cost[t * GRID + a] = c;
+                        params[t * GRID + a] = Some(CryptoParams {
+                            lwe_dimension: n,
+                            glwe_dimension: 1,
+                            polynomial_size: big_n,
+                            pbs_base_log: pb,
+                            pbs_level: pl,
+                            ks_base_log: kb,
+                            ks_level: kl,
+                        });
                     }
                 }
             }
         }
+        // a looser bound on either variance can only make things cheaper
+        for t in 0..GRID {
+            for a in 0..GRID {
+                let i = t * GRID + a;
+                for j in [(t > 0).then(|| i - GRID), (a > 0).then(|| i - 1)]
+                    .into_iter()
+                    .flatten()
+                {
+                    if cost[j] < cost[i] {
+                        cost[i] = cost[j];
+                        params[i] = params[j];
+                    }
+                }
+            }
+        }
+        let last_row = |t: usize| &cost[t * GRID..(t + 1) * GRID];
+        let lo = (0..GRID)
+            .find(|&t| last_row(t)[GRID - 1].is_finite())
+            .unwrap_or(GRID);
+        let mut hi = GRID - 1;
+        while hi > lo && last_row(hi - 1) == last_row(GRID - 1) {
+            hi -= 1;
+        }
+        PartitionTable {
+            cost,
+            params,
+            lo,
+            hi,
+        }
     }
-    let (cost, params) = best.ok_or(ParamError::Infeasible {
-        p_error,
+}
+
+/// Picks the cheapest parameters meeting the error target for every bootstrap and output.
+pub fn choose_params(
+    budget: &NoiseBudget,
+    target: PErrorTarget,
+) -> Result<ParamChoice, ParamError> {
+    let asked = target.value();
+    if !(asked > 0.0 && asked < 0.5) {
+        return Err(ParamError::BadPError(asked));
+    }
+    let per_pbs = match target {
+        PErrorTarget::PerPbs(p) => p,
+        PErrorTarget::Global(g) => g / (budget.pbs_count() + budget.output_count).max(1) as f64,
+    };
+    let z = z_for_p_error(per_pbs);
+    let out_limit = (output_margin(budget.encoding_bits) / z).powi(2);
+    let infeasible = || ParamError::Infeasible {
+        p_error: per_pbs,
         bits: budget.encoding_bits,
-        precision: budget.sites.iter().map(|s| s.precision).max().unwrap_or(0),
-    })?;
-    let (p_pbs, p_out) = budget.error_probabilities(&params);
-    Ok(ParamChoice {
-        params,
-        needs_bootstrap: !budget.sites.is_empty(),
-        p_error_per_pbs: if budget.sites.is_empty() { 0.0 } else { p_pbs },
-        p_error_output: p_out,
-        predicted_ms_per_sample: cost * count,
-        p_error_target: p_error,
-    })
+        precision: budget.partitions.iter().map(|p| p.precision).max().unwrap_or(0),
+    };
+    if budget.sites.is_empty() {
+        // Leveled only: the smallest key whose fresh noise survives the linear part.
+        let dim = (9..=16)
+            .map(|l| 1usize << l)
+            .find(|&d| {
+                let v = security_std_dev(d).powi(2);
+                budget
+                    .output
+                    .as_ref()
+                    .is_none_or(|t| t.variance(v, &[]) <= out_limit)
+            })
+            .ok_or_else(infeasible)?;
+        let mut choice = ParamChoice {
+            keys: KeyParams {
+                input_dimension: dim,
+                partitions: Vec::new(),
+            },
+            partitions: Vec::new(),
+            p_error_per_pbs: 0.0,
+            p_error_output: 0.0,
+            p_error_circuit: 0.0,
+            predicted_ms_per_sample: 0.0,
+            p_error_target: target,
+        };
+        fill_error_probabilities(budget, &mut choice);
+        return Ok(choice);
+    }
+
+    let np = budget.partitions.len();
+    // polynomial sizes worth trying per partition: the three smallest whose modulus
+    // switch alone (at the smallest n) leaves room for the partition's precision
+    let sizes: Vec<Vec<usize>> = budget
+        .partitions
+        .iter()
+        .map(|part| {
+            let limit = (site_margin(part.precision) / z).powi(2);
+            (9..=16)
+                .map(|l| 1usize << l)
+                .filter(|&n| modulus_switch_variance(MIN_SECURE_DIMENSION, n) < limit)
+                .take(3)
+                .collect()
+        })
+        .collect();
+    if sizes.iter().any(Vec::is_empty) {
+        return Err(infeasible());
+    }
+    let site_limits: Vec<f64> = budget
+        .sites
+        .iter()
+        .map(|s| (site_margin(s.precision) / z).powi(2))
+        .collect();
+    let site_scales: Vec<f64> = budget
+        .sites
+        .iter()
+        .map(|s| (2.0 * s.scale_log2 as f64).exp2())
+        .collect();
+
+    let mut tables: std::collections::HashMap<(usize, usize), PartitionTable> =
+        Default::default();
+    let mut best: Option<(f64, KeyParams)> = None;
+    let mut assignment = vec![0usize; np];
+    loop {
+        let ns: Vec<usize> = (0..np).map(|p| sizes[p][assignment[p]]).collect();
+        let mut inputs: Vec<usize> = ns.clone();
+        inputs.sort_unstable();
+        inputs.dedup();
+        for &input_dim in &inputs {
+            let dim_of = |sources: KeySources| {
+                let mut d = if sources & 1 != 0 { input_dim } else { 0 };
+                for (p, &n) in ns.iter().enumerate() {
+                    if sources & crate::noise::partition_source(p) != 0 {
+                        d = d.max(n);
+                    }
+                }
+                d
+            };
+            let ks_dims: Vec<usize> = (0..np)
+                .map(|p| {
+                    budget
+                        .sites
+                        .iter()
+                        .filter(|s| s.partition == p)
+                        .map(|s| dim_of(s.terms.sources))
+                        .max()
+                        .unwrap_or(input_dim)
+                        .max(1)
+                })
+                .collect();
+            for p in 0..np {
+                tables
+                    .entry((ns[p], ks_dims[p]))
+                    .or_insert_with(|| PartitionTable::build(ns[p], ks_dims[p]));
+            }
+            let t: Vec<&PartitionTable> = (0..np).map(|p| &tables[&(ns[p], ks_dims[p])]).collect();
+            if t.iter().any(|t| t.lo >= GRID) {
+                continue;
+            }
+            let fresh = security_std_dev(input_dim).powi(2);
+            let mut idx: Vec<usize> = t.iter().map(|t| t.lo).collect();
+            let mut var = vec![0.0; np];
+            let mut allowed = vec![f64::INFINITY; np];
+            'grid: loop {
+                for p in 0..np {
+                    var[p] = grid_value(idx[p]);
+                }
+                let out_ok = budget
+                    .output
+                    .as_ref()
+                    .is_none_or(|o| o.variance(fresh, &var) <= out_limit);
+                if out_ok {
+                    allowed.iter_mut().for_each(|a| *a = f64::INFINITY);
+                    for (i, s) in budget.sites.iter().enumerate() {
+                        let a = site_limits[i] - site_scales[i] * s.terms.variance(fresh, &var);
+                        allowed[s.partition] = allowed[s.partition].min(a);
+                    }
+                    let mut cost = 0.0;
+                    let mut chosen = Vec::with_capacity(np);
+                    for p in 0..np {
+                        let Some(a) = grid_floor(allowed[p]) else {
+                            cost = f64::INFINITY;
+                            break;
+                        };
+                        let cell = idx[p] * GRID + a;
+                        cost += t[p].cost[cell] * budget.partitions[p].pbs_count as f64;
+                        chosen.push(t[p].params[cell]);
+                    }
+                    if cost.is_finite() && best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                        best = Some((
+                            cost,
+                            KeyParams {
+                                input_dimension: input_dim,
+                                partitions: chosen
+                                    .into_iter()
+                                    .zip(&ks_dims)
+                                    .zip(&budget.partitions)
+                                    .map(|((c, &d), part)| PartitionKeyParams {
+                                        precision: part.precision,
+                                        params: c.expect("finite cost has params"),
+                                        ks_input_dimension: d,
+                                    })
+                                    .collect(),
+                            },
+                        ));
+                    }
+                }
+                // next grid point (odometer over partitions)
+                for p in 0..np {
+                    if idx[p] < t[p].hi {
+                        idx[p] += 1;
+                        continue 'grid;
+                    }
+                    idx[p] = t[p].lo;
+                }
+                break;
+            }
+        }
+        // next polynomial-size assignment
+        let mut p = 0;
+        while p < np {
+            assignment[p] += 1;
+            if assignment[p] < sizes[p].len() {
+                break;
+            }
+            assignment[p] = 0;
+            p += 1;
+        }
+        if p == np {
+            break;
+        }
+    }
+    let (cost, keys) = best.ok_or_else(infeasible)?;
+    let partitions = budget
+        .partitions
+        .iter()
+        .zip(&keys.partitions)
+        .map(|(part, k)| PartitionParams {
+            precision: part.precision,
+            params: k.params,
+            ks_input_dimension: k.ks_input_dimension,
+            pbs_per_sample: part.pbs_count,
+            cost_ms: k.params.pbs_cost_ms() + k.params.ks_cost_ms(k.ks_input_dimension),
+            p_error: 0.0,
+        })
+        .collect();
+    let mut choice = ParamChoice {
+        keys,
+        partitions,
+        p_error_per_pbs: 0.0,
+        p_error_output: 0.0,
+        p_error_circuit: 0.0,
+        predicted_ms_per_sample: cost,
+        p_error_target: target,
+    };
+    fill_error_probabilities(budget, &mut choice);
+    Ok(choice)
+}
+
+/// Fresh-input variance, per-partition PBS-output variances and per-partition bootstrap
+/// input variances (key switch + modulus switch) of a key set.
+pub fn predicted_variances(keys: &KeyParams) -> (f64, Vec<f64>, Vec<f64>) {
+    let fresh = security_std_dev(keys.input_dimension).powi(2);
+    let pbs: Vec<f64> = keys
+        .partitions
+        .iter()
+        .map(|k| {
+            let p = &k.params;
+            pbs_variance(
+                p.lwe_dimension,
+                p.glwe_dimension,
+                p.polynomial_size,
+                p.pbs_base_log,
+                p.pbs_level,
+            )
+        })
+        .collect();
+    let input: Vec<f64> = keys
+        .partitions
+        .iter()
+        .map(|k| {
+            let p = &k.params;
+            keyswitch_variance(k.ks_input_dimension, p.lwe_dimension, p.ks_base_log, p.ks_level)
+                + modulus_switch_variance(p.lwe_dimension, p.polynomial_size)
+        })
+        .collect();
+    (fresh, pbs, input)
+}
+
+fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice) {
+    let (fresh, pbs, input) = predicted_variances(&choice.keys);
+    let mut total = 0.0;
+    for s in &budget.sites {
+        let v = site_variance(s, fresh, &pbs, input[s.partition]);
+        let p = p_error_of(site_margin(s.precision), v.sqrt());
+        total += p * s.count as f64;
+        let part = &mut choice.partitions[s.partition];
+        part.p_error = part.p_error.max(p);
+        choice.p_error_per_pbs = choice.p_error_per_pbs.max(p);
+    }
+    if let Some(o) = &budget.output {
+        let v = o.variance(fresh, &pbs);
+        choice.p_error_output = p_error_of(output_margin(budget.encoding_bits), v.sqrt());
+        total += choice.p_error_output * budget.output_count as f64;
+    }
+    choice.p_error_circuit = total.min(1.0);
 }

@@ -1,8 +1,8 @@
 //! The noise model checked against real ciphertexts: the variance of bootstrap outputs
 //! measured on tfhe-rs ciphertexts must match the model's prediction.
 
-use fhec_backend_tfhe::noise::StepVariances;
-use fhec_backend_tfhe::{generate_keys, CryptoParams, Evaluator};
+use fhec_backend_tfhe::noise::pbs_variance;
+use fhec_backend_tfhe::{generate_keys, CryptoParams, Evaluator, KeyParams, PartitionKeyParams};
 use fhec_ir::{verify, Circuit, IntOp, Node, Range, Status};
 
 /// input (u3, `n` elements) → identity table of precision 3; output encoding W = 3.
@@ -42,7 +42,15 @@ fn identity_circuit(n: usize) -> Circuit {
 fn measured_pbs_variance(params: &CryptoParams, samples: usize) -> f64 {
     let c = identity_circuit(samples);
     let info = verify(&c).unwrap();
-    let (client, server) = generate_keys(params, true);
+    let keys = KeyParams {
+        input_dimension: params.big_dimension(),
+        partitions: vec![PartitionKeyParams {
+            precision: 3,
+            params: *params,
+            ks_input_dimension: params.big_dimension(),
+        }],
+    };
+    let (client, server) = generate_keys(&keys);
     let ev = Evaluator::new(&c, &info, &server).unwrap();
     let values: Vec<i64> = (0..samples as i64).map(|i| i % 8).collect();
     let out = ev
@@ -65,7 +73,13 @@ fn measured_pbs_variance(params: &CryptoParams, samples: usize) -> f64 {
 }
 
 fn check(params: CryptoParams, samples: usize) {
-    let predicted = StepVariances::of(&params).pbs;
+    let predicted = pbs_variance(
+        params.lwe_dimension,
+        params.glwe_dimension,
+        params.polynomial_size,
+        params.pbs_base_log,
+        params.pbs_level,
+    );
     let measured = measured_pbs_variance(&params, samples);
     let ratio = measured / predicted;
     println!(

@@ -12,7 +12,7 @@ use fhec_quant::{ClientSpec, QuantConfig};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &str = "FHEC-ARTIFACT";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What the server needs: the circuit and the parameters its evaluation keys must have.
 #[derive(Clone, Serialize, Deserialize)]

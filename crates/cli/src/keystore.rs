@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use fhec_backend_tfhe::{generate_keys, ClientKey, CryptoParams, ServerKey};
+use fhec_backend_tfhe::{generate_keys, ClientKey, KeyParams, ServerKey};
 
-const CLIENT_HEADER: &[u8] = b"FHEC-CLIENT-KEY 1\n";
-const SERVER_HEADER: &[u8] = b"FHEC-SERVER-KEY 1\n";
+const CLIENT_HEADER: &[u8] = b"FHEC-CLIENT-KEY 2\n";
+const SERVER_HEADER: &[u8] = b"FHEC-SERVER-KEY 2\n";
 
 fn write(path: &Path, header: &[u8], value: &impl serde::Serialize) -> Result<()> {
     let mut bytes = header.to_vec();
@@ -28,8 +28,7 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path, header: &[u8]) -> Result<T>
 /// empty. Returns the keys and whether they were generated.
 pub fn load_or_generate(
     dir: &Path,
-    params: &CryptoParams,
-    needs_bootstrap: bool,
+    params: &KeyParams,
 ) -> Result<(ClientKey, ServerKey, bool)> {
     let (cpath, spath) = (dir.join("client.key"), dir.join("server.key"));
     let empty = !dir.exists()
@@ -39,7 +38,7 @@ pub fn load_or_generate(
     if empty {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create", dir.display()))?;
-        let (c, s) = generate_keys(params, needs_bootstrap);
+        let (c, s) = generate_keys(params);
         write(&cpath, CLIENT_HEADER, &c)?;
         restrict_to_owner(&cpath)?;
         write(&spath, SERVER_HEADER, &s)?;

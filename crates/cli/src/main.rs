@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fhec::artifact::Artifact;
 use fhec::report::{params_line, Report};
+use fhec_backend_tfhe::PErrorTarget;
 use fhec::{data, keystore, npy, pipeline, run};
 use fhec_quant::QuantConfig;
 
@@ -104,11 +105,21 @@ struct QuantArgs {
     #[arg(long)]
     range_margin: Option<f64>,
     /// Error probability allowed per bootstrap (default 2^-40).
-    #[arg(long, default_value_t = 2f64.powi(-40))]
-    p_error: f64,
+    #[arg(long)]
+    p_error: Option<f64>,
+    /// Error probability allowed for a whole sample instead, split evenly over its
+    /// bootstraps and decrypted outputs.
+    #[arg(long, conflicts_with = "p_error")]
+    global_p_error: Option<f64>,
 }
 
 impl QuantArgs {
+    fn target(&self) -> PErrorTarget {
+        match (self.global_p_error, self.p_error) {
+            (Some(g), _) => PErrorTarget::Global(g),
+            (None, p) => PErrorTarget::PerPbs(p.unwrap_or(2f64.powi(-40))),
+        }
+    }
     fn config(&self) -> QuantConfig {
         let mut c = QuantConfig::default();
         if let Some(n) = self.n_bits {
@@ -227,7 +238,7 @@ fn compile(
         .map(|s| s.starts_with("// fhec"))
         .unwrap_or(false);
     guard_overwrite(&mlir_path, mlir_ours, force)?;
-    let compiled = pipeline::compile(model, inputset, &q.config(), q.p_error)?;
+    let compiled = pipeline::compile(model, inputset, &q.config(), q.target())?;
     let a = &compiled.artifact;
     let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
     std::fs::write(&out, a.to_bytes()?)
@@ -253,7 +264,10 @@ fn compile(
     );
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
-    print!("{}", params_line(&a.server.params));
+    print!(
+        "{}",
+        params_line(&a.server.params, r.predicted_latency.as_ref())
+    );
     println!("compile time: {:.2} s", compiled.elapsed.as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
@@ -274,9 +288,9 @@ fn inspect(
                 path.display()
             )
         };
-        let l = pipeline::lower(path, inputset, &q.config())?;
+        let mut l = pipeline::lower(path, inputset, &q.config())?;
         let params = if l.info.violations.is_empty() {
-            Some(pipeline::choose(&l, q.p_error)?.0)
+            Some(pipeline::choose(&mut l, q.target())?.0)
         } else {
             None
         };
@@ -332,11 +346,8 @@ fn predict(
             let t = Instant::now();
             let (client, server) = match keys {
                 Some(dir) => {
-                    let (c, s, generated) = keystore::load_or_generate(
-                        dir,
-                        &a.client.params.params,
-                        a.client.params.needs_bootstrap,
-                    )?;
+                    let (c, s, generated) =
+                        keystore::load_or_generate(dir, &a.client.params.keys)?;
                     eprintln!(
                         "keys: {} {} in {:.1} s",
                         if generated {
@@ -409,7 +420,7 @@ fn predict(
 }
 
 fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -> Result<ExitCode> {
-    let compiled = pipeline::compile(model, inputset, &q.config(), q.p_error)?;
+    let compiled = pipeline::compile(model, inputset, &q.config(), q.target())?;
     let (a, info) = (&compiled.artifact, &compiled.info);
     let samples: Vec<_> = data::load_samples(input, &a.client.graph)?
         .into_iter()
@@ -433,24 +444,46 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
     }
     let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
     let p = &a.server.params;
+    let threads = rayon::current_num_threads();
+    let predicted = fhec_backend_tfhe::predicted_latency_ms(&a.server.circuit, info, p, threads);
+    let (bsk, ksk) = p.eval_key_bytes();
     println!(
-        "{:<40} compile {:>7.2} s | keygen {:>6.2} s | eval key {:>8.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>9.1} ms/sample over {} | PBS {:>5} (predicted {:.0} ms on 1 core) | fhe!=simulate {}",
+        "{:<40} compile {:>6.2} s | keygen {:>6.2} s | eval key {:>7.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>8.1} ms/sample over {} (predicted {:.0} ms on {threads} threads, {:.0} ms on 1 core) | PBS {:>4} | fhe!=simulate {}",
         model.display(),
         compiled.elapsed.as_secs_f64(),
         keygen,
         server.size_bytes() as f64 / (1 << 20) as f64,
-        (p.params.fourier_bsk_bytes() + p.params.ksk_bytes() * p.needs_bootstrap as usize) as f64 / (1 << 20) as f64 * p.needs_bootstrap as u8 as f64,
+        (bsk + ksk) as f64 / (1 << 20) as f64,
         prepare,
         mean * 1e3,
         latencies.len(),
-        info.pbs_per_sample,
+        predicted,
         p.predicted_ms_per_sample,
+        info.pbs_per_sample,
         mismatches
     );
-    println!(
-        "  parameters: {}",
-        fhec::report::params_text(&p.params, p.needs_bootstrap)
-    );
+    // Σ over bootstraps of one KS + PBS timed alone on one core, per partition
+    let mut serial_sum = 0.0;
+    for (i, part) in p.partitions.iter().enumerate() {
+        let (_, single) = run::time_bootstrap(&part.params, part.ks_input_dimension, 4)?;
+        serial_sum += single * part.pbs_per_sample as f64;
+        println!(
+            "  partition {i}: {} PBS/sample, {} | KS from {} dims | one KS+PBS on 1 core: measured {:.1} ms, predicted {:.1} ms",
+            part.pbs_per_sample,
+            fhec::report::params_text(&part.params),
+            part.ks_input_dimension,
+            single,
+            part.cost_ms
+        );
+    }
+    if serial_sum > 0.0 {
+        println!(
+            "  measured latency / Σ single-bootstrap times = {:.0} / {:.0} ms = {:.2} ({threads} threads)",
+            mean * 1e3,
+            serial_sum,
+            mean * 1e3 / serial_sum
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -480,9 +513,9 @@ fn bench_params(count: usize) -> Result<ExitCode> {
         "parameters", "keygen s", "predicted ms", "measured ms", "ratio"
     );
     for p in sets {
-        let (keygen, ms) = run::time_bootstrap(&p, count)?;
-        let predicted = p.pbs_cost_ms() + p.ks_cost_ms();
-        let name = fhec::report::params_text(&p, true);
+        let (keygen, ms) = run::time_bootstrap(&p, p.big_dimension(), count)?;
+        let predicted = p.pbs_cost_ms() + p.ks_cost_ms(p.big_dimension());
+        let name = fhec::report::params_text(&p);
         println!(
             "{:<44} {:>10.1} {:>12.1} {:>12.1} {:>7.2}",
             name.split(" (").next().unwrap_or_default(),

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fhec_backend_tfhe::{choose_params, NoiseBudget, ParamChoice};
+use fhec_backend_tfhe::{choose_params, NoiseBudget, PErrorTarget, ParamChoice};
 use fhec_frontend_onnx::FloatGraph;
 use fhec_ir::CircuitInfo;
 use fhec_quant::{QuantConfig, Quantized};
@@ -65,10 +65,48 @@ pub fn check_violations(info: &CircuitInfo) -> Result<()> {
     )
 }
 
-pub fn choose(l: &Lowered, p_error: f64) -> Result<(ParamChoice, NoiseBudget)> {
-    let budget = NoiseBudget::of(&l.quantized.circuit, &l.info);
-    let choice = choose_params(&budget, p_error)?;
-    Ok((choice, budget))
+/// Chooses the crypto parameters and, with them, the width of exact-rounding chunks: a
+/// chunk of c bits costs two bootstraps of precision c − 1, so wider chunks mean fewer
+/// but dearer bootstraps. Every width from 1 to the widest table precision + 1 is tried
+/// and the cheapest by predicted cost is kept (it is stored in the circuit).
+pub fn choose(l: &mut Lowered, target: PErrorTarget) -> Result<(ParamChoice, NoiseBudget)> {
+    let c = &mut l.quantized.circuit;
+    let rounds = c
+        .ids()
+        .any(|id| matches!(c.node(id).op, fhec_ir::IntOp::Round { drop_bits } if drop_bits > 0));
+    let widths: Vec<Option<u32>> = if rounds {
+        (1..=l.info.max_tlu_bits + 1).map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let mut best: Option<(ParamChoice, NoiseBudget, Option<u32>, CircuitInfo)> = None;
+    let mut first_error = None;
+    for width in widths {
+        c.rounding_chunk_bits = width;
+        let info = fhec_ir::verify(c)
+            .map_err(|e| anyhow::anyhow!("internal error, please report: {e}"))?;
+        let budget = NoiseBudget::of(c, &info);
+        match choose_params(&budget, target) {
+            Ok(choice) => {
+                if best.as_ref().is_none_or(|(b, ..)| {
+                    choice.predicted_ms_per_sample < b.predicted_ms_per_sample
+                }) {
+                    best = Some((choice, budget, width, info));
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match best {
+        Some((choice, budget, width, info)) => {
+            c.rounding_chunk_bits = width;
+            l.info = info;
+            Ok((choice, budget))
+        }
+        None => Err(first_error.expect("at least one width was tried").into()),
+    }
 }
 
 pub struct Compiled {
@@ -77,11 +115,16 @@ pub struct Compiled {
     pub elapsed: Duration,
 }
 
-pub fn compile(model: &Path, inputset: &Path, cfg: &QuantConfig, p_error: f64) -> Result<Compiled> {
+pub fn compile(
+    model: &Path,
+    inputset: &Path,
+    cfg: &QuantConfig,
+    target: PErrorTarget,
+) -> Result<Compiled> {
     let start = Instant::now();
-    let l = lower(model, inputset, cfg)?;
+    let mut l = lower(model, inputset, cfg)?;
     check_violations(&l.info)?;
-    let (params, _) = choose(&l, p_error)?;
+    let (params, _) = choose(&mut l, target)?;
     let artifact = Artifact {
         fhec_version: env!("CARGO_PKG_VERSION").into(),
         source: l.source,

@@ -1,6 +1,6 @@
 //! What `fhec inspect` and `fhec compile` print about a circuit.
 
-use fhec_backend_tfhe::{CryptoParams, ParamChoice};
+use fhec_backend_tfhe::{predicted_latency_ms, CryptoParams, ParamChoice};
 use fhec_ir::{Circuit, CircuitInfo, IntOp, Status, Violation};
 use serde::Serialize;
 
@@ -30,7 +30,17 @@ pub struct Report {
     pub max_bits: u32,
     pub encoding_bits: u32,
     pub violations: Vec<Violation>,
+    /// Widest chunk exact rounding clears per step (chosen with the parameters).
+    pub rounding_chunk_bits: u32,
     pub params: Option<ParamChoice>,
+    /// Predicted per-sample latency on this machine's thread count (cost model).
+    pub predicted_latency: Option<PredictedLatency>,
+}
+
+#[derive(Serialize)]
+pub struct PredictedLatency {
+    pub threads: usize,
+    pub ms: f64,
 }
 
 impl Report {
@@ -68,6 +78,14 @@ impl Report {
             max_bits: info.max_bits,
             encoding_bits: info.encoding_bits,
             violations: info.violations.clone(),
+            rounding_chunk_bits: info.rounding_chunk_bits,
+            predicted_latency: params.as_ref().map(|p| {
+                let threads = rayon::current_num_threads();
+                PredictedLatency {
+                    threads,
+                    ms: predicted_latency_ms(c, info, p, threads),
+                }
+            }),
             params,
         }
     }
@@ -104,7 +122,7 @@ impl Report {
             self.tlu_count, self.rounding_pbs, self.pbs_per_sample, self.max_tlu_bits, self.max_bits, self.encoding_bits
         );
         if let Some(p) = &self.params {
-            s += &params_line(p);
+            s += &params_line(p, self.predicted_latency.as_ref());
         }
         if self.violations.is_empty() {
             s += &format!(
@@ -145,51 +163,71 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-pub fn params_text(p: &CryptoParams, bootstrap: bool) -> String {
-    if bootstrap {
-        format!(
-            "n={} k={} N={} pbs=2^{}x{} ks=2^{}x{} (σ_lwe=2^{:.1}, σ_glwe=2^{:.1})",
-            p.lwe_dimension,
-            p.glwe_dimension,
-            p.polynomial_size,
-            p.pbs_base_log,
-            p.pbs_level,
-            p.ks_base_log,
-            p.ks_level,
-            p.lwe_std_dev().log2(),
-            p.glwe_std_dev().log2()
-        )
-    } else {
-        format!(
-            "leveled only: GLWE k={} N={} (σ=2^{:.1}), no evaluation key",
-            p.glwe_dimension,
-            p.polynomial_size,
-            p.glwe_std_dev().log2()
-        )
-    }
+pub fn params_text(p: &CryptoParams) -> String {
+    format!(
+        "n={} k={} N={} pbs=2^{}x{} ks=2^{}x{} (σ_lwe=2^{:.1}, σ_glwe=2^{:.1})",
+        p.lwe_dimension,
+        p.glwe_dimension,
+        p.polynomial_size,
+        p.pbs_base_log,
+        p.pbs_level,
+        p.ks_base_log,
+        p.ks_level,
+        p.lwe_std_dev().log2(),
+        p.glwe_std_dev().log2()
+    )
 }
 
-pub fn params_line(p: &ParamChoice) -> String {
-    let mut s = format!(
-        "parameters: {}\n",
-        params_text(&p.params, p.needs_bootstrap)
-    );
-    if p.needs_bootstrap {
-        s += &format!(
-            "  p_error per PBS 2^{:.1} (target 2^{:.1}), output decode 2^{:.1}; predicted {:.0} ms/sample on one core; keys: bsk {:.1} MiB (Fourier), ksk {:.1} MiB\n",
-            p.p_error_per_pbs.max(1e-300).log2(),
-            p.p_error_target.log2(),
-            p.p_error_output.max(1e-300).log2(),
-            p.predicted_ms_per_sample,
-            p.params.fourier_bsk_bytes() as f64 / 1048576.0,
-            p.params.ksk_bytes() as f64 / 1048576.0
-        );
-    } else {
-        s += &format!(
-            "  output decode p_error 2^{:.1} (target 2^{:.1})\n",
-            p.p_error_output.max(1e-300).log2(),
-            p.p_error_target.log2()
+fn log2(p: f64) -> f64 {
+    p.max(1e-300).log2()
+}
+
+const MIB: f64 = 1048576.0;
+
+/// The parameters, error probabilities, predicted cost and key sizes of a choice.
+pub fn params_line(p: &ParamChoice, latency: Option<&PredictedLatency>) -> String {
+    let target = match p.p_error_target {
+        fhec_backend_tfhe::PErrorTarget::PerPbs(t) => format!("target 2^{:.1} per PBS", t.log2()),
+        fhec_backend_tfhe::PErrorTarget::Global(t) => format!("target 2^{:.1} per sample", t.log2()),
+    };
+    if !p.needs_bootstrap() {
+        return format!(
+            "parameters: leveled only: inputs under a {}-dimensional key (σ=2^{:.1}), no evaluation key\n  p_error: output decode 2^{:.1} ({target})\n",
+            p.keys.input_dimension,
+            fhec_backend_tfhe::noise::security_std_dev(p.keys.input_dimension).log2(),
+            log2(p.p_error_output),
         );
     }
+    let mut s = format!(
+        "parameters: {} partition(s), keys shared by prefix of a {}-dimensional master key; inputs under its first {} coefficients\n",
+        p.partitions.len(),
+        p.keys.master_dimension(),
+        p.keys.input_dimension
+    );
+    for (i, part) in p.partitions.iter().enumerate() {
+        s += &format!(
+            "  partition {i}: PBS of precision ≤ {} bits, {} per sample: {}; KS from {} dims; {:.1} ms/PBS predicted; p_error/PBS 2^{:.1}\n",
+            part.precision,
+            part.pbs_per_sample,
+            params_text(&part.params),
+            part.ks_input_dimension,
+            part.cost_ms,
+            log2(part.p_error)
+        );
+    }
+    let (bsk, ksk) = p.eval_key_bytes();
+    s += &format!(
+        "  p_error: per PBS ≤ 2^{:.1}, output decode 2^{:.1}, whole sample 2^{:.1} ({target})\n",
+        log2(p.p_error_per_pbs),
+        log2(p.p_error_output),
+        log2(p.p_error_circuit),
+    );
+    s += &format!(
+        "  predicted: {:.0} ms/sample on one core{}; evaluation keys in memory: bsk {:.1} MiB (Fourier), ksk {:.1} MiB\n",
+        p.predicted_ms_per_sample,
+        latency.map_or(String::new(), |l| format!(", {:.0} ms on {} threads", l.ms, l.threads)),
+        bsk as f64 / MIB,
+        ksk as f64 / MIB
+    );
     s
 }

@@ -79,13 +79,15 @@ pub fn evaluator<'a>(
 }
 
 pub fn keys(a: &Artifact) -> (ClientKey, ServerKey) {
-    fhec_backend_tfhe::generate_keys(&a.client.params.params, a.client.params.needs_bootstrap)
+    fhec_backend_tfhe::generate_keys(&a.client.params.keys)
 }
 
-/// Single-core time of one key switch + bootstrap for `params`, measured on `count`
-/// bootstraps of an identity table (real keys); also returns the keygen time.
+/// Single-core time of one key switch (from a key of `ks_dim`) + bootstrap for `params`,
+/// measured on `count` bootstraps of an identity table (real keys); also returns the
+/// keygen time.
 pub fn time_bootstrap(
     params: &fhec_backend_tfhe::CryptoParams,
+    ks_dim: usize,
     count: usize,
 ) -> Result<(f64, f64)> {
     use fhec_ir::{Circuit, IntOp, Node, Range, Status};
@@ -118,7 +120,15 @@ pub fn time_bootstrap(
     c.outputs = vec![t];
     let info = fhec_ir::verify(&c)?;
     let start = std::time::Instant::now();
-    let (client, server) = fhec_backend_tfhe::generate_keys(params, true);
+    let keys = fhec_backend_tfhe::KeyParams {
+        input_dimension: ks_dim,
+        partitions: vec![fhec_backend_tfhe::PartitionKeyParams {
+            precision: 2,
+            params: *params,
+            ks_input_dimension: ks_dim,
+        }],
+    };
+    let (client, server) = fhec_backend_tfhe::generate_keys(&keys);
     let keygen = start.elapsed().as_secs_f64();
     let ev = Evaluator::new(&c, &info, &server)?;
     let values: Vec<i64> = (0..count as i64).map(|i| i % 4).collect();

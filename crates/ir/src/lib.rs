@@ -156,6 +156,11 @@ pub struct Circuit {
     pub inputs: Vec<NodeId>,
     /// Values returned to the client (decrypted there).
     pub outputs: Vec<NodeId>,
+    /// Widest chunk of bits one exact-rounding step clears. Chosen by the parameter
+    /// optimizer (the cost of a chunk depends on the crypto parameters); `None` means
+    /// the widest table precision + 1.
+    #[serde(default)]
+    pub rounding_chunk_bits: Option<u32>,
 }
 
 impl Circuit {

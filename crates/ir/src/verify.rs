@@ -78,7 +78,8 @@ pub struct CircuitInfo {
     pub max_tlu_bits: u32,
     /// Widest encrypted value.
     pub max_bits: u32,
-    /// Widest chunk of bits one exact-rounding step clears (`max_tlu_bits + 1`).
+    /// Widest chunk of bits one exact-rounding step clears (`Circuit::rounding_chunk_bits`,
+    /// by default `max_tlu_bits + 1`).
     pub rounding_chunk_bits: u32,
     pub violations: Vec<Violation>,
 }
@@ -118,14 +119,16 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
     }
     let mut errors = Vec::new();
     let mut nodes = Vec::with_capacity(c.len());
-    let chunk_bits = 1 + c
-        .ids()
-        .filter_map(|id| match c.node(id).op {
-            IntOp::Lut { precision, .. } => Some(precision),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
+    let chunk_bits = c.rounding_chunk_bits.unwrap_or_else(|| {
+        1 + c
+            .ids()
+            .filter_map(|id| match c.node(id).op {
+                IntOp::Lut { precision, .. } => Some(precision),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    });
     let (mut tlu_count, mut rounding_pbs, mut max_tlu_bits) = (0, 0, 0);
     for id in c.ids() {
         let n = c.node(id);

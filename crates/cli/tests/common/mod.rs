@@ -47,7 +47,7 @@ pub fn compile_with(name: &str, cfg: Option<QuantConfig>, p_error: f64) -> (Arti
         &dir.join("model.onnx"),
         &dir.join("train.npy"),
         &cfg.unwrap_or_default(),
-        p_error,
+        fhec_backend_tfhe::PErrorTarget::PerPbs(p_error),
     )
     .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     (c.artifact, c.info)

@@ -41,12 +41,29 @@ fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
     let (code, json, err) = fhec(&["inspect", out.to_str().unwrap(), "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v["pbs_per_sample"], 48);
     assert_eq!(v["tlu_count"], 16);
+    // 7 dropped bits per neuron, in chunks of the width the optimizer chose
+    let chunk = v["rounding_chunk_bits"].as_u64().unwrap() as u32;
     assert_eq!(
-        v["rounding_pbs"], 32,
-        "7 dropped bits: one 6+1-bit chunk, two bootstraps per neuron"
+        v["rounding_pbs"].as_u64().unwrap() as usize,
+        16 * fhec_ir::rounding_pbs_count(7, chunk)
     );
+    let pbs = v["pbs_per_sample"].as_u64().unwrap();
+    assert_eq!(pbs, 16 + v["rounding_pbs"].as_u64().unwrap());
+    assert!(pbs <= 112, "no more bootstraps than Concrete ML's 112");
+    // one parameter set per precision: the 6-bit tables need a larger N than rounding
+    let params = &v["params"];
+    let parts = params["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{params}");
+    let n_of = |p: &serde_json::Value| p["params"]["polynomial_size"].as_u64().unwrap();
+    assert_eq!(parts[1]["precision"], 6);
+    assert!(n_of(&parts[0]) < n_of(&parts[1]), "{params}");
+    let sum: u64 = parts.iter().map(|p| p["pbs_per_sample"].as_u64().unwrap()).sum();
+    assert_eq!(sum, pbs);
+    let p_pbs = params["p_error_per_pbs"].as_f64().unwrap();
+    assert!(p_pbs > 0.0 && p_pbs <= 2f64.powi(-40), "{params}");
+    assert!(params["p_error_circuit"].as_f64().unwrap() <= (pbs as f64 + 3.0) * 2f64.powi(-40));
+    assert!(v["predicted_latency"]["ms"].as_f64().unwrap() > 0.0);
     assert_eq!(v["max_tlu_bits"], 6);
     assert!(v["max_bits"].as_u64().unwrap() <= 16);
     assert_eq!(v["violations"].as_array().unwrap().len(), 0);

@@ -16,8 +16,8 @@
 //! * `Linear`: `y[.., j] = Σ_i w[j, i]·x[.., i] + b[j]` over the last axis with clear
 //!   integer weights — leveled, no bootstrap;
 //! * `Round`: exact rounding of a non-negative value to its most significant bits,
-//!   `(x + 2^(k-1)) >> k`, costing two bootstraps per chunk of up to `max_tlu_bits + 1`
-//!   dropped bits per element ([`rounding_chunks`]);
+//!   `(x + 2^(k-1)) >> k`, costing two bootstraps per chunk of up to
+//!   `Circuit::rounding_chunk_bits` dropped bits per element ([`rounding_chunks`]);
 //! * `Lut`: a table lookup (one programmable bootstrap per element), each element with
 //!   its own table (Concrete's mapped lookup table); this is where bias, activation and
 //!   requantization of a layer live;

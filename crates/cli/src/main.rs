@@ -487,8 +487,9 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parameter sets spanning what the search picks: tfhe-rs-like small sets and the
-/// N = 8192, four-level sets the fixture MLPs use.
+/// Parameter sets spanning what the search picks: the rounding partitions (N = 2048,
+/// two levels) and table partitions (N = 8192, four levels) of the fixture MLPs, and
+/// neighbours in N and ℓ.
 fn bench_params(count: usize) -> Result<ExitCode> {
     use fhec_backend_tfhe::CryptoParams;
     let set = |n, big_n, pb, pl, kb, kl| CryptoParams {
@@ -502,11 +503,12 @@ fn bench_params(count: usize) -> Result<ExitCode> {
     };
     let sets = [
         set(742, 2048, 23, 1, 3, 5),
-        set(742, 4096, 15, 2, 3, 5),
-        set(800, 2048, 10, 3, 3, 6),
-        set(898, 8192, 23, 1, 3, 6),
-        set(898, 8192, 10, 4, 3, 6),
-        set(922, 8192, 9, 4, 3, 6),
+        set(730, 2048, 16, 2, 3, 5),
+        set(900, 2048, 11, 3, 3, 6),
+        set(900, 4096, 15, 2, 3, 6),
+        set(850, 8192, 23, 1, 2, 9),
+        set(850, 8192, 9, 4, 2, 9),
+        set(914, 8192, 9, 4, 3, 6),
     ];
     println!(
         "{:<44} {:>10} {:>12} {:>12} {:>7}",

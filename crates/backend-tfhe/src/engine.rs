@@ -1,5 +1,7 @@
 //! The server: runs a verified circuit on ciphertexts with evaluation keys only.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 use tfhe::core_crypto::fft_impl::fft64::math::fft::Fft;
 use tfhe::core_crypto::prelude::*;
@@ -28,6 +30,8 @@ pub struct Evaluator<'a> {
     /// Per Round node index: its partition and chunks with their accumulators.
     rounds: Vec<(usize, Vec<RoundStep>)>,
     input_size: LweSize,
+    /// Per partition, one set of buffers per worker thread, allocated once.
+    scratch: Vec<Vec<Mutex<Scratch>>>,
 }
 
 /// One chunk of an exact rounding: `bits` bits from `first_bit` up, cleared by a sign
@@ -86,7 +90,9 @@ impl<'a> Evaluator<'a> {
         if key.params.partitions.len() != key.partitions.len() {
             return Err(BackendError::Keys("the server key is inconsistent".into()));
         }
-        let widest = crate::noise::circuit_precisions(circuit, info).last().copied();
+        let widest = crate::noise::circuit_precisions(circuit, info)
+            .last()
+            .copied();
         if needs && widest.is_none_or(|w| precisions.last().is_none_or(|&k| k < w)) {
             return Err(BackendError::Keys(format!(
                 "the circuit bootstraps at up to {} bits but the server key's partitions only reach {:?}",
@@ -159,14 +165,24 @@ impl<'a> Evaluator<'a> {
                 _ => (0, Vec::new()),
             })
             .collect();
-        Ok(Evaluator {
+        let mut ev = Evaluator {
             circuit,
             info,
             parts,
             luts,
             rounds,
             input_size: LweSize(key.params.input_dimension + 1),
-        })
+            scratch: Vec::new(),
+        };
+        let threads = rayon::current_num_threads();
+        ev.scratch = (0..ev.parts.len())
+            .map(|p| {
+                (0..threads)
+                    .map(|_| Mutex::new(ev.new_scratch(p)))
+                    .collect()
+            })
+            .collect();
+        Ok(ev)
     }
 
     /// Runs the circuit on one sample's encrypted inputs; returns the encrypted outputs.
@@ -195,7 +211,8 @@ impl<'a> Evaluator<'a> {
             let v = match &node.op {
                 IntOp::Input { index, .. } => {
                     let v = inputs[*index].take().unwrap_or_default();
-                    if v.len() != node.numel() || v.iter().any(|ct| ct.lwe_size() != self.input_size)
+                    if v.len() != node.numel()
+                        || v.iter().any(|ct| ct.lwe_size() != self.input_size)
                     {
                         return Err(BackendError::Input(format!(
                             "input #{index}: expected {} ciphertexts of size {}",
@@ -266,7 +283,7 @@ impl<'a> Evaluator<'a> {
             .collect()
     }
 
-    fn scratch(&self, part: usize) -> Scratch {
+    fn new_scratch(&self, part: usize) -> Scratch {
         let p = &self.parts[part];
         let ksk = &p.keyswitch;
         let mut buffers = ComputationBuffers::new();
@@ -285,13 +302,32 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Runs `f` with this worker thread's buffers for partition `part` (buffers made
+    /// for another thread count are created on the spot).
+    fn with_scratch<R>(&self, part: usize, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        match rayon::current_thread_index().and_then(|i| self.scratch[part].get(i)) {
+            Some(m) => f(&mut m.lock().unwrap_or_else(|e| e.into_inner())),
+            None => f(&mut self.new_scratch(part)),
+        }
+    }
+
     fn output_size(&self, part: usize) -> LweSize {
-        self.parts[part].bootstrap.output_lwe_dimension().to_lwe_size()
+        self.parts[part]
+            .bootstrap
+            .output_lwe_dimension()
+            .to_lwe_size()
     }
 
     /// `s.small = KS(x · 2^scale_log2 + offset)` with partition `part`'s key; the key
     /// switch reads only the rows of its key for the master-key prefix `x` is under.
-    fn keyswitch_scaled(&self, part: usize, s: &mut Scratch, x: &[u64], scale_log2: u32, offset: u64) {
+    fn keyswitch_scaled(
+        &self,
+        part: usize,
+        s: &mut Scratch,
+        x: &[u64],
+        scale_log2: u32,
+        offset: u64,
+    ) {
         let scaled = &mut s.scaled[..x.len()];
         for (d, &c) in scaled.iter_mut().zip(x) {
             *d = c.wrapping_shl(scale_log2);
@@ -339,7 +375,7 @@ impl<'a> Evaluator<'a> {
     /// scaled by `2^scale_log2`, key-switched to the partition's small key, then each
     /// coefficient modulus-switched to `[0, 2N)` as the bootstrap does.
     pub fn bootstrap_input(&self, part: usize, x: &Ciphertext, scale_log2: u32) -> Vec<u64> {
-        let mut s = self.scratch(part);
+        let mut s = self.new_scratch(part);
         self.keyswitch_scaled(part, &mut s, x.as_ref(), scale_log2, 0);
         let p = &self.parts[part];
         let log_2n = p.bootstrap.polynomial_size().log2().0 + 1;
@@ -366,14 +402,21 @@ impl<'a> Evaluator<'a> {
         let size = self.output_size(part);
         x.par_iter()
             .zip(table_of)
-            .map_init(
-                || self.scratch(part),
-                |s, (ct, &t)| {
-                    let mut out = LweCiphertext::new(0u64, size, CiphertextModulus::new_native());
-                    self.bootstrap_one(part, s, ct.as_ref(), scale_log2, 0, &accs[t as usize], &mut out);
-                    out
-                },
-            )
+            .map(|(ct, &t)| {
+                let mut out = LweCiphertext::new(0u64, size, CiphertextModulus::new_native());
+                self.with_scratch(part, |s| {
+                    self.bootstrap_one(
+                        part,
+                        s,
+                        ct.as_ref(),
+                        scale_log2,
+                        0,
+                        &accs[t as usize],
+                        &mut out,
+                    )
+                });
+                out
+            })
             .collect()
     }
 
@@ -394,19 +437,14 @@ impl<'a> Evaluator<'a> {
         let shift = delta_shift(w);
         let out_size = self.output_size(part);
         x.par_iter()
-            .map_init(
-                || {
-                    (
-                        self.scratch(part),
-                        LweCiphertext::new(0u64, out_size, CiphertextModulus::new_native()),
-                    )
-                },
-                |(s, out), ct| {
-                    // y spans both x's key prefix and the bootstrap outputs'
-                    let size = ct.lwe_size().0.max(out_size.0);
-                    let mut y = vec![0u64; size];
-                    add_scaled_into(&mut y, ct.as_ref(), 1);
-                    y[size - 1] = y[size - 1].wrapping_add(1u64 << (shift + drop - 1));
+            .map(|ct| {
+                // y spans both x's key prefix and the bootstrap outputs'
+                let size = ct.lwe_size().0.max(out_size.0);
+                let mut y = vec![0u64; size];
+                add_scaled_into(&mut y, ct.as_ref(), 1);
+                y[size - 1] = y[size - 1].wrapping_add(1u64 << (shift + drop - 1));
+                let mut out = LweCiphertext::new(0u64, out_size, CiphertextModulus::new_native());
+                self.with_scratch(part, |s| {
                     for RoundStep {
                         first_bit: bit,
                         bits: c,
@@ -416,17 +454,17 @@ impl<'a> Evaluator<'a> {
                     {
                         let scale = w + 1 - bit - c;
                         // top bit: y += ±C − C, i.e. y −= b·2C
-                        self.bootstrap_one(part, s, &y, scale, 1u64 << (63 - c), sign, out);
+                        self.bootstrap_one(part, s, &y, scale, 1u64 << (63 - c), sign, &mut out);
                         add_scaled_into(&mut y, out.as_ref(), 1);
                         y[size - 1] = y[size - 1].wrapping_sub(1u64 << (shift + bit + c - 2));
                         if let Some(low) = low {
-                            self.bootstrap_one(part, s, &y, scale, 0, low, out);
+                            self.bootstrap_one(part, s, &y, scale, 0, low, &mut out);
                             add_scaled_into(&mut y, out.as_ref(), u64::MAX);
                         }
                     }
-                    LweCiphertext::from_container(y, CiphertextModulus::new_native())
-                },
-            )
+                });
+                LweCiphertext::from_container(y, CiphertextModulus::new_native())
+            })
             .collect()
     }
 }

@@ -55,7 +55,11 @@ fn noise(std_dev: f64) -> Gaussian<f64> {
 }
 
 /// Partition p's GLWE secret key: the master key's first k·N coefficients.
-fn partition_glwe_key(master: &LweSecretKeyOwned<u64>, k: usize, big_n: usize) -> GlweSecretKeyOwned<u64> {
+fn partition_glwe_key(
+    master: &LweSecretKeyOwned<u64>,
+    k: usize,
+    big_n: usize,
+) -> GlweSecretKeyOwned<u64> {
     GlweSecretKey::from_container(master.as_ref()[..k * big_n].to_vec(), PolynomialSize(big_n))
 }
 
@@ -64,10 +68,8 @@ pub fn generate_keys(params: &KeyParams) -> (ClientKey, ServerKey) {
     let mut seeder = new_seeder();
     let seeder = seeder.as_mut();
     let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
-    let master = LweSecretKey::generate_new_binary(
-        LweDimension(params.master_dimension()),
-        &mut secret_gen,
-    );
+    let master =
+        LweSecretKey::generate_new_binary(LweDimension(params.master_dimension()), &mut secret_gen);
     let modulus = CiphertextModulus::new_native();
     let mut small = Vec::new();
     let mut partitions = Vec::new();

@@ -27,7 +27,8 @@ pub fn predicted_latency_ms(
                 IntOp::Lut { precision, .. } => cost(precision),
                 IntOp::Round { drop_bits } if drop_bits > 0 => {
                     let precision = rounding_precision(drop_bits, info.rounding_chunk_bits);
-                    cost(precision) * fhec_ir::rounding_pbs_count(drop_bits, info.rounding_chunk_bits) as f64
+                    cost(precision)
+                        * fhec_ir::rounding_pbs_count(drop_bits, info.rounding_chunk_bits) as f64
                 }
                 _ => return 0.0,
             };

@@ -16,8 +16,8 @@ mod params;
 
 pub use engine::Evaluator;
 pub use keys::{generate_keys, Ciphertext, ClientKey, ServerKey};
-pub use noise::NoiseBudget;
 pub use latency::predicted_latency_ms;
+pub use noise::NoiseBudget;
 pub use params::{
     choose_params, predicted_variances, CryptoParams, KeyParams, PErrorTarget, ParamChoice,
     ParamError, PartitionKeyParams, PartitionParams,

@@ -164,7 +164,13 @@ impl NoiseTerms {
     }
     /// The variance for per-partition PBS-output variances `pbs_var` and fresh `fresh_var`.
     pub fn variance(&self, fresh_var: f64, pbs_var: &[f64]) -> f64 {
-        self.fresh * fresh_var + self.pbs.iter().zip(pbs_var).map(|(t, v)| t * v).sum::<f64>()
+        self.fresh * fresh_var
+            + self
+                .pbs
+                .iter()
+                .zip(pbs_var)
+                .map(|(t, v)| t * v)
+                .sum::<f64>()
     }
 }
 
@@ -367,7 +373,11 @@ impl NoiseBudget {
             .enumerate()
             .map(|(p, &precision)| PartitionInfo {
                 precision,
-                pbs_count: sites.iter().filter(|s| s.partition == p).map(|s| s.count).sum(),
+                pbs_count: sites
+                    .iter()
+                    .filter(|s| s.partition == p)
+                    .map(|s| s.count)
+                    .sum(),
             })
             .collect();
         NoiseBudget {

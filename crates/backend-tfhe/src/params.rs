@@ -69,12 +69,12 @@ impl CryptoParams {
 }
 
 // Fitted with `fhec bench-params` on this machine (tfhe-rs 1.8.2, AVX-512, one core):
-// seven sets from N = 2048 to 8192 and ℓ = 1 to 4, measured/predicted 0.85–1.10. A
-// blind rotation costs n external products, each (k+1) forward FFTs of the decomposed
-// mask (∝ ℓ) plus fixed work per product (the 0.45).
+// sets from N = 1024 to 8192, k = 1 and 2, ℓ = 1 to 4 (docs/BENCHMARKS.md). A blind
+// rotation costs n external products, each ℓ·(k+1) decomposed polynomials times a
+// (k+1)-column key row (hence (k+1)²), plus fixed work per product (the 0.45).
 fn pbs_cost_ms(n: usize, k: usize, big_n: usize, level: usize) -> f64 {
     let (n, k, big_n) = (n as f64, k as f64, big_n as f64);
-    3.5e-7 * n * big_n * big_n.log2() * (k + 1.0) * (level as f64 + 0.45)
+    1.75e-7 * n * big_n * big_n.log2() * (k + 1.0).powi(2) * (level as f64 + 0.45)
 }
 
 fn ks_cost_ms(input_dim: usize, level: usize, n: usize) -> f64 {
@@ -223,7 +223,7 @@ struct PartitionTable {
 }
 
 impl PartitionTable {
-    fn build(big_n: usize, ks_dim: usize) -> Self {
+    fn build(k: usize, big_n: usize, ks_dim: usize) -> Self {
         let mut cost = vec![f64::INFINITY; GRID * GRID];
         let mut params = vec![None; GRID * GRID];
         for n in (MIN_SECURE_DIMENSION..=1200).step_by(8) {
@@ -233,7 +233,7 @@ impl PartitionTable {
                 .filter_map(|l| {
                     (1..=30usize)
                         .filter(|b| b * l <= 56)
-                        .map(|b| (b, l, pbs_variance(n, 1, big_n, b, l)))
+                        .map(|b| (b, l, pbs_variance(n, k, big_n, b, l)))
                         .min_by(|x, y| x.2.total_cmp(&y.2))
                 })
                 .collect();
@@ -248,13 +248,15 @@ impl PartitionTable {
             for &(pb, pl, vp) in &pbs {
                 let Some(t) = grid_ceil(vp) else { continue };
                 for &(kb, kl, vk) in &ks {
-                    let Some(a) = grid_ceil(vk + ms) else { continue };
-                    let c = pbs_cost_ms(n, 1, big_n, pl) + ks_cost_ms(ks_dim, kl, n);
+                    let Some(a) = grid_ceil(vk + ms) else {
+                        continue;
+                    };
+                    let c = pbs_cost_ms(n, k, big_n, pl) + ks_cost_ms(ks_dim, kl, n);
                     if c < cost[t * GRID + a] {
                         cost[t * GRID + a] = c;
                         params[t * GRID + a] = Some(CryptoParams {
                             lwe_dimension: n,
-                            glwe_dimension: 1,
+                            glwe_dimension: k,
                             polynomial_size: big_n,
                             pbs_base_log: pb,
                             pbs_level: pl,
@@ -315,7 +317,12 @@ pub fn choose_params(
     let infeasible = || ParamError::Infeasible {
         p_error: per_pbs,
         bits: budget.encoding_bits,
-        precision: budget.partitions.iter().map(|p| p.precision).max().unwrap_or(0),
+        precision: budget
+            .partitions
+            .iter()
+            .map(|p| p.precision)
+            .max()
+            .unwrap_or(0),
     };
     if budget.sites.is_empty() {
         // Leveled only: the smallest key whose fresh noise survives the linear part.
@@ -346,17 +353,25 @@ pub fn choose_params(
     }
 
     let np = budget.partitions.len();
-    // polynomial sizes worth trying per partition: the three smallest whose modulus
-    // switch alone (at the smallest n) leaves room for the partition's precision
-    let sizes: Vec<Vec<usize>> = budget
+    // (k, N) worth trying per partition: for k = 1 and 2, the three smallest N whose
+    // modulus switch alone (at the smallest n) leaves room for the partition's precision
+    let sizes: Vec<Vec<(usize, usize)>> = budget
         .partitions
         .iter()
         .map(|part| {
             let limit = (site_margin(part.precision) / z).powi(2);
-            (9..=16)
-                .map(|l| 1usize << l)
-                .filter(|&n| modulus_switch_variance(MIN_SECURE_DIMENSION, n) < limit)
-                .take(3)
+            (1..=2)
+                .flat_map(|k| {
+                    (8..=16)
+                        .map(|l| 1usize << l)
+                        .filter(move |&n| {
+                            k * n >= 512
+                                && k * n <= 1 << 16
+                                && modulus_switch_variance(MIN_SECURE_DIMENSION, n) < limit
+                        })
+                        .take(3)
+                        .map(move |n| (k, n))
+                })
                 .collect()
         })
         .collect();
@@ -374,12 +389,14 @@ pub fn choose_params(
         .map(|s| (2.0 * s.scale_log2 as f64).exp2())
         .collect();
 
-    let mut tables: std::collections::HashMap<(usize, usize), PartitionTable> =
+    let mut tables: std::collections::HashMap<(usize, usize, usize), PartitionTable> =
         Default::default();
     let mut best: Option<(f64, KeyParams)> = None;
     let mut assignment = vec![0usize; np];
     loop {
-        let ns: Vec<usize> = (0..np).map(|p| sizes[p][assignment[p]]).collect();
+        let kns: Vec<(usize, usize)> = (0..np).map(|p| sizes[p][assignment[p]]).collect();
+        // dimension of each partition's outputs (its big key, a master-key prefix)
+        let ns: Vec<usize> = kns.iter().map(|&(k, n)| k * n).collect();
         let mut inputs: Vec<usize> = ns.clone();
         inputs.sort_unstable();
         inputs.dedup();
@@ -406,11 +423,14 @@ pub fn choose_params(
                 })
                 .collect();
             for p in 0..np {
+                let (k, n) = kns[p];
                 tables
-                    .entry((ns[p], ks_dims[p]))
-                    .or_insert_with(|| PartitionTable::build(ns[p], ks_dims[p]));
+                    .entry((k, n, ks_dims[p]))
+                    .or_insert_with(|| PartitionTable::build(k, n, ks_dims[p]));
             }
-            let t: Vec<&PartitionTable> = (0..np).map(|p| &tables[&(ns[p], ks_dims[p])]).collect();
+            let t: Vec<&PartitionTable> = (0..np)
+                .map(|p| &tables[&(kns[p].0, kns[p].1, ks_dims[p])])
+                .collect();
             if t.iter().any(|t| t.lo >= GRID) {
                 continue;
             }
@@ -537,8 +557,12 @@ pub fn predicted_variances(keys: &KeyParams) -> (f64, Vec<f64>, Vec<f64>) {
         .iter()
         .map(|k| {
             let p = &k.params;
-            keyswitch_variance(k.ks_input_dimension, p.lwe_dimension, p.ks_base_log, p.ks_level)
-                + modulus_switch_variance(p.lwe_dimension, p.polynomial_size)
+            keyswitch_variance(
+                k.ks_input_dimension,
+                p.lwe_dimension,
+                p.ks_base_log,
+                p.ks_level,
+            ) + modulus_switch_variance(p.lwe_dimension, p.polynomial_size)
         })
         .collect();
     (fresh, pbs, input)

@@ -26,10 +26,7 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path, header: &[u8]) -> Result<T>
 
 /// Loads the keys in `dir`, or generates and saves them there when `dir` is absent or
 /// empty. Returns the keys and whether they were generated.
-pub fn load_or_generate(
-    dir: &Path,
-    params: &KeyParams,
-) -> Result<(ClientKey, ServerKey, bool)> {
+pub fn load_or_generate(dir: &Path, params: &KeyParams) -> Result<(ClientKey, ServerKey, bool)> {
     let (cpath, spath) = (dir.join("client.key"), dir.join("server.key"));
     let empty = !dir.exists()
         || std::fs::read_dir(dir)

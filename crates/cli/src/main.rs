@@ -9,8 +9,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fhec::artifact::Artifact;
 use fhec::report::{params_line, Report};
-use fhec_backend_tfhe::PErrorTarget;
 use fhec::{data, keystore, npy, pipeline, run};
+use fhec_backend_tfhe::PErrorTarget;
 use fhec_quant::QuantConfig;
 
 #[derive(Parser)]
@@ -346,8 +346,7 @@ fn predict(
             let t = Instant::now();
             let (client, server) = match keys {
                 Some(dir) => {
-                    let (c, s, generated) =
-                        keystore::load_or_generate(dir, &a.client.params.keys)?;
+                    let (c, s, generated) = keystore::load_or_generate(dir, &a.client.params.keys)?;
                     eprintln!(
                         "keys: {} {} in {:.1} s",
                         if generated {
@@ -492,18 +491,31 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
 /// neighbours in N and ℓ.
 fn bench_params(count: usize) -> Result<ExitCode> {
     use fhec_backend_tfhe::CryptoParams;
-    let set = |n, big_n, pb, pl, kb, kl| CryptoParams {
-        lwe_dimension: n,
-        glwe_dimension: 1,
-        polynomial_size: big_n,
-        pbs_base_log: pb,
-        pbs_level: pl,
-        ks_base_log: kb,
-        ks_level: kl,
-    };
+    let set = |n, big_n, pb, pl, kb, kl| set_k(n, 1, big_n, pb, pl, kb, kl);
+    fn set_k(
+        n: usize,
+        k: usize,
+        big_n: usize,
+        pb: usize,
+        pl: usize,
+        kb: usize,
+        kl: usize,
+    ) -> CryptoParams {
+        CryptoParams {
+            lwe_dimension: n,
+            glwe_dimension: k,
+            polynomial_size: big_n,
+            pbs_base_log: pb,
+            pbs_level: pl,
+            ks_base_log: kb,
+            ks_level: kl,
+        }
+    }
     let sets = [
         set(742, 2048, 23, 1, 3, 5),
         set(730, 2048, 16, 2, 3, 5),
+        set_k(810, 2, 1024, 16, 2, 5, 3),
+        set_k(810, 2, 2048, 12, 3, 5, 3),
         set(900, 2048, 11, 3, 3, 6),
         set(900, 4096, 15, 2, 3, 6),
         set(850, 8192, 23, 1, 2, 9),

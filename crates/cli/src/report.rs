@@ -188,7 +188,9 @@ const MIB: f64 = 1048576.0;
 pub fn params_line(p: &ParamChoice, latency: Option<&PredictedLatency>) -> String {
     let target = match p.p_error_target {
         fhec_backend_tfhe::PErrorTarget::PerPbs(t) => format!("target 2^{:.1} per PBS", t.log2()),
-        fhec_backend_tfhe::PErrorTarget::Global(t) => format!("target 2^{:.1} per sample", t.log2()),
+        fhec_backend_tfhe::PErrorTarget::Global(t) => {
+            format!("target 2^{:.1} per sample", t.log2())
+        }
     };
     if !p.needs_bootstrap() {
         return format!(

@@ -58,7 +58,10 @@ fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
     let n_of = |p: &serde_json::Value| p["params"]["polynomial_size"].as_u64().unwrap();
     assert_eq!(parts[1]["precision"], 6);
     assert!(n_of(&parts[0]) < n_of(&parts[1]), "{params}");
-    let sum: u64 = parts.iter().map(|p| p["pbs_per_sample"].as_u64().unwrap()).sum();
+    let sum: u64 = parts
+        .iter()
+        .map(|p| p["pbs_per_sample"].as_u64().unwrap())
+        .sum();
     assert_eq!(sum, pbs);
     let p_pbs = params["p_error_per_pbs"].as_f64().unwrap();
     assert!(p_pbs > 0.0 && p_pbs <= 2f64.powi(-40), "{params}");
@@ -247,4 +250,38 @@ fn keys_are_generated_once_then_loaded_and_checked_against_the_model() {
     let (code, _, err) = run(&breast, &breast_x);
     assert_eq!(code, 2);
     assert!(err.contains("other parameters"), "{err}");
+}
+
+/// `--global-p-error` bounds the whole sample: the union bound over its bootstraps and
+/// outputs stays under the target; it conflicts with `--p-error`.
+#[test]
+fn global_p_error_bounds_the_whole_sample() {
+    let f = fixture("mlp_iris");
+    let (model, inputset) = (f.join("model.onnx"), f.join("train.npy"));
+    let base = [
+        "inspect",
+        model.to_str().unwrap(),
+        "--inputset",
+        inputset.to_str().unwrap(),
+        "--format",
+        "json",
+    ];
+    let (code, json, err) = fhec(&[&base[..], &["--global-p-error", "1e-9"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let params = &v["params"];
+    assert_eq!(params["p_error_target"]["Global"], 1e-9, "{params}");
+    let total = params["p_error_circuit"].as_f64().unwrap();
+    assert!(total > 0.0 && total <= 1e-9, "{params}");
+    let (code, _, err) = fhec(
+        &[
+            &base[..],
+            &["--global-p-error", "1e-9", "--p-error", "1e-5"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = fhec(&[&base[..], &["--p-error", "0.7"]].concat());
+    assert_eq!(code, 2);
+    assert!(err.contains("p_error must be in (0, 0.5)"), "{err}");
 }

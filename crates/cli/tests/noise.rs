@@ -11,8 +11,8 @@ mod common;
 use common::*;
 use fhec_backend_tfhe::noise::{keyswitch_variance, modulus_switch_variance, pbs_variance};
 use fhec_backend_tfhe::{generate_keys, Ciphertext, ClientKey, Evaluator, KeyParams, ServerKey};
-use tfhe::core_crypto::prelude::CiphertextModulus;
 use fhec_ir::{verify, Circuit, CircuitInfo, IntOp, Node, Range, Status};
+use tfhe::core_crypto::prelude::CiphertextModulus;
 
 const TOO_NOISY: f64 = 1.5;
 const TOO_PESSIMISTIC: f64 = 1.0 / 32.0;
@@ -85,15 +85,24 @@ fn check(what: &str, measured: f64, predicted: f64) {
         measured.sqrt().log2(),
         predicted.sqrt().log2()
     );
-    assert!(ratio < TOO_NOISY, "{what}: measured noise is {ratio:.2}× the model's variance");
-    assert!(ratio > TOO_PESSIMISTIC, "{what}: the model is far too pessimistic ({ratio:.3})");
+    assert!(
+        ratio < TOO_NOISY,
+        "{what}: measured noise is {ratio:.2}× the model's variance"
+    );
+    assert!(
+        ratio > TOO_PESSIMISTIC,
+        "{what}: the model is far too pessimistic ({ratio:.3})"
+    );
 }
 
 #[test]
 fn noise_model_holds_on_the_parameters_chosen_for_mlp_iris() {
     let (a, _) = compile("mlp_iris", None);
     let keys: &KeyParams = &a.server.params.keys;
-    assert!(keys.partitions.len() >= 2, "mlp_iris is expected to use several partitions");
+    assert!(
+        keys.partitions.len() >= 2,
+        "mlp_iris is expected to use several partitions"
+    );
     let (client, server) = generate_keys(keys);
 
     // 1. every partition's bootstrap output
@@ -115,7 +124,11 @@ fn noise_model_holds_on_the_parameters_chosen_for_mlp_iris() {
             p.pbs_base_log,
             p.pbs_level,
         );
-        check(&format!("partition {i} PBS output (N={})", p.polynomial_size), var, predicted);
+        check(
+            &format!("partition {i} PBS output (N={})", p.polynomial_size),
+            var,
+            predicted,
+        );
         outputs.push((cts, msgs, predicted));
     }
 

@@ -145,3 +145,4 @@ fn pbs_output_noise_matches_the_model_n8192() {
         32,
     );
 }
+

@@ -1,6 +1,11 @@
 //! Circuit → MLIR text in the FHE / FHELinalg dialects Concrete uses, for people who
 //! read circuits. Ops of unregistered dialects are printed in MLIR's generic form.
 //!
+//! Types follow Concrete's conventions and fhec's execution: every ciphertext runs at
+//! the circuit's encoding width W, so leveled ops take and return `!FHE.eint<W>` with
+//! clear operands `i(W+1)`; a rounding narrows to `!FHE.eint<W − drop>`; a table lookup
+//! has one entry per value of its input type.
+//!
 //! Lowering (docs/MLIR.md): `Linear` → `FHELinalg.matmul_eint_int` + `FHELinalg.add_eint_int`;
 //! `Round` → `FHELinalg.round`; `Lut` → `FHELinalg.apply_lookup_table` (one table) or
 //! `FHELinalg.apply_mapped_lookup_table` (per-element tables); `Reshape` → `tensor.reshape`.
@@ -92,9 +97,18 @@ fn dense(values: &[i64], shape: &[usize]) -> String {
 }
 
 impl Emitter<'_> {
+    /// Width of a node's encrypted elements: W, or W − drop after a rounding.
+    fn elem_bits(&self, id: NodeId) -> u32 {
+        match self.c.node(id).op {
+            IntOp::Round { drop_bits } => self.info.encoding_bits - drop_bits,
+            IntOp::Reshape => self.elem_bits(self.c.operands(id)[0]),
+            _ => self.info.encoding_bits,
+        }
+    }
+
     fn ty(&self, id: NodeId) -> String {
         let n = self.c.node(id);
-        let bits = self.info.nodes[id.index()].bits;
+        let bits = self.elem_bits(id);
         let elem = if n.range.lo < 0 {
             format!("!FHE.esint<{bits}>")
         } else {
@@ -108,9 +122,9 @@ impl Emitter<'_> {
         format!("%{}", self.next - 1)
     }
 
-    fn constant(&mut self, values: &[i64], shape: &[usize], bits: u32) -> String {
+    fn constant(&mut self, values: &[i64], shape: &[usize], elem: &str) -> String {
         let name = self.fresh();
-        let ty = format!("tensor<{}i{bits}>", dims(shape));
+        let ty = format!("tensor<{}{elem}>", dims(shape));
         let _ = writeln!(
             self.body,
             "    {name} = arith.constant dense<{}> : {ty}",
@@ -125,8 +139,12 @@ impl Emitter<'_> {
         let ops = self.c.operands(id);
         let x = ops.first().map(|o| (names[o.index()].clone(), self.ty(*o)));
         let out_ty = self.ty(id);
-        // clear operands are one bit wider than the encrypted precision they meet
-        let clear_bits = self.info.nodes[id.index()].bits + 1;
+        // clear operands are one bit wider than the encrypted precision they meet; values
+        // are taken modulo 2^(W+1) like every ciphertext, so they are printed in range
+        let w = self.info.encoding_bits;
+        let clear_bits = w + 1;
+        let clear = format!("i{clear_bits}");
+        let wrap = |v: i64| (v + (1i64 << w)).rem_euclid(1i64 << (w + 1)) - (1i64 << w);
         let result = match &n.op {
             IntOp::Input { .. } => return None,
             IntOp::Linear {
@@ -139,21 +157,23 @@ impl Emitter<'_> {
                 let mut wt = vec![0; weight.len()];
                 for j in 0..*outputs {
                     for i in 0..*inputs {
-                        wt[i * outputs + j] = weight[j * inputs + i];
+                        wt[i * outputs + j] = wrap(weight[j * inputs + i]);
                     }
                 }
-                let w = self.constant(&wt, &[*inputs, *outputs], clear_bits);
+                let w = self.constant(&wt, &[*inputs, *outputs], &clear);
                 let mm = self.fresh();
                 let _ = writeln!(self.body, "    {mm} = \"FHELinalg.matmul_eint_int\"({x}, {w}) : ({x_ty}, tensor<{inputs}x{outputs}xi{clear_bits}>) -> {out_ty}");
-                let b = self.constant(bias, &[*outputs], clear_bits);
+                let bias: Vec<i64> = bias.iter().map(|&b| wrap(b)).collect();
+                let b = self.constant(&bias, &[*outputs], &clear);
                 let r = self.fresh();
                 let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({mm}, {b}) : ({out_ty}, tensor<{outputs}xi{clear_bits}>) -> {out_ty}");
                 r
             }
-            IntOp::Round { drop_bits } => {
+            IntOp::Round { .. } => {
                 let (x, x_ty) = x.unwrap();
                 let r = self.fresh();
-                let _ = writeln!(self.body, "    {r} = \"FHELinalg.round\"({x}) {{drop_bits = {drop_bits} : i32}} : ({x_ty}) -> {out_ty}");
+                // the result type, drop_bits narrower, states the precision kept
+                let _ = writeln!(self.body, "    {r} = \"FHELinalg.round\"({x}) : ({x_ty}) -> {out_ty}");
                 r
             }
             IntOp::Lut {
@@ -162,29 +182,46 @@ impl Emitter<'_> {
                 table_of,
             } => {
                 let (x, x_ty) = x.unwrap();
-                let size = 1usize << precision;
-                let r = self.fresh();
+                // one entry per value of the input type; fhec reads the low p+1 bits and
+                // negates the table in the upper half (the bootstrap's negacyclic half)
+                let q = self.elem_bits(ops[0]);
+                let size = 1usize << q;
+                let full = |t: &[i64]| -> Vec<i64> {
+                    (0..size)
+                        .map(|v| {
+                            let idx = v % (1 << (precision + 1));
+                            if idx < 1 << precision {
+                                wrap(t[idx])
+                            } else {
+                                wrap(-t[idx - (1 << precision)])
+                            }
+                        })
+                        .collect()
+                };
                 if tables.len() == 1 {
-                    let t = self.constant(&tables[0], &[size], 64);
+                    let t = self.constant(&full(&tables[0]), &[size], "i64");
+                    let r = self.fresh();
                     let _ = writeln!(self.body, "    {r} = \"FHELinalg.apply_lookup_table\"({x}, {t}) : ({x_ty}, tensor<{size}xi64>) -> {out_ty}");
+                    r
                 } else {
-                    let flat: Vec<i64> = tables.iter().flatten().copied().collect();
-                    let t = self.constant(&flat, &[tables.len(), size], 64);
+                    let flat: Vec<i64> = tables.iter().flat_map(|t| full(t)).collect();
+                    let t = self.constant(&flat, &[tables.len(), size], "i64");
                     let map: Vec<i64> = table_of.iter().map(|&v| v as i64).collect();
-                    let m = self.constant(&map, &n.shape, 64);
+                    let m = self.constant(&map, &n.shape, "index");
+                    let r = self.fresh();
                     let _ = writeln!(
                         self.body,
-                        "    {r} = \"FHELinalg.apply_mapped_lookup_table\"({x}, {t}, {m}) : ({x_ty}, tensor<{}x{size}xi64>, tensor<{}i64>) -> {out_ty}",
+                        "    {r} = \"FHELinalg.apply_mapped_lookup_table\"({x}, {t}, {m}) : ({x_ty}, tensor<{}x{size}xi64>, tensor<{}index>) -> {out_ty}",
                         tables.len(),
                         dims(&n.shape)
                     );
+                    r
                 }
-                r
             }
             IntOp::Reshape => {
                 let (x, x_ty) = x.unwrap();
                 let shape: Vec<i64> = n.shape.iter().map(|&d| d as i64).collect();
-                let s = self.constant(&shape, &[shape.len()], 64);
+                let s = self.constant(&shape, &[shape.len()], "i64");
                 let r = self.fresh();
                 let _ = writeln!(
                     self.body,

@@ -1,0 +1,160 @@
+//! The emitted MLIR is real MLIR and says what the circuit does:
+//! * every fixture's module passes `mlir-opt-22 --allow-unregistered-dialect` (required
+//!   when `FHEC_REQUIRE_MLIR_OPT` is set, as `.ci/run` does; skipped with a note where the
+//!   tool is not installed);
+//! * its ops, table lookups and bit-widths agree with the verified circuit;
+//! * for a few small fixtures the exact text is checked in (`tests/golden/`), so a
+//!   change to lowering shows up as a diff. `FHEC_BLESS=1` rewrites them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::*;
+use fhec_ir::IntOp;
+
+fn fixture_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            p.join("model.onnx")
+                .exists()
+                .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn mlir_of(name: &str) -> (String, fhec_ir::Circuit, fhec_ir::CircuitInfo) {
+    let (a, info) = compile(name, None);
+    let text = fhec_mlir_emit::to_mlir(&a.server.circuit, &info, "model.onnx");
+    (text, a.server.circuit, info)
+}
+
+#[test]
+fn every_fixture_passes_mlir_opt() {
+    let tool = "mlir-opt-22";
+    if Command::new(tool).arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("FHEC_REQUIRE_MLIR_OPT").is_none(),
+            "{tool} is required (FHEC_REQUIRE_MLIR_OPT is set) but not installed"
+        );
+        eprintln!("note: {tool} not installed; MLIR validity not checked here");
+        return;
+    }
+    let dir = tmp("mlir-opt");
+    for name in fixture_names() {
+        let (text, ..) = mlir_of(&name);
+        let path = dir.join(format!("{name}.mlir"));
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(tool)
+            .arg("--allow-unregistered-dialect")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {tool} rejects the module: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // what mlir-opt prints back parses again (a round trip through MLIR's printer)
+        let back = dir.join(format!("{name}.roundtrip.mlir"));
+        std::fs::write(&back, &out.stdout).unwrap();
+        let again = Command::new(tool)
+            .arg("--allow-unregistered-dialect")
+            .arg(&back)
+            .output()
+            .unwrap();
+        assert!(again.status.success(), "{name}: round trip fails");
+    }
+}
+
+/// Dimensions of the first `tensor<…x!FHE.…>` type after `->` on an op line.
+fn result_elements(line: &str) -> usize {
+    let ty = line.rsplit("-> tensor<").next().unwrap();
+    ty.split('x')
+        .take_while(|d| d.parse::<usize>().is_ok())
+        .map(|d| d.parse::<usize>().unwrap())
+        .product()
+}
+
+#[test]
+fn mlir_agrees_with_the_circuit_on_every_fixture() {
+    for name in fixture_names() {
+        let (text, c, info) = mlir_of(&name);
+        let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut tlus = 0;
+        for line in text.lines().filter(|l| l.contains(" = \"")) {
+            let op = line.split('"').nth(1).unwrap();
+            *ops.entry(op).or_default() += 1;
+            if op.contains("lookup_table") {
+                tlus += result_elements(line);
+            }
+        }
+        let count = |pred: &dyn Fn(&IntOp) -> bool| c.ids().filter(|&id| pred(&c.node(id).op)).count();
+        let linear = count(&|o| matches!(o, IntOp::Linear { .. }));
+        let round = count(&|o| matches!(o, IntOp::Round { .. }));
+        let lut = count(&|o| matches!(o, IntOp::Lut { .. }));
+        let reshape = count(&|o| matches!(o, IntOp::Reshape));
+        let get = |k: &str| ops.get(k).copied().unwrap_or(0);
+        assert_eq!(get("FHELinalg.matmul_eint_int"), linear, "{name}: {ops:?}");
+        assert_eq!(get("FHELinalg.add_eint_int"), linear, "{name}");
+        assert_eq!(get("FHELinalg.round"), round, "{name}");
+        assert_eq!(
+            get("FHELinalg.apply_lookup_table") + get("FHELinalg.apply_mapped_lookup_table"),
+            lut,
+            "{name}"
+        );
+        assert_eq!(get("tensor.reshape"), reshape, "{name}");
+        assert_eq!(ops.values().sum::<usize>(), 2 * linear + round + lut + reshape, "{name}: {ops:?}");
+        assert_eq!(tlus, info.tlu_count, "{name}: table lookups");
+        // widths: every ciphertext at W, a rounding's result at W − drop
+        let w = info.encoding_bits;
+        let allowed: Vec<u32> = std::iter::once(w)
+            .chain(c.ids().filter_map(|id| match c.node(id).op {
+                IntOp::Round { drop_bits } => Some(w - drop_bits),
+                _ => None,
+            }))
+            .collect();
+        for part in text.split("!FHE.").skip(1) {
+            let bits: u32 = part
+                .split(['<', '>'])
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(allowed.contains(&bits), "{name}: eint<{bits}> but W = {w}");
+        }
+        let header = format!(
+            "// encoding width {w} bits, {} table lookups, {} rounding bootstraps per sample",
+            info.tlu_count, info.rounding_pbs
+        );
+        assert!(text.contains(&header), "{name}: header");
+        let sig = text.lines().find(|l| l.contains("func.func @main")).unwrap();
+        assert_eq!(sig.matches(&format!("!FHE.eint<{w}>")).count(), c.inputs.len() + c.outputs.len(), "{name}: {sig}");
+    }
+}
+
+#[test]
+fn golden_mlir_of_small_fixtures() {
+    let golden = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for name in ["logreg_iris", "op_relu", "op_reshape"] {
+        let (text, ..) = mlir_of(name);
+        let text = text.replace(env!("CARGO_PKG_VERSION"), "<version>");
+        let path = golden.join(format!("{name}.mlir"));
+        if std::env::var_os("FHEC_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run with FHEC_BLESS=1 to create)", path.display()));
+        assert!(
+            text == expected,
+            "{name}: emitted MLIR differs from {} (FHEC_BLESS=1 rewrites it after review):\n{text}",
+            path.display()
+        );
+    }
+}

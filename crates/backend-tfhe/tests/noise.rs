@@ -145,4 +145,3 @@ fn pbs_output_noise_matches_the_model_n8192() {
         32,
     );
 }
-

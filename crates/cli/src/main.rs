@@ -152,6 +152,13 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, stop quietly when the reader of stdout goes away
+    // (`fhec inspect … | head`) instead of panicking on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of SIGPIPE before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -238,13 +245,18 @@ fn compile(
         .map(|s| s.starts_with("// fhec"))
         .unwrap_or(false);
     guard_overwrite(&mlir_path, mlir_ours, force)?;
+    let vectors_path = out.with_extension("vectors.npz");
+    guard_overwrite(&vectors_path, npy::is_fhec_npz(&vectors_path), force)?;
     let compiled = pipeline::compile(model, inputset, &q.config(), q.target())?;
     let a = &compiled.artifact;
     let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
+    let samples = data::load_samples(inputset, &a.client.graph)?;
+    let vectors = pipeline::test_vectors(a, &compiled.info, &samples, 3)?;
     std::fs::write(&out, a.to_bytes()?)
         .with_context(|| format!("{}: cannot write", out.display()))?;
     std::fs::write(&mlir_path, mlir)
         .with_context(|| format!("{}: cannot write", mlir_path.display()))?;
+    npy::write_npz(&vectors_path, &vectors)?;
     let r = Report::new(
         &a.source,
         &a.server.circuit,
@@ -257,10 +269,11 @@ fn compile(
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     println!(
-        "compiled {} -> {} (+ {})",
+        "compiled {} -> {} (+ {}, {})",
         model.display(),
         out.display(),
-        mlir_path.display()
+        mlir_path.display(),
+        vectors_path.display()
     );
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);

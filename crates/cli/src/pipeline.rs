@@ -145,3 +145,52 @@ pub fn compile(
         elapsed: start.elapsed(),
     })
 }
+
+/// Test vectors for the emitted MLIR: the circuit inputs of the first `count` inputset
+/// samples (the integers `@main` receives) and the integers the circuit returns for
+/// them, keyed `input_<i>` / `output_<j>`, each stacked as `[samples, ...shape]` int64.
+pub fn test_vectors(
+    a: &Artifact,
+    info: &CircuitInfo,
+    samples: &[Vec<fhec_frontend_onnx::Tensor>],
+    count: usize,
+) -> Result<Vec<(String, crate::npy::Array)>> {
+    let c = &a.server.circuit;
+    let take = samples.len().min(count);
+    let mut inputs: Vec<Vec<f64>> = vec![Vec::new(); c.inputs.len()];
+    let mut outputs: Vec<Vec<f64>> = vec![Vec::new(); c.outputs.len()];
+    for s in &samples[..take] {
+        let q = a.client.spec.quantize_inputs(s);
+        let out = fhec_ir::interp::simulate(c, info, &q)?;
+        for (acc, v) in inputs
+            .iter_mut()
+            .zip(&q)
+            .chain(outputs.iter_mut().zip(&out))
+        {
+            acc.extend(v.iter().map(|&x| x as f64));
+        }
+    }
+    let array = |prefix: &str, i: usize, id: fhec_ir::NodeId, data: Vec<f64>| {
+        let mut shape = vec![take];
+        shape.extend(&c.node(id).shape);
+        (
+            format!("{prefix}_{i}"),
+            crate::npy::Array {
+                shape,
+                data,
+                dtype: "<i8",
+            },
+        )
+    };
+    Ok(inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| array("input", i, c.inputs[i], d))
+        .chain(
+            outputs
+                .into_iter()
+                .enumerate()
+                .map(|(j, d)| array("output", j, c.outputs[j], d)),
+        )
+        .collect())
+}

@@ -38,6 +38,32 @@ fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
             && mlir.contains("FHELinalg.apply_mapped_lookup_table"),
         "{mlir}"
     );
+    // test vectors beside the MLIR: what @main receives and what the circuit returns
+    let vectors = fhec::npy::read_arrays(&d.join("iris.vectors.npz")).unwrap();
+    let get = |k: &str| {
+        vectors
+            .iter()
+            .find(|(n, _)| n.as_deref() == Some(k))
+            .unwrap_or_else(|| panic!("no {k} in the test vectors"))
+            .1
+            .clone()
+    };
+    let (inp, outp) = (get("input_0"), get("output_0"));
+    assert_eq!((inp.dtype, inp.shape.clone()), ("<i8", vec![3, 1, 4]));
+    assert_eq!(outp.shape, vec![3, 1, 3]);
+    let (a, info) = fhec::artifact::Artifact::load(&out).unwrap();
+    for s in 0..3 {
+        let q: Vec<i64> = inp.data[s * 4..(s + 1) * 4]
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        let r = fhec_ir::interp::simulate(&a.server.circuit, &info, &[q]).unwrap();
+        let expected: Vec<i64> = outp.data[s * 3..(s + 1) * 3]
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        assert_eq!(r[0], expected, "sample {s}");
+    }
     let (code, json, err) = fhec(&["inspect", out.to_str().unwrap(), "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();

@@ -282,6 +282,25 @@ fn files_the_user_wrote_are_not_overwritten() {
         &["notes.fhe", "refusing to overwrite"],
     );
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "my notes");
+    // nor a user's file where the test vectors would go
+    let vectors = d.join("other.vectors.npz");
+    std::fs::write(&vectors, "my vectors").unwrap();
+    assert_fails(
+        &[
+            "compile",
+            s(&iris().0),
+            "--inputset",
+            s(&iris().1),
+            "-o",
+            s(&d.join("other.fhe")),
+        ],
+        &["other.vectors.npz", "refusing to overwrite"],
+    );
+    assert_eq!(std::fs::read_to_string(&vectors).unwrap(), "my vectors");
+    assert!(
+        !d.join("other.fhe").exists(),
+        "nothing is written when one file is refused"
+    );
     // an artifact fhec wrote is replaced on recompilation
     let p = compiled(&d);
     let (code, _, err) = fhec(&[

@@ -94,7 +94,8 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
                 tlus += result_elements(line);
             }
         }
-        let count = |pred: &dyn Fn(&IntOp) -> bool| c.ids().filter(|&id| pred(&c.node(id).op)).count();
+        let count =
+            |pred: &dyn Fn(&IntOp) -> bool| c.ids().filter(|&id| pred(&c.node(id).op)).count();
         let linear = count(&|o| matches!(o, IntOp::Linear { .. }));
         let round = count(&|o| matches!(o, IntOp::Round { .. }));
         let lut = count(&|o| matches!(o, IntOp::Lut { .. }));
@@ -109,7 +110,11 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
             "{name}"
         );
         assert_eq!(get("tensor.reshape"), reshape, "{name}");
-        assert_eq!(ops.values().sum::<usize>(), 2 * linear + round + lut + reshape, "{name}: {ops:?}");
+        assert_eq!(
+            ops.values().sum::<usize>(),
+            2 * linear + round + lut + reshape,
+            "{name}: {ops:?}"
+        );
         assert_eq!(tlus, info.tlu_count, "{name}: table lookups");
         // widths: every ciphertext at W, a rounding's result at W − drop
         let w = info.encoding_bits;
@@ -120,12 +125,7 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
             }))
             .collect();
         for part in text.split("!FHE.").skip(1) {
-            let bits: u32 = part
-                .split(['<', '>'])
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap();
+            let bits: u32 = part.split(['<', '>']).nth(1).unwrap().parse().unwrap();
             assert!(allowed.contains(&bits), "{name}: eint<{bits}> but W = {w}");
         }
         let header = format!(
@@ -133,8 +133,15 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
             info.tlu_count, info.rounding_pbs
         );
         assert!(text.contains(&header), "{name}: header");
-        let sig = text.lines().find(|l| l.contains("func.func @main")).unwrap();
-        assert_eq!(sig.matches(&format!("!FHE.eint<{w}>")).count(), c.inputs.len() + c.outputs.len(), "{name}: {sig}");
+        let sig = text
+            .lines()
+            .find(|l| l.contains("func.func @main"))
+            .unwrap();
+        assert_eq!(
+            sig.matches(&format!("!FHE.eint<{w}>")).count(),
+            c.inputs.len() + c.outputs.len(),
+            "{name}: {sig}"
+        );
     }
 }
 
@@ -149,8 +156,9 @@ fn golden_mlir_of_small_fixtures() {
             std::fs::write(&path, &text).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with FHEC_BLESS=1 to create)", path.display()));
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (run with FHEC_BLESS=1 to create)", path.display())
+        });
         assert!(
             text == expected,
             "{name}: emitted MLIR differs from {} (FHEC_BLESS=1 rewrites it after review):\n{text}",

@@ -173,7 +173,10 @@ impl Emitter<'_> {
                 let (x, x_ty) = x.unwrap();
                 let r = self.fresh();
                 // the result type, drop_bits narrower, states the precision kept
-                let _ = writeln!(self.body, "    {r} = \"FHELinalg.round\"({x}) : ({x_ty}) -> {out_ty}");
+                let _ = writeln!(
+                    self.body,
+                    "    {r} = \"FHELinalg.round\"({x}) : ({x_ty}) -> {out_ty}"
+                );
                 r
             }
             IntOp::Lut {

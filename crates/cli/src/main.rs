@@ -39,6 +39,11 @@ enum Command {
         /// Overwrite output files that fhec did not write.
         #[arg(long)]
         force: bool,
+        /// Parse and verify the emitted MLIR with MLIR itself; fail with its message if it
+        /// does not verify (builds with the `mlir-verify` feature only).
+        #[cfg(feature = "mlir-verify")]
+        #[arg(long)]
+        verify_mlir: bool,
     },
     /// List nodes, bit-widths, TLU and bootstrap counts; exit 1 if a value exceeds 16 bits.
     Inspect {
@@ -177,7 +182,13 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             output,
             q,
             force,
-        } => compile(&model, &inputset, output, &q, force),
+            #[cfg(feature = "mlir-verify")]
+            verify_mlir,
+        } => {
+            #[cfg(not(feature = "mlir-verify"))]
+            let verify_mlir = false;
+            compile(&model, &inputset, output, &q, force, verify_mlir)
+        }
         Command::Inspect {
             path,
             inputset,
@@ -212,6 +223,17 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
     }
 }
 
+#[cfg(feature = "mlir-verify")]
+fn verify(mlir: &str) -> Result<()> {
+    fhec_mlir_emit::verify_with_mlir(mlir)?;
+    Ok(())
+}
+
+#[cfg(not(feature = "mlir-verify"))]
+fn verify(_: &str) -> Result<()> {
+    unreachable!("--verify-mlir exists only with the mlir-verify feature")
+}
+
 /// Refuses to replace a file fhec did not write, unless forced.
 fn guard_overwrite(path: &Path, ours: bool, force: bool) -> Result<()> {
     if path.exists() && !ours && !force {
@@ -229,6 +251,7 @@ fn compile(
     output: Option<PathBuf>,
     q: &QuantArgs,
     force: bool,
+    verify_mlir: bool,
 ) -> Result<ExitCode> {
     let out = output.unwrap_or_else(|| {
         PathBuf::from(model.file_stem().unwrap_or_default()).with_extension("fhe")
@@ -250,6 +273,9 @@ fn compile(
     let compiled = pipeline::compile(model, inputset, &q.config(), q.target())?;
     let a = &compiled.artifact;
     let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
+    if verify_mlir {
+        verify(&mlir).with_context(|| format!("{}: MLIR verifier", mlir_path.display()))?;
+    }
     let samples = data::load_samples(inputset, &a.client.graph)?;
     let vectors = pipeline::test_vectors(a, &compiled.info, &samples, 3)?;
     std::fs::write(&out, a.to_bytes()?)

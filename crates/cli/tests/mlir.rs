@@ -166,3 +166,34 @@ fn golden_mlir_of_small_fixtures() {
         );
     }
 }
+
+/// With the `mlir-verify` feature: MLIR itself (through melior) parses and verifies every
+/// fixture's module, and refuses a broken one with its own message.
+#[cfg(feature = "mlir-verify")]
+#[test]
+fn melior_verifies_every_fixture() {
+    for name in fixture_names() {
+        let (text, ..) = mlir_of(&name);
+        let printed = fhec_mlir_emit::verify_with_mlir(&text)
+            .unwrap_or_else(|e| panic!("{name}: MLIR refuses the module: {e}"));
+        assert!(printed.contains("func.func @main"), "{name}: {printed}");
+    }
+    // a result type that contradicts the function signature
+    let (text, ..) = mlir_of("logreg_iris");
+    let broken = text.replacen("return %", "return %arg0, %", 1);
+    let err = fhec_mlir_emit::verify_with_mlir(&broken).unwrap_err();
+    assert!(err.0.contains("does not"), "{err}");
+    // and `compile --verify-mlir` passes on a fixture
+    let f = fixture("mlp_iris");
+    let d = tmp("verify-mlir");
+    let (code, _, err) = fhec(&[
+        "compile",
+        f.join("model.onnx").to_str().unwrap(),
+        "--inputset",
+        f.join("train.npy").to_str().unwrap(),
+        "-o",
+        d.join("m.fhe").to_str().unwrap(),
+        "--verify-mlir",
+    ]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -12,6 +12,11 @@
 
 use std::fmt::Write;
 
+#[cfg(feature = "mlir-verify")]
+mod verify;
+#[cfg(feature = "mlir-verify")]
+pub use verify::{verify_with_mlir, MlirError};
+
 use fhec_ir::{Circuit, CircuitInfo, IntOp, NodeId};
 
 /// Prints the circuit as an MLIR module with one function `@main`.

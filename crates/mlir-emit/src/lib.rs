@@ -101,6 +101,41 @@ fn dense(values: &[i64], shape: &[usize]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// The reassociation `[[0], [1, 2], …]` when `to` merges runs of consecutive dimensions
+/// of `from` (trailing size-1 dimensions join the last run), else `None`.
+fn collapse_groups(from: &[usize], to: &[usize]) -> Option<String> {
+    if to.is_empty() || to.len() >= from.len() {
+        return None;
+    }
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut i = 0;
+    for &d in to {
+        let first = i;
+        let mut size = *from.get(i)?;
+        i += 1;
+        while size < d {
+            size *= *from.get(i)?;
+            i += 1;
+        }
+        if size != d {
+            return None;
+        }
+        groups.push((first..i).collect());
+    }
+    if from[i..].iter().any(|&d| d != 1) {
+        return None;
+    }
+    groups.last_mut()?.extend(i..from.len());
+    let inner: Vec<String> = groups
+        .iter()
+        .map(|g| {
+            let dims: Vec<String> = g.iter().map(|v| v.to_string()).collect();
+            format!("[{}]", dims.join(", "))
+        })
+        .collect();
+    Some(format!("[{}]", inner.join(", ")))
+}
+
 impl Emitter<'_> {
     /// Width of a node's encrypted elements: W, or W − drop after a rounding.
     fn elem_bits(&self, id: NodeId) -> u32 {
@@ -227,7 +262,34 @@ impl Emitter<'_> {
                 }
             }
             IntOp::Reshape => {
-                let (x, x_ty) = x.unwrap();
+                // a reshape only feeding reshapes is folded into them
+                if !self.c.outputs.contains(&id)
+                    && self
+                        .c
+                        .users(id)
+                        .iter()
+                        .all(|&u| matches!(self.c.node(u).op, IntOp::Reshape))
+                {
+                    return None;
+                }
+                let mut src = ops[0];
+                while matches!(self.c.node(src).op, IntOp::Reshape) {
+                    src = self.c.operands(src)[0];
+                }
+                let (x, x_ty) = (names[src.index()].clone(), self.ty(src));
+                let from = &self.c.node(src).shape;
+                if *from == n.shape {
+                    return Some(x);
+                }
+                if let Some(groups) = collapse_groups(from, &n.shape) {
+                    // collapse_shape reads the same in every MLIR version (Concrete's too)
+                    let r = self.fresh();
+                    let _ = writeln!(
+                        self.body,
+                        "    {r} = tensor.collapse_shape {x} {groups} : {x_ty} into {out_ty}"
+                    );
+                    return Some(r);
+                }
                 let shape: Vec<i64> = n.shape.iter().map(|&d| d as i64).collect();
                 let s = self.constant(&shape, &[shape.len()], "i64");
                 let r = self.fresh();

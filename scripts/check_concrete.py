@@ -1,0 +1,47 @@
+"""Runs fhec's emitted MLIR through Concrete's own compiler (concrete-python) and checks
+that Concrete's simulation returns the integers fhec's test vectors hold.
+
+Usage: python scripts/check_concrete.py OUT_DIR/<name> ...   (each with <name>.mlir and
+<name>.vectors.npz, as `fhec compile -o OUT_DIR/<name>.fhe` writes them). One process per
+model: a Concrete assertion would abort the interpreter. Exit status 1 if any differs.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+def check(stem: str) -> None:
+    from concrete import fhe
+    from concrete.compiler import ClientProgram
+    from concrete.fhe.compilation.server import Server
+
+    with open(stem + ".mlir", encoding="utf-8") as f:
+        mlir = f.read()
+    vectors = np.load(stem + ".vectors.npz")
+    inputs = sorted(k for k in vectors.files if k.startswith("input_"))
+    outputs = sorted(k for k in vectors.files if k.startswith("output_"))
+    server = Server.create(mlir, fhe.Configuration(), is_simulated=True)
+    client = ClientProgram.create_simulated(server.client_specs.program_info).get_client_circuit("main")
+    samples = vectors[inputs[0]].shape[0]
+    equal = 0
+    for s in range(samples):
+        result = server.run(*[vectors[k][s] for k in inputs])
+        results = result if isinstance(result, tuple) else (result,)
+        got = [np.asarray(client.simulate_process_output(r._inner, j).to_py_val()) for j, r in enumerate(results)]
+        equal += all(np.array_equal(g.reshape(vectors[k][s].shape), vectors[k][s]) for g, k in zip(got, outputs))
+    pbs = server.programmable_bootstrap_count("main")
+    print(f"{stem}: compiled by Concrete ({pbs} PBS); simulation equals fhec's vectors on {equal}/{samples}")
+    sys.stdout.flush()
+    # sys.exit's status is lost at Concrete's interpreter shutdown: leave directly
+    os._exit(0 if equal == samples else 1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+        check(sys.argv[2])
+    failed = [s for s in sys.argv[1:] if subprocess.run([sys.executable, __file__, "--one", s]).returncode != 0]
+    if failed:
+        print("Concrete disagrees or fails on:", ", ".join(failed))
+        sys.exit(1)

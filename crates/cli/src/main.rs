@@ -184,11 +184,15 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             force,
             #[cfg(feature = "mlir-verify")]
             verify_mlir,
-        } => {
-            #[cfg(not(feature = "mlir-verify"))]
-            let verify_mlir = false;
-            compile(&model, &inputset, output, &q, force, verify_mlir)
-        }
+        } => compile(
+            &model,
+            &inputset,
+            output,
+            &q,
+            force,
+            #[cfg(feature = "mlir-verify")]
+            verify_mlir,
+        ),
         Command::Inspect {
             path,
             inputset,
@@ -223,17 +227,6 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-#[cfg(feature = "mlir-verify")]
-fn verify(mlir: &str) -> Result<()> {
-    fhec_mlir_emit::verify_with_mlir(mlir)?;
-    Ok(())
-}
-
-#[cfg(not(feature = "mlir-verify"))]
-fn verify(_: &str) -> Result<()> {
-    unreachable!("--verify-mlir exists only with the mlir-verify feature")
-}
-
 /// Refuses to replace a file fhec did not write, unless forced.
 fn guard_overwrite(path: &Path, ours: bool, force: bool) -> Result<()> {
     if path.exists() && !ours && !force {
@@ -251,7 +244,7 @@ fn compile(
     output: Option<PathBuf>,
     q: &QuantArgs,
     force: bool,
-    verify_mlir: bool,
+    #[cfg(feature = "mlir-verify")] verify_mlir: bool,
 ) -> Result<ExitCode> {
     let out = output.unwrap_or_else(|| {
         PathBuf::from(model.file_stem().unwrap_or_default()).with_extension("fhe")
@@ -273,8 +266,10 @@ fn compile(
     let compiled = pipeline::compile(model, inputset, &q.config(), q.target())?;
     let a = &compiled.artifact;
     let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
+    #[cfg(feature = "mlir-verify")]
     if verify_mlir {
-        verify(&mlir).with_context(|| format!("{}: MLIR verifier", mlir_path.display()))?;
+        fhec_mlir_emit::verify_with_mlir(&mlir)
+            .with_context(|| format!("{}: MLIR verifier", mlir_path.display()))?;
     }
     let samples = data::load_samples(inputset, &a.client.graph)?;
     let vectors = pipeline::test_vectors(a, &compiled.info, &samples, 3)?;
@@ -530,37 +525,27 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
 /// neighbours in N and ℓ.
 fn bench_params(count: usize) -> Result<ExitCode> {
     use fhec_backend_tfhe::CryptoParams;
-    let set = |n, big_n, pb, pl, kb, kl| set_k(n, 1, big_n, pb, pl, kb, kl);
-    fn set_k(
-        n: usize,
-        k: usize,
-        big_n: usize,
-        pb: usize,
-        pl: usize,
-        kb: usize,
-        kl: usize,
-    ) -> CryptoParams {
-        CryptoParams {
-            lwe_dimension: n,
-            glwe_dimension: k,
-            polynomial_size: big_n,
-            pbs_base_log: pb,
-            pbs_level: pl,
-            ks_base_log: kb,
-            ks_level: kl,
-        }
-    }
+    // (n, k, N, PBS base log, levels, KS base log, levels)
     let sets = [
-        set(742, 2048, 23, 1, 3, 5),
-        set(730, 2048, 16, 2, 3, 5),
-        set_k(810, 2, 1024, 16, 2, 5, 3),
-        set_k(810, 2, 2048, 12, 3, 5, 3),
-        set(900, 2048, 11, 3, 3, 6),
-        set(900, 4096, 15, 2, 3, 6),
-        set(850, 8192, 23, 1, 2, 9),
-        set(850, 8192, 9, 4, 2, 9),
-        set(914, 8192, 9, 4, 3, 6),
-    ];
+        (742, 1, 2048, 23, 1, 3, 5),
+        (730, 1, 2048, 16, 2, 3, 5),
+        (810, 2, 1024, 16, 2, 5, 3),
+        (810, 2, 2048, 12, 3, 5, 3),
+        (900, 1, 2048, 11, 3, 3, 6),
+        (900, 1, 4096, 15, 2, 3, 6),
+        (850, 1, 8192, 23, 1, 2, 9),
+        (850, 1, 8192, 9, 4, 2, 9),
+        (914, 1, 8192, 9, 4, 3, 6),
+    ]
+    .map(|(n, k, big_n, pb, pl, kb, kl)| CryptoParams {
+        lwe_dimension: n,
+        glwe_dimension: k,
+        polynomial_size: big_n,
+        pbs_base_log: pb,
+        pbs_level: pl,
+        ks_base_log: kb,
+        ks_level: kl,
+    });
     println!(
         "{:<44} {:>10} {:>12} {:>12} {:>7}",
         "parameters", "keygen s", "predicted ms", "measured ms", "ratio"

@@ -151,7 +151,10 @@ impl<'a> Evaluator<'a> {
         let rounds = circuit
             .ids()
             .map(|id| match circuit.node(id).op {
-                IntOp::Round { drop_bits } if drop_bits > 0 => {
+                IntOp::Round {
+                    drop_bits,
+                    approximate: false,
+                } if drop_bits > 0 => {
                     let part = crate::noise::partition_of(
                         &precisions,
                         crate::noise::rounding_precision(drop_bits, info.rounding_chunk_bits),
@@ -228,7 +231,20 @@ impl<'a> Evaluator<'a> {
                     weight,
                     bias,
                 } => self.linear(x.unwrap(), *inputs, *outputs, weight, bias, w),
-                IntOp::Round { drop_bits } => {
+                IntOp::Affine {
+                    row_start,
+                    terms,
+                    bias,
+                } => {
+                    let xs: Vec<&Vec<Ciphertext>> =
+                        ops.iter().map(|o| &values[o.index()]).collect();
+                    affine(&xs, row_start, terms, bias, w)
+                }
+                // the consumer's bootstrap reads the top bits through its modulus switch
+                IntOp::Round {
+                    approximate: true, ..
+                } => x.unwrap().clone(),
+                IntOp::Round { drop_bits, .. } => {
                     let (part, steps) = &self.rounds[id.index()];
                     self.round(x.unwrap(), *part, steps, *drop_bits, w)
                 }
@@ -467,6 +483,37 @@ impl<'a> Evaluator<'a> {
             })
             .collect()
     }
+}
+
+/// `IntOp::Affine` on ciphertexts: each output as long as the longest ciphertext its
+/// row reads (zero-weight terms included, as the noise model assumes).
+fn affine(
+    xs: &[&Vec<Ciphertext>],
+    row_start: &[u32],
+    terms: &[fhec_ir::Term],
+    bias: &[i64],
+    w: u32,
+) -> Vec<Ciphertext> {
+    (0..bias.len())
+        .into_par_iter()
+        .map(|j| {
+            let row = &terms[row_start[j] as usize..row_start[j + 1] as usize];
+            let size = row
+                .iter()
+                .map(|t| xs[t.operand as usize][t.index as usize].lwe_size().0)
+                .max()
+                .unwrap_or(1);
+            let mut acc = vec![0u64; size];
+            for t in row {
+                if t.weight != 0 {
+                    let ct = &xs[t.operand as usize][t.index as usize];
+                    add_scaled_into(&mut acc, ct.as_ref(), t.weight as u64);
+                }
+            }
+            acc[size - 1] = acc[size - 1].wrapping_add((bias[j] as u64) << delta_shift(w));
+            LweCiphertext::from_container(acc, CiphertextModulus::new_native())
+        })
+        .collect()
 }
 
 /// The accumulator whose blind rotation by a p-bit message m returns `table[m]·Δ`

@@ -25,7 +25,10 @@ pub fn predicted_latency_ms(
             let node = c.node(id);
             let per_element = match node.op {
                 IntOp::Lut { precision, .. } => cost(precision),
-                IntOp::Round { drop_bits } if drop_bits > 0 => {
+                IntOp::Round {
+                    drop_bits,
+                    approximate: false,
+                } if drop_bits > 0 => {
                     let precision = rounding_precision(drop_bits, info.rounding_chunk_bits);
                     cost(precision)
                         * fhec_ir::rounding_pbs_count(drop_bits, info.rounding_chunk_bits) as f64

@@ -235,9 +235,10 @@ pub fn circuit_precisions(c: &Circuit, info: &CircuitInfo) -> Vec<u32> {
         .ids()
         .filter_map(|id| match c.node(id).op {
             IntOp::Lut { precision, .. } => Some(precision),
-            IntOp::Round { drop_bits } if drop_bits > 0 => {
-                Some(rounding_precision(drop_bits, info.rounding_chunk_bits))
-            }
+            IntOp::Round {
+                drop_bits,
+                approximate: false,
+            } if drop_bits > 0 => Some(rounding_precision(drop_bits, info.rounding_chunk_bits)),
             _ => None,
         })
         .collect();
@@ -262,7 +263,7 @@ impl NoiseBudget {
         let w = info.encoding_bits;
         let precisions = circuit_precisions(c, info);
         let np = precisions.len();
-        let mut terms: Vec<Vec<NoiseTerms>> = Vec::with_capacity(c.len());
+        let mut terms_of: Vec<Vec<NoiseTerms>> = Vec::with_capacity(c.len());
         let mut sites: Vec<PbsSite> = Vec::new();
         let mut add_site = |site: PbsSite| match sites.iter_mut().find(|s| {
             s.scale_log2 == site.scale_log2
@@ -278,7 +279,7 @@ impl NoiseBudget {
         for id in c.ids() {
             let node = c.node(id);
             let ops = c.operands(id);
-            let x = ops.first().map(|o| &terms[o.index()]);
+            let x = ops.first().map(|o| &terms_of[o.index()]);
             let t: Vec<NoiseTerms> = match &node.op {
                 IntOp::Input { .. } => vec![NoiseTerms::fresh_input(np); node.numel()],
                 IntOp::Linear {
@@ -307,7 +308,29 @@ impl NoiseBudget {
                     }
                     out
                 }
-                IntOp::Round { drop_bits } => {
+                IntOp::Affine {
+                    row_start, terms, ..
+                } => {
+                    let xs: Vec<&Vec<NoiseTerms>> =
+                        ops.iter().map(|o| &terms_of[o.index()]).collect();
+                    (0..node.numel())
+                        .map(|j| {
+                            let mut acc = NoiseTerms::zero(np);
+                            for t in &terms[row_start[j] as usize..row_start[j + 1] as usize] {
+                                let w = t.weight as f64;
+                                let src = &xs[t.operand as usize][t.index as usize];
+                                acc.add_scaled(src, w * w);
+                                // the engine sizes an output like its widest input
+                                acc.sources |= src.sources;
+                            }
+                            acc
+                        })
+                        .collect()
+                }
+                IntOp::Round {
+                    approximate: true, ..
+                } => x.unwrap().clone(),
+                IntOp::Round { drop_bits, .. } => {
                     let x = x.unwrap();
                     let base = worst_of(x, np);
                     let part = partition_of(
@@ -357,12 +380,12 @@ impl NoiseBudget {
                 }
                 IntOp::Reshape => x.unwrap().clone(),
             };
-            terms.push(t);
+            terms_of.push(t);
         }
         let output = c
             .outputs
             .iter()
-            .map(|o| worst_of(&terms[o.index()], np))
+            .map(|o| worst_of(&terms_of[o.index()], np))
             .reduce(|mut a, b| {
                 a.max_with(&b);
                 a

@@ -229,7 +229,7 @@ impl PartitionTable {
         for n in (MIN_SECURE_DIMENSION..=1200).step_by(8) {
             let ms = modulus_switch_variance(n, big_n);
             // best base per level: the base only trades noise terms, never cost
-            let pbs: Vec<(usize, usize, f64)> = (1..=4)
+            let pbs: Vec<(usize, usize, f64)> = (1..=6)
                 .filter_map(|l| {
                     (1..=30usize)
                         .filter(|b| b * l <= 56)

@@ -95,6 +95,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RoundingMode {
+    Exact,
+    Approximate,
+}
+
 #[derive(Args, Clone)]
 struct QuantArgs {
     /// Bits for inputs, weights and activations (default 6).
@@ -106,6 +112,10 @@ struct QuantArgs {
     /// Never round accumulators (TLUs read the full accumulator).
     #[arg(long)]
     no_rounding: bool,
+    /// How accumulators are rounded: `exact` (extra bootstraps, bit-exact) or
+    /// `approximate` (no extra bootstrap; the TLU may be off by one near a boundary).
+    #[arg(long, value_enum, default_value_t = RoundingMode::Exact)]
+    rounding: RoundingMode,
     /// Headroom of accumulator ranges beyond the inputset, as a fraction of their width (default 0.25).
     #[arg(long)]
     range_margin: Option<f64>,
@@ -136,6 +146,7 @@ impl QuantArgs {
         if self.no_rounding {
             c.rounding_bits = None;
         }
+        c.rounding_approximate = self.rounding == RoundingMode::Approximate;
         if let Some(m) = self.range_margin {
             c.range_margin = m;
         }

@@ -73,7 +73,7 @@ pub fn choose(l: &mut Lowered, target: PErrorTarget) -> Result<(ParamChoice, Noi
     let c = &mut l.quantized.circuit;
     let rounds = c
         .ids()
-        .any(|id| matches!(c.node(id).op, fhec_ir::IntOp::Round { drop_bits } if drop_bits > 0));
+        .any(|id| matches!(c.node(id).op, fhec_ir::IntOp::Round { drop_bits, approximate: false } if drop_bits > 0));
     let widths: Vec<Option<u32>> = if rounds {
         (1..=l.info.max_tlu_bits + 1).map(Some).collect()
     } else {

@@ -30,10 +30,83 @@ const OPS: &[&str] = &[
     "op_argmax",
 ];
 
+/// The wider operator set of issue 5 (onnx.helper graphs, one op kind each).
+const OPS_NN: &[&str] = &[
+    "op_leakyrelu",
+    "op_elu",
+    "op_selu",
+    "op_celu",
+    "op_softplus",
+    "op_softsign",
+    "op_hardsigmoid",
+    "op_hardswish",
+    "op_gelu",
+    "op_erf",
+    "op_exp",
+    "op_abs",
+    "op_sign",
+    "op_neg",
+    "op_floor",
+    "op_ceil",
+    "op_round",
+    "op_clip",
+    "op_log_sqrt_reciprocal",
+    "op_pow_const",
+    "op_prelu",
+    "op_greater_const",
+    "op_lessorequal_const",
+    "op_where_not_and_or",
+    "op_where",
+    "op_add_two",
+    "op_sub_two",
+    "op_mul_two",
+    "op_max_two",
+    "op_min_two",
+    "op_greater_two",
+    "op_equal_two",
+    "op_matmul_two",
+    "op_conv2d",
+    "op_conv2d_group_dilated",
+    "op_conv1d",
+    "op_avgpool",
+    "op_avgpool_ceil",
+    "op_maxpool",
+    "op_globalavgpool",
+    "op_batchnorm",
+    "op_transpose",
+    "op_concat",
+    "op_slice",
+    "op_gather",
+    "op_pad",
+    "op_expand_squeeze",
+    "op_reduce",
+];
+
+/// Ops whose output jumps (see `one_op_fixtures_simulate_close_to_float`).
+const STEP_OPS: &[&str] = &[
+    "op_sign",
+    "op_floor",
+    "op_ceil",
+    "op_round",
+    "op_greater_const",
+    "op_lessorequal_const",
+    "op_where_not_and_or",
+    "op_greater_two",
+];
+
+/// Neural networks: simulation within 3 accuracy points of float at the default settings.
+const NETWORKS: &[&str] = &["cnn_small_digits"];
+
 /// `--mode clear` reproduces the onnxruntime outputs stored with each fixture.
 #[test]
 fn float_reference_matches_onnxruntime() {
-    for name in MODELS.iter().chain(OPS) {
+    for name in MODELS
+        .iter()
+        .chain(OPS)
+        .chain(OPS_NN)
+        .chain(NETWORKS)
+        .chain(&["cnn_digits", "residual_digits"])
+    {
         let graph = fhec::pipeline::import_model(&fixture(name).join("model.onnx")).unwrap();
         let samples = fhec::data::load_samples(&fixture(name).join("test_x.npy"), &graph).unwrap();
         let outputs = fhec::run::clear(&graph, &samples).unwrap();
@@ -62,7 +135,16 @@ fn float_reference_matches_onnxruntime() {
 
 #[test]
 fn simulation_is_within_two_points_of_the_float_model() {
-    for name in MODELS {
+    simulation_close_to_float(MODELS, 0.02);
+}
+
+#[test]
+fn networks_simulate_within_three_points_of_the_float_model() {
+    simulation_close_to_float(NETWORKS, 0.03);
+}
+
+fn simulation_close_to_float(models: &[&str], points: f64) {
+    for name in models {
         let m = meta(name);
         let (a, info) = compile(name, None);
         let samples = test_samples(name, &a);
@@ -88,8 +170,8 @@ fn simulation_is_within_two_points_of_the_float_model() {
                 m.float_metric
             );
             assert!(
-                sa >= fa - 0.02 - 1e-9,
-                "{name}: simulate accuracy {sa} more than 2 points below float {fa}"
+                sa >= fa - points - 1e-9,
+                "{name}: simulate accuracy {sa} more than {points} below float {fa}"
             );
         } else {
             let (fr, sr) = (r2(&f, &truth), r2(&s, &truth));
@@ -112,7 +194,10 @@ fn one_op_fixtures_simulate_close_to_float() {
         rounding_bits: Some(7),
         ..fhec_quant::QuantConfig::default().with_n_bits(7)
     };
-    for name in OPS {
+    let mut failures = Vec::new();
+    // equality of two independently quantized continuous values is ill-posed (1.5 relative
+    // RMS measured); its float semantics are checked against onnxruntime above
+    for name in OPS.iter().chain(OPS_NN).filter(|n| **n != "op_equal_two") {
         let (a, info) = compile_with(name, Some(cfg.clone()), 0.25);
         let samples = test_samples(name, &a);
         let float_out = fhec::run::clear(&a.client.graph, &samples).unwrap();
@@ -129,9 +214,22 @@ fn one_op_fixtures_simulate_close_to_float() {
             "{name}: relative RMS error {rel:.4}, {} PBS/sample",
             info.pbs_per_sample
         );
-        assert!(
-            rel < 0.2,
-            "{name}: simulate is {rel} (relative RMS) away from float"
-        );
+        // step functions (sign, rounding, comparisons) flip on inputs near a step, where
+        // 7-bit values cannot tell the sides apart; a wrong lowering is off by ~100%
+        // products of two encrypted values round both squares' inputs; a pooled
+        // convolution without activation is requantized twice
+        let bound = if STEP_OPS.contains(name) {
+            0.5
+        } else if ["op_mul_two", "op_where", "op_matmul_two", "op_avgpool"].contains(name) {
+            0.3
+        } else {
+            0.2
+        };
+        if rel >= bound {
+            failures.push(format!(
+                "{name}: simulate is {rel:.3} (relative RMS) away from float, bound {bound}"
+            ));
+        }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -62,3 +62,26 @@ fn mlp_digits_fhe_equals_simulate() {
 fn one_op_sigmoid_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("op_sigmoid", 3) > 0);
 }
+
+/// Issue 5's operator kinds on real ciphertexts: a convolution (linear, then a ReLU
+/// table), a univariate activation, and two bivariate ops (max: one table on the
+/// difference; product: two square tables).
+#[test]
+fn conv2d_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("op_conv2d", 1) > 0);
+}
+
+#[test]
+fn leakyrelu_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("op_leakyrelu", 1) > 0);
+}
+
+#[test]
+fn max_of_two_encrypted_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("op_max_two", 1) > 0);
+}
+
+#[test]
+fn product_of_two_encrypted_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("op_mul_two", 1) > 0);
+}

@@ -107,21 +107,41 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
         let round = count(&|o| matches!(o, IntOp::Round { .. }));
         let lut = count(&|o| matches!(o, IntOp::Lut { .. }));
         let reshape = count(&|o| matches!(o, IntOp::Reshape));
+        let affine = count(&|o| matches!(o, IntOp::Affine { .. }));
+        // an affine map: one matmul per operand (flattened to [1, k]), summed, plus bias
+        let affine_operands: usize = c
+            .ids()
+            .filter(|&id| matches!(c.node(id).op, IntOp::Affine { .. }))
+            .map(|id| c.operands(id).len())
+            .sum();
         let get = |k: &str| ops.get(k).copied().unwrap_or(0);
-        assert_eq!(get("FHELinalg.matmul_eint_int"), linear, "{name}: {ops:?}");
-        assert_eq!(get("FHELinalg.add_eint_int"), linear, "{name}");
+        assert_eq!(
+            get("FHELinalg.matmul_eint_int"),
+            linear + affine_operands,
+            "{name}: {ops:?}"
+        );
+        assert_eq!(get("FHELinalg.add_eint_int"), linear + affine, "{name}");
+        assert_eq!(
+            get("FHELinalg.add_eint"),
+            affine_operands - affine,
+            "{name}"
+        );
         assert_eq!(get("FHELinalg.round"), round, "{name}");
         assert_eq!(
             get("FHELinalg.apply_lookup_table") + get("FHELinalg.apply_mapped_lookup_table"),
             lut,
             "{name}"
         );
-        // reshapes: chains fold into one op, identities vanish
+        // reshapes: chains fold into one op, identities vanish; an affine map may
+        // flatten each operand and unflatten its result
         let shape_ops = get("tensor.reshape") + get("tensor.collapse_shape");
-        assert!(shape_ops <= reshape, "{name}: {ops:?}");
+        assert!(
+            shape_ops <= reshape + affine_operands + affine,
+            "{name}: {ops:?}"
+        );
         assert_eq!(
             ops.values().sum::<usize>(),
-            2 * linear + round + lut + shape_ops,
+            2 * linear + 2 * affine_operands + round + lut + shape_ops,
             "{name}: {ops:?}"
         );
         assert_eq!(tlus, info.tlu_count, "{name}: table lookups");
@@ -129,7 +149,7 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
         let w = info.encoding_bits;
         let allowed: Vec<u32> = std::iter::once(w)
             .chain(c.ids().filter_map(|id| match c.node(id).op {
-                IntOp::Round { drop_bits } => Some(w - drop_bits),
+                IntOp::Round { drop_bits, .. } => Some(w - drop_bits),
                 _ => None,
             }))
             .collect();

@@ -45,46 +45,300 @@ pub struct ValueInfo {
     pub constant: Option<Tensor>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Univariate element-wise functions (ONNX semantics; parameters from the attributes).
+/// Inside the circuit each fuses into the next table lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Activation {
     Relu,
     Sigmoid,
     Tanh,
+    LeakyRelu {
+        alpha: f64,
+    },
+    Elu {
+        alpha: f64,
+    },
+    Selu {
+        alpha: f64,
+        gamma: f64,
+    },
+    Celu {
+        alpha: f64,
+    },
+    Softplus,
+    Softsign,
+    HardSigmoid {
+        alpha: f64,
+        beta: f64,
+    },
+    HardSwish,
+    /// `tanh`: the tanh approximation (`approximate="tanh"`).
+    Gelu {
+        tanh: bool,
+    },
+    Erf,
+    Exp,
+    Log,
+    Sqrt,
+    Reciprocal,
+    Abs,
+    Sign,
+    Floor,
+    Ceil,
+    /// Round half to even, as ONNX Round.
+    Round,
+    /// Logical not of a boolean (0/1) value.
+    Not,
+    Clip {
+        min: f64,
+        max: f64,
+    },
 }
 
 impl Activation {
     pub fn apply(self, x: f64) -> f64 {
+        use Activation::*;
         match self {
-            Activation::Relu => x.max(0.0),
-            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-            Activation::Tanh => x.tanh(),
+            Relu => x.max(0.0),
+            Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Tanh => x.tanh(),
+            LeakyRelu { alpha } => {
+                if x < 0.0 {
+                    alpha * x
+                } else {
+                    x
+                }
+            }
+            Elu { alpha } => {
+                if x < 0.0 {
+                    alpha * (x.exp() - 1.0)
+                } else {
+                    x
+                }
+            }
+            Selu { alpha, gamma } => gamma * if x <= 0.0 { alpha * (x.exp() - 1.0) } else { x },
+            Celu { alpha } => x.max(0.0) + (alpha * ((x / alpha).exp() - 1.0)).min(0.0),
+            Softplus => {
+                if x > 30.0 {
+                    x
+                } else {
+                    x.exp().ln_1p()
+                }
+            }
+            Softsign => x / (1.0 + x.abs()),
+            HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Gelu { tanh: false } => 0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2)),
+            Gelu { tanh: true } => {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+            Erf => erf(x),
+            Exp => x.exp(),
+            Log => x.ln(),
+            Sqrt => x.sqrt(),
+            Reciprocal => 1.0 / x,
+            Abs => x.abs(),
+            Sign => {
+                if x > 0.0 {
+                    1.0
+                } else if x < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                }
+            }
+            Floor => x.floor(),
+            Ceil => x.ceil(),
+            Round => x.round_ties_even(),
+            Not => (x == 0.0) as u8 as f64,
+            Clip { min, max } => x.max(min).min(max),
         }
     }
     pub fn name(self) -> &'static str {
+        use Activation::*;
         match self {
-            Activation::Relu => "Relu",
-            Activation::Sigmoid => "Sigmoid",
-            Activation::Tanh => "Tanh",
+            Relu => "Relu",
+            Sigmoid => "Sigmoid",
+            Tanh => "Tanh",
+            LeakyRelu { .. } => "LeakyRelu",
+            Elu { .. } => "Elu",
+            Selu { .. } => "Selu",
+            Celu { .. } => "Celu",
+            Softplus => "Softplus",
+            Softsign => "Softsign",
+            HardSigmoid { .. } => "HardSigmoid",
+            HardSwish => "HardSwish",
+            Gelu { .. } => "Gelu",
+            Erf => "Erf",
+            Exp => "Exp",
+            Log => "Log",
+            Sqrt => "Sqrt",
+            Reciprocal => "Reciprocal",
+            Abs => "Abs",
+            Sign => "Sign",
+            Floor => "Floor",
+            Ceil => "Ceil",
+            Round => "Round",
+            Not => "Not",
+            Clip { .. } => "Clip",
         }
     }
 }
 
+/// The error function: its Maclaurin series below 2.5, the continued fraction of erfc
+/// above (about 1e-13 absolute accuracy; std has no erf).
+pub fn erf(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    let a = x.abs();
+    let r = if a < 2.5 {
+        // Maclaurin series: erf(a) = 2/√π Σ (−1)^n a^(2n+1) / (n! (2n+1))
+        let (mut sum, mut term, mut n) = (0.0f64, a, 0.0f64);
+        while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 3.0 {
+            sum += term / (2.0 * n + 1.0);
+            n += 1.0;
+            term *= -a * a / n;
+            if n > 200.0 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // continued fraction for erfc, evaluated backwards (Lentz-free form)
+        let mut f = 0.0f64;
+        for k in (1..=60).rev() {
+            f = (k as f64 / 2.0) / (a + f);
+        }
+        1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f)
+    };
+    r.copysign(x)
+}
+
+/// Binary element-wise functions. With one constant operand they are univariate (and
+/// fuse into a table lookup); with two varying operands see [`Op::Pairwise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BinaryKind {
     Add,
     Sub,
     Mul,
     Div,
+    Pow,
+    Max,
+    Min,
+    Greater,
+    GreaterOrEqual,
+    Less,
+    LessOrEqual,
+    Equal,
+    And,
+    Or,
+    /// PRelu: `a` where `a ≥ 0`, else `b·a`.
+    PRelu,
 }
 
 impl BinaryKind {
     pub fn apply(self, a: f64, b: f64) -> f64 {
+        use BinaryKind::*;
+        let bool = |v: bool| v as u8 as f64;
         match self {
-            BinaryKind::Add => a + b,
-            BinaryKind::Sub => a - b,
-            BinaryKind::Mul => a * b,
-            BinaryKind::Div => a / b,
+            Add => a + b,
+            Sub => a - b,
+            Mul => a * b,
+            Div => a / b,
+            Pow => a.powf(b),
+            Max => a.max(b),
+            Min => a.min(b),
+            Greater => bool(a > b),
+            GreaterOrEqual => bool(a >= b),
+            Less => bool(a < b),
+            LessOrEqual => bool(a <= b),
+            Equal => bool(a == b),
+            And => bool(a != 0.0 && b != 0.0),
+            Or => bool(a != 0.0 || b != 0.0),
+            PRelu => {
+                if a < 0.0 {
+                    a * b
+                } else {
+                    a
+                }
+            }
         }
+    }
+    pub fn name(self) -> &'static str {
+        use BinaryKind::*;
+        match self {
+            Add => "Add",
+            Sub => "Sub",
+            Mul => "Mul",
+            Div => "Div",
+            Pow => "Pow",
+            Max => "Max",
+            Min => "Min",
+            Greater => "Greater",
+            GreaterOrEqual => "GreaterOrEqual",
+            Less => "Less",
+            LessOrEqual => "LessOrEqual",
+            Equal => "Equal",
+            And => "And",
+            Or => "Or",
+            PRelu => "PRelu",
+        }
+    }
+    /// True when the result is a boolean (0/1).
+    pub fn is_predicate(self) -> bool {
+        use BinaryKind::*;
+        matches!(
+            self,
+            Greater | GreaterOrEqual | Less | LessOrEqual | Equal | And | Or
+        )
+    }
+}
+
+/// One term of an [`Op::Sparse`] row.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparseTerm {
+    /// Which of the node's inputs.
+    pub slot: u32,
+    /// Flat element index in that input.
+    pub index: u32,
+    pub weight: f64,
+}
+
+/// A sparse affine map in compressed rows: output `j` is
+/// `bias[j] + Σ terms[row_start[j]..row_start[j+1]]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseMap {
+    pub row_start: Vec<u32>,
+    pub terms: Vec<SparseTerm>,
+    pub bias: Vec<f64>,
+}
+
+impl SparseMap {
+    /// Appends output row `terms` + `bias`.
+    pub fn push_row(&mut self, terms: impl IntoIterator<Item = SparseTerm>, bias: f64) {
+        if self.row_start.is_empty() {
+            self.row_start.push(0);
+        }
+        self.terms.extend(terms);
+        self.row_start.push(self.terms.len() as u32);
+        self.bias.push(bias);
+    }
+    pub fn rows(&self) -> usize {
+        self.bias.len()
+    }
+    pub fn row(&self, j: usize) -> &[SparseTerm] {
+        &self.terms[self.row_start[j] as usize..self.row_start[j + 1] as usize]
+    }
+    /// True when every row copies one element unchanged or is a constant: a pure
+    /// rearrangement (transpose, slice, pad, concat…).
+    pub fn is_movement(&self) -> bool {
+        (0..self.rows()).all(|j| match self.row(j) {
+            [] => true,
+            [t] => t.weight == 1.0 && self.bias[j] == 0.0,
+            _ => false,
+        })
     }
 }
 
@@ -124,11 +378,30 @@ pub enum Op {
         constant_first: bool,
     },
     Activation(Activation),
-    /// Same data, new shape (Reshape, Flatten, Identity).
+    /// A sparse affine map over the node's inputs (all varying): Conv, AveragePool,
+    /// GlobalAveragePool, ReduceSum/Mean, Add/Sub of two varying tensors, and the data
+    /// movement ops (Transpose, Slice, Gather, Pad, Concat, Expand).
+    Sparse(SparseMap),
+    /// `y[j] = kind(a[left[j]], b[right[j]])` for two varying inputs `a`, `b` (broadcast
+    /// resolved to index lists): Mul, Max, Min, comparisons, And, Or.
+    Pairwise {
+        kind: BinaryKind,
+        left: Vec<u32>,
+        right: Vec<u32>,
+    },
+    /// `y[j] = max over x[groups[j]]` (or min): MaxPool, ReduceMax, ReduceMin.
+    GroupMax {
+        groups: Vec<Vec<u32>>,
+        min: bool,
+    },
+    /// Same data, new shape (Reshape, Flatten, Identity, Squeeze, Unsqueeze).
     Reshape {
         shape: Vec<usize>,
     },
     Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
         axis: usize,
     },
     ArgMax {
@@ -157,12 +430,12 @@ impl Op {
     pub fn kind_name(&self) -> &'static str {
         match self {
             Op::Dense { .. } => "Dense",
-            Op::BinaryConst { kind, .. } => match kind {
-                BinaryKind::Add => "Add",
-                BinaryKind::Sub => "Sub",
-                BinaryKind::Mul => "Mul",
-                BinaryKind::Div => "Div",
-            },
+            Op::BinaryConst { kind, .. } => kind.name(),
+            Op::Sparse(_) => "Sparse",
+            Op::Pairwise { kind, .. } => kind.name(),
+            Op::GroupMax { min: false, .. } => "GroupMax",
+            Op::GroupMax { min: true, .. } => "GroupMin",
+            Op::LogSoftmax { .. } => "LogSoftmax",
             Op::Activation(a) => a.name(),
             Op::Reshape { .. } => "Reshape",
             Op::Softmax { .. } => "Softmax",

@@ -56,6 +56,13 @@ pub fn evaluate_nodes(
         for (id, mut t) in node.outputs.iter().zip(outs) {
             let info = graph.value(*id);
             t.dtype = info.dtype;
+            if matches!(
+                node.op,
+                Op::Sparse(_) | Op::Pairwise { .. } | Op::GroupMax { .. }
+            ) && t.numel() == info.shape.iter().product::<usize>()
+            {
+                t.shape = info.shape.clone(); // these ops compute flat element lists
+            }
             if t.shape != info.shape {
                 return Err(ImportError::Eval(format!(
                     "node '{}' produced shape {:?}, expected {:?}",
@@ -110,6 +117,44 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
                 .collect(),
         )],
         Op::Activation(a) => vec![same(x.data.iter().map(|&v| a.apply(v)).collect())],
+        Op::Sparse(map) => {
+            let data = (0..map.rows())
+                .map(|j| {
+                    map.row(j).iter().fold(map.bias[j], |a, t| {
+                        a + t.weight * args[t.slot as usize].data[t.index as usize]
+                    })
+                })
+                .collect();
+            vec![Tensor::new(vec![map.rows()], data, x.dtype)]
+        }
+        Op::Pairwise { kind, left, right } => {
+            let (a, b) = (&args[0].data, &args[args.len() - 1].data);
+            let data = left
+                .iter()
+                .zip(right)
+                .map(|(&l, &r)| kind.apply(a[l as usize], b[r as usize]))
+                .collect();
+            vec![Tensor::new(vec![left.len()], data, x.dtype)]
+        }
+        Op::GroupMax { groups, min } => {
+            let data = groups
+                .iter()
+                .map(|g| {
+                    g.iter().map(|&i| x.data[i as usize]).fold(
+                        if *min {
+                            f64::INFINITY
+                        } else {
+                            f64::NEG_INFINITY
+                        },
+                        |m, v| if *min { m.min(v) } else { m.max(v) },
+                    )
+                })
+                .collect();
+            vec![Tensor::new(vec![groups.len()], data, x.dtype)]
+        }
+        Op::LogSoftmax { axis } => vec![same(along_axis(x, *axis, |row| {
+            softmax(row).into_iter().map(f64::ln).collect()
+        }))],
         Op::Reshape { shape } => vec![Tensor::new(shape.clone(), x.data.clone(), x.dtype)],
         Op::Cast { to } => vec![Tensor::new(
             x.shape.clone(),

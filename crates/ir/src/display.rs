@@ -26,7 +26,18 @@ impl fmt::Display for Circuit {
                         weight.iter().map(|w| w.abs()).max().unwrap_or(0)
                     )
                 }
-                IntOp::Round { drop_bits } => format!("drop={drop_bits}"),
+                IntOp::Affine { terms, .. } => format!(
+                    "terms={} max|w|={}",
+                    terms.len(),
+                    terms.iter().map(|t| t.weight.abs()).max().unwrap_or(0)
+                ),
+                IntOp::Round {
+                    drop_bits,
+                    approximate,
+                } => format!(
+                    "drop={drop_bits}{}",
+                    if *approximate { " approx" } else { "" }
+                ),
                 IntOp::Lut {
                     precision, tables, ..
                 } => format!("p={precision} tables={}", tables.len()),

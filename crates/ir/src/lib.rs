@@ -15,9 +15,15 @@
 //! * `Input`: a quantized model input, unsigned `bits`-bit integers (the client quantizes);
 //! * `Linear`: `y[.., j] = Σ_i w[j, i]·x[.., i] + b[j]` over the last axis with clear
 //!   integer weights — leveled, no bootstrap;
-//! * `Round`: exact rounding of a non-negative value to its most significant bits,
-//!   `(x + 2^(k-1)) >> k`, costing two bootstraps per chunk of up to
+//! * `Affine`: `y[j] = b[j] + Σ w·x_s[i]` over listed terms of any operands (flat
+//!   element indices) with clear integer weights — leveled; convolutions, pooling sums,
+//!   sums of two encrypted tensors and data movement (transpose, slice, pad, concat…)
+//!   all lower to it;
+//! * `Round`: rounding of a non-negative value to its most significant bits,
+//!   `(x + 2^(k-1)) >> k`. Exact rounding costs two bootstraps per chunk of up to
 //!   `Circuit::rounding_chunk_bits` dropped bits per element ([`rounding_chunks`]);
+//!   approximate rounding costs none: the table lookup reading it decodes only the top
+//!   bits through its own modulus switch, and may be off by one (docs/QUANTIZATION.md);
 //! * `Lut`: a table lookup (one programmable bootstrap per element), each element with
 //!   its own table (Concrete's mapped lookup table); this is where bias, activation and
 //!   requantization of a layer live;
@@ -41,6 +47,7 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
+pub use interp::RoundingNoise;
 pub use verify::{
     bits_for_range, rounding_chunks, rounding_pbs_count, verify, CircuitInfo, NodeInfo,
     VerifyError, VerifyErrors, Violation,
@@ -102,9 +109,20 @@ pub enum IntOp {
         weight: Vec<i64>,
         bias: Vec<i64>,
     },
+    /// `y[j] = bias[j] + Σ_{t ∈ row j} terms[t].weight · x_{terms[t].operand}[terms[t].index]`
+    /// on flat element indices; row `j`'s terms are `terms[row_start[j]..row_start[j+1]]`.
+    Affine {
+        row_start: Vec<u32>,
+        terms: Vec<Term>,
+        bias: Vec<i64>,
+    },
     /// `(x + 2^(drop_bits-1)) >> drop_bits` for `x ≥ 0`; consumed only by `Lut`s.
+    /// `approximate`: no bootstrap of its own, the consumer reads the top bits directly
+    /// and may be off by one near a rounding boundary.
     Round {
         drop_bits: u32,
+        #[serde(default)]
+        approximate: bool,
     },
     /// `y[e] = tables[table_of[e]][x[e]]`; every table has `2^precision` entries and the
     /// operand's range must lie in `[0, 2^precision)`.
@@ -121,10 +139,28 @@ impl IntOp {
         match self {
             IntOp::Input { .. } => "input",
             IntOp::Linear { .. } => "linear",
+            IntOp::Affine { .. } => "affine",
             IntOp::Round { .. } => "round",
             IntOp::Lut { .. } => "lut",
             IntOp::Reshape => "reshape",
         }
+    }
+}
+
+/// One term of an [`IntOp::Affine`] row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Term {
+    /// Operand slot.
+    pub operand: u32,
+    /// Flat element index in that operand.
+    pub index: u32,
+    pub weight: i64,
+}
+
+impl IntOp {
+    /// The terms of `Affine` row `j`.
+    pub fn affine_row<'t>(row_start: &[u32], terms: &'t [Term], j: usize) -> &'t [Term] {
+        &terms[row_start[j] as usize..row_start[j + 1] as usize]
     }
 }
 

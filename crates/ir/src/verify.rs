@@ -146,7 +146,11 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
             err(format!("empty range [{}, {}]", n.range.lo, n.range.hi));
         }
         let expected_operands = usize::from(!matches!(n.op, IntOp::Input { .. }));
-        if ops.len() != expected_operands {
+        let operands_ok = match n.op {
+            IntOp::Affine { .. } => !ops.is_empty(),
+            _ => ops.len() == expected_operands,
+        };
+        if !operands_ok {
             err(format!(
                 "{} has {} operands, expects {expected_operands}",
                 n.op.name(),
@@ -202,7 +206,50 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                     err("weight/bias sizes do not match inputs×outputs".into());
                 }
             }
-            (IntOp::Round { drop_bits }, Some(x)) => {
+            (
+                IntOp::Affine {
+                    row_start,
+                    terms,
+                    bias,
+                },
+                Some(_),
+            ) => {
+                if row_start.len() != numel + 1 || bias.len() != numel {
+                    err(format!(
+                        "{numel} elements but {} row starts and {} biases",
+                        row_start.len(),
+                        bias.len()
+                    ));
+                } else if row_start.windows(2).any(|w| w[0] > w[1])
+                    || row_start.last().is_some_and(|&l| l as usize != terms.len())
+                {
+                    err("row starts are not a partition of the terms".into());
+                }
+                for t in terms {
+                    match ops.get(t.operand as usize) {
+                        Some(&o) if (t.index as usize) < c.node(o).numel() => {
+                            if nodes[o.index()].shift != 0 {
+                                err("an affine map cannot read a rounded value".into());
+                                break;
+                            }
+                        }
+                        _ => {
+                            err(format!(
+                                "term reads element {} of operand {}, which does not exist",
+                                t.index, t.operand
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+            (
+                IntOp::Round {
+                    drop_bits,
+                    approximate,
+                },
+                Some(x),
+            ) => {
                 if x.range.lo < 0 {
                     err("round needs a non-negative operand".into());
                 }
@@ -217,13 +264,16 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                 }
                 info.shift = *drop_bits;
                 // the ciphertext holds x + 2^(k-1) (low bits cleared), which may need one
-                // bit more than x: the encoding width must hold it
+                // bit more than x: the encoding width must hold it; so must the top
+                // bits an approximate rounding reads
                 info.bits = bits_for_range(Range::new(
                     0,
                     x.range.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)),
                 ));
-                info.pbs = numel * rounding_pbs_count(*drop_bits, chunk_bits);
-                rounding_pbs += info.pbs;
+                if !approximate {
+                    info.pbs = numel * rounding_pbs_count(*drop_bits, chunk_bits);
+                    rounding_pbs += info.pbs;
+                }
             }
             (
                 IntOp::Lut {
@@ -265,7 +315,10 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
         }
         if operand.is_some_and(|x| x.status == Status::Clear)
             && n.status == Status::Encrypted
-            && !matches!(n.op, IntOp::Linear { .. } | IntOp::Reshape)
+            && !matches!(
+                n.op,
+                IntOp::Linear { .. } | IntOp::Affine { .. } | IntOp::Reshape
+            )
         {
             err("encrypted result from a clear operand".into());
         }

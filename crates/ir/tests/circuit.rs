@@ -36,7 +36,16 @@ fn small() -> (Circuit, NodeId) {
         &[x],
     );
     let r = c.add(
-        node("round", IntOp::Round { drop_bits: 2 }, vec![1, 1], 0, 9),
+        node(
+            "round",
+            IntOp::Round {
+                drop_bits: 2,
+                approximate: false,
+            },
+            vec![1, 1],
+            0,
+            9,
+        ),
         &[l],
     );
     let table: Vec<i64> = (0..16).map(|i| 15 - i).collect();

@@ -140,7 +140,7 @@ impl Emitter<'_> {
     /// Width of a node's encrypted elements: W, or W − drop after a rounding.
     fn elem_bits(&self, id: NodeId) -> u32 {
         match self.c.node(id).op {
-            IntOp::Round { drop_bits } => self.info.encoding_bits - drop_bits,
+            IntOp::Round { drop_bits, .. } => self.info.encoding_bits - drop_bits,
             IntOp::Reshape => self.elem_bits(self.c.operands(id)[0]),
             _ => self.info.encoding_bits,
         }
@@ -171,6 +171,40 @@ impl Emitter<'_> {
             dense(values, shape)
         );
         name
+    }
+
+    /// `ty(id)` with another shape.
+    fn ty_with_shape(&self, id: NodeId, shape: &[usize]) -> String {
+        let t = self.ty(id);
+        let elem = &t[t.find('!').expect("tensor of FHE integers")..t.len() - 1];
+        format!("tensor<{}{elem}>", dims(shape))
+    }
+
+    /// `x` (of type `x_ty`, shape `from`) reshaped to `to`, emitting ops if needed.
+    fn reshaped(&mut self, x: &str, x_ty: &str, from: &[usize], to: &[usize]) -> String {
+        if from == to {
+            return x.to_string();
+        }
+        let elem = &x_ty[x_ty.find('!').expect("tensor of FHE integers")..x_ty.len() - 1];
+        let to_ty = format!("tensor<{}{elem}>", dims(to));
+        let r_name;
+        if let Some(groups) = collapse_groups(from, to) {
+            r_name = self.fresh();
+            let _ = writeln!(
+                self.body,
+                "    {r_name} = tensor.collapse_shape {x} {groups} : {x_ty} into {to_ty}"
+            );
+        } else {
+            let shape: Vec<i64> = to.iter().map(|&d| d as i64).collect();
+            let s = self.constant(&shape, &[shape.len()], "i64");
+            r_name = self.fresh();
+            let _ = writeln!(
+                self.body,
+                "    {r_name} = \"tensor.reshape\"({x}, {s}) : ({x_ty}, tensor<{}xi64>) -> {to_ty}",
+                shape.len()
+            );
+        }
+        r_name
     }
 
     /// Emits the ops of one node; returns the SSA name of its value.
@@ -209,8 +243,60 @@ impl Emitter<'_> {
                 let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({mm}, {b}) : ({out_ty}, tensor<{outputs}xi{clear_bits}>) -> {out_ty}");
                 r
             }
-            IntOp::Round { .. } => {
+            IntOp::Affine {
+                row_start,
+                terms,
+                bias,
+            } => {
+                let m = n.numel();
+                let elem = if n.range.lo < 0 {
+                    format!("!FHE.esint<{w}>")
+                } else {
+                    format!("!FHE.eint<{w}>")
+                };
+                let row_ty = format!("tensor<1x{m}x{elem}>");
+                let mut sum: Option<String> = None;
+                for (slot, &o) in ops.iter().enumerate() {
+                    let src = self.c.node(o);
+                    let k = src.numel();
+                    let mut wt = vec![0i64; k * m];
+                    for j in 0..m {
+                        for t in &terms[row_start[j] as usize..row_start[j + 1] as usize] {
+                            if t.operand as usize == slot {
+                                wt[t.index as usize * m + j] += t.weight;
+                            }
+                        }
+                    }
+                    let wt: Vec<i64> = wt.into_iter().map(wrap).collect();
+                    let flat = self.reshaped(&names[o.index()], &self.ty(o), &src.shape, &[1, k]);
+                    let flat_ty = self.ty_with_shape(o, &[1, k]);
+                    let wc = self.constant(&wt, &[k, m], &clear);
+                    let mm = self.fresh();
+                    let _ = writeln!(self.body, "    {mm} = \"FHELinalg.matmul_eint_int\"({flat}, {wc}) : ({flat_ty}, tensor<{k}x{m}xi{clear_bits}>) -> {row_ty}");
+                    sum = Some(match sum {
+                        None => mm,
+                        Some(prev) => {
+                            let r = self.fresh();
+                            let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint\"({prev}, {mm}) : ({row_ty}, {row_ty}) -> {row_ty}");
+                            r
+                        }
+                    });
+                }
+                let bias: Vec<i64> = bias.iter().map(|&b| wrap(b)).collect();
+                let b = self.constant(&bias, &[m], &clear);
+                let r = self.fresh();
+                let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, tensor<{m}xi{clear_bits}>) -> {row_ty}", sum.expect("an affine map has an operand"));
+                self.reshaped(&r, &row_ty, &[1, m], &n.shape)
+            }
+            IntOp::Round { approximate, .. } => {
                 let (x, x_ty) = x.unwrap();
+                if *approximate {
+                    // fhec reads the top bits in the table lookup's own bootstrap
+                    let _ = writeln!(
+                        self.body,
+                        "    // approximate rounding (no bootstrap of its own)"
+                    );
+                }
                 let r = self.fresh();
                 // the result type, drop_bits narrower, states the precision kept
                 let _ = writeln!(

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use fhec_frontend_onnx::{FloatGraph, Op, Tensor, ValueId};
-use fhec_ir::{bits_for_range, Circuit, IntOp, Node, NodeId, Range, Status};
+use fhec_frontend_onnx::{DType, FloatGraph, Op, Tensor, ValueId};
+use fhec_ir::{Circuit, IntOp, Node, NodeId, Range, Status};
 
 use crate::client::{ClientSpec, InputQuant, OutputDequant, Pending};
 use crate::{QuantConfig, QuantError, Quantized};
@@ -11,29 +11,29 @@ use crate::{QuantConfig, QuantError, Quantized};
 /// A float value as the circuit holds it: `pending(scale[e]·q[e] + offset[e])`, where
 /// `q` is the integer value of `node`.
 #[derive(Clone)]
-struct QValue {
-    node: NodeId,
-    scale: Vec<f64>,
-    offset: Vec<f64>,
-    pending: Vec<Pending>,
+pub(crate) struct QValue {
+    pub node: NodeId,
+    pub scale: Vec<f64>,
+    pub offset: Vec<f64>,
+    pub pending: Vec<Pending>,
     /// `q` is a quantized activation or input (narrow), not a raw accumulator.
-    narrow: bool,
+    pub narrow: bool,
     /// `q` for every calibration sample.
-    calib: Vec<Vec<i64>>,
+    pub calib: Vec<Vec<i64>>,
     /// Per element, bounds no input can exceed (interval arithmetic from clamped inputs
     /// and bounded tables).
-    sound: Vec<(i64, i64)>,
+    pub sound: Vec<(i64, i64)>,
     /// For accumulators: the per-element range the circuit is built for.
-    design: Option<Vec<(i64, i64)>>,
+    pub design: Option<Vec<(i64, i64)>>,
 }
 
 impl QValue {
-    fn float(&self, e: usize, q: f64) -> f64 {
+    pub(crate) fn float(&self, e: usize, q: f64) -> f64 {
         self.pending
             .iter()
             .fold(self.scale[e] * q + self.offset[e], |x, p| p.apply(e, x))
     }
-    fn uniform_scale(&self) -> bool {
+    pub(crate) fn uniform_scale(&self) -> bool {
         self.scale.iter().all(|&s| s == self.scale[0])
     }
 }
@@ -52,6 +52,7 @@ pub fn quantize(
         cfg,
         circuit: Circuit::default(),
         values: HashMap::new(),
+        requantized: HashMap::new(),
     };
     let mut inputs = Vec::new();
     for (index, &id) in graph.inputs.iter().enumerate() {
@@ -94,13 +95,48 @@ pub fn quantize(
         .map(|i| b.values[&graph.inputs[i]].node)
         .collect();
     Ok(Quantized {
-        circuit: b.circuit,
+        circuit: without_dead_nodes(b.circuit),
         client: ClientSpec {
             inputs,
             outputs,
             tail,
         },
     })
+}
+
+/// The circuit without nodes no output depends on (a layer replaced by its spread
+/// copy, a value only the client's tail used…), inputs kept; order preserved.
+fn without_dead_nodes(c: Circuit) -> Circuit {
+    let mut live = vec![false; c.len()];
+    for &o in c.outputs.iter().chain(&c.inputs) {
+        live[o.index()] = true;
+    }
+    for id in c.ids().collect::<Vec<_>>().into_iter().rev() {
+        if live[id.index()] {
+            for o in c.operands(id) {
+                live[o.index()] = true;
+            }
+        }
+    }
+    let mut out = Circuit {
+        rounding_chunk_bits: c.rounding_chunk_bits,
+        ..Circuit::default()
+    };
+    let mut new_id: Vec<Option<NodeId>> = vec![None; c.len()];
+    for id in c.ids() {
+        if live[id.index()] {
+            let ops: Vec<NodeId> = c
+                .operands(id)
+                .iter()
+                .map(|o| new_id[o.index()].expect("operands come first"))
+                .collect();
+            new_id[id.index()] = Some(out.add(c.node(id).clone(), &ops));
+        }
+    }
+    let map = |v: &Vec<NodeId>| v.iter().map(|o| new_id[o.index()].expect("kept")).collect();
+    out.inputs = map(&c.inputs);
+    out.outputs = map(&c.outputs);
+    out
 }
 
 fn check_inputset(graph: &FloatGraph, inputset: &[Vec<Tensor>]) -> Result<(), QuantError> {
@@ -137,13 +173,18 @@ fn check_inputset(graph: &FloatGraph, inputset: &[Vec<Tensor>]) -> Result<(), Qu
     Ok(())
 }
 
-/// Marks the nodes that run in the circuit: every `Dense` and everything upstream of one.
+/// Marks the nodes that run in the circuit: every op with weights or two varying
+/// operands (`Dense`, `Sparse`, `Pairwise`, `GroupMax`) and everything upstream of one.
 /// The rest (the tail) runs on the client after decryption.
 fn circuit_side(graph: &FloatGraph) -> Vec<bool> {
     let mut side = vec![false; graph.nodes.len()];
     let mut needed: std::collections::HashSet<ValueId> = Default::default();
     for (i, node) in graph.nodes.iter().enumerate().rev() {
-        if matches!(node.op, Op::Dense { .. }) || node.outputs.iter().any(|o| needed.contains(o)) {
+        let heavy = matches!(
+            node.op,
+            Op::Dense { .. } | Op::Sparse(_) | Op::Pairwise { .. } | Op::GroupMax { .. }
+        );
+        if heavy || node.outputs.iter().any(|o| needed.contains(o)) {
             side[i] = true;
             needed.extend(node.inputs.iter().copied());
         }
@@ -151,15 +192,17 @@ fn circuit_side(graph: &FloatGraph) -> Vec<bool> {
     side
 }
 
-struct Lowering<'a> {
-    graph: &'a FloatGraph,
-    cfg: &'a QuantConfig,
-    circuit: Circuit,
-    values: HashMap<ValueId, QValue>,
+pub(crate) struct Lowering<'a> {
+    pub graph: &'a FloatGraph,
+    pub cfg: &'a QuantConfig,
+    pub circuit: Circuit,
+    pub values: HashMap<ValueId, QValue>,
+    /// Requantizations done, by operand node and (pending ops, scales, target).
+    pub requantized: HashMap<(NodeId, u64), QValue>,
 }
 
 /// Asymmetric quantization of `[lo, hi]` (widened to hold 0) on `bits` unsigned bits.
-fn asymmetric(lo: f64, hi: f64, bits: u32) -> (f64, i64) {
+pub(crate) fn asymmetric(lo: f64, hi: f64, bits: u32) -> (f64, i64) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
     let levels = ((1i64 << bits) - 1) as f64;
     let scale = if hi > lo { (hi - lo) / levels } else { 1.0 };
@@ -167,7 +210,7 @@ fn asymmetric(lo: f64, hi: f64, bits: u32) -> (f64, i64) {
     (scale, zero)
 }
 
-fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(crate) fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
     values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     })
@@ -225,11 +268,13 @@ impl Lowering<'_> {
             op: node.onnx_op.clone(),
             reason: reason.into(),
         };
-        let x = self
-            .values
-            .get(&node.inputs[0])
-            .cloned()
-            .ok_or_else(|| unsupported("its input is not computed in the circuit"))?;
+        let xs: Vec<QValue> = node
+            .inputs
+            .iter()
+            .map(|v| self.values.get(v).cloned())
+            .collect::<Option<_>>()
+            .ok_or_else(|| unsupported("an input is not computed in the circuit"))?;
+        let x = xs[0].clone();
         let out_id = node.outputs[0];
         let out_shape = self.graph.value(out_id).shape.clone();
         let result = match &node.op {
@@ -241,7 +286,12 @@ impl Lowering<'_> {
                 let n = self.circuit.add(Node { name: node.name.clone(), op: IntOp::Reshape, shape: out_shape, status: Status::Encrypted, range }, &[x.node]);
                 QValue { node: n, ..x }
             }
-            _ => return Err(unsupported("only the model's final operations may use it (they run on the client); here its result feeds a linear layer")),
+            // to a float type: the value is unchanged (f64 inside, f32 differences are noise)
+            Op::Cast { to: DType::F32 | DType::F64 } => x,
+            Op::Sparse(map) => self.sparse(&node.name, xs, map, out_shape)?,
+            Op::Pairwise { kind, left, right } => self.pairwise(&node.name, xs, *kind, left, right, out_shape)?,
+            Op::GroupMax { groups, min } => self.group_max(&node.name, x, groups, *min, out_shape)?,
+            _ => return Err(unsupported("only the model's final operations may use it (they run on the client); here its result feeds an operation with weights")),
         };
         self.values.insert(out_id, result);
         Ok(())
@@ -256,7 +306,8 @@ impl Lowering<'_> {
         constant_first: bool,
     ) -> QValue {
         use fhec_frontend_onnx::BinaryKind::*;
-        if x.pending.is_empty() && !(kind == Div && constant_first) {
+        let affine = matches!(kind, Add | Sub | Mul) || (kind == Div && !constant_first);
+        if x.pending.is_empty() && affine {
             let (mut scale, mut offset) = (x.scale.clone(), x.offset.clone());
             for e in 0..scale.len() {
                 match (kind, constant_first) {
@@ -265,6 +316,7 @@ impl Lowering<'_> {
                     (Sub, true) => (scale[e], offset[e]) = (-scale[e], c[e] - offset[e]),
                     (Mul, _) => (scale[e], offset[e]) = (scale[e] * c[e], offset[e] * c[e]),
                     (Div, _) => (scale[e], offset[e]) = (scale[e] / c[e], offset[e] / c[e]),
+                    _ => unreachable!("only affine ops fold"),
                 }
             }
             return QValue { scale, offset, ..x };
@@ -375,184 +427,6 @@ impl Lowering<'_> {
             sound,
             design: Some(design),
         })
-    }
-
-    /// One table lookup per element: dequantize, apply the pending ops, requantize to
-    /// `activation_bits` — preceded by an exact rounding if the operand is too wide.
-    fn requantize(&mut self, consumer: &str, x: QValue) -> Result<QValue, QuantError> {
-        let x = self.spread_before_rounding(x);
-        let name = format!("{consumer}/input");
-        let operand = self.circuit.node(x.node).clone();
-        let hi = operand.range.hi.max(0);
-        let width = bits_for_range(Range::new(0, hi));
-        debug_assert!(
-            operand.range.lo >= 0,
-            "table operands are non-negative by construction"
-        );
-        let (mut node, mut calib, mut drop) = (x.node, x.calib.clone(), 0u32);
-        if let Some(r) = self.cfg.rounding_bits.filter(|&r| width > r) {
-            drop = width - r;
-            if bits_for_range(Range::new(0, hi + (1 << (drop - 1)))) > width {
-                drop += 1; // rounding up the largest value would not fit R bits
-            }
-            let half = 1i64 << (drop - 1);
-            calib = calib
-                .iter()
-                .map(|q| q.iter().map(|v| (v + half) >> drop).collect())
-                .collect();
-            let range = Range::new(0, (hi + half) >> drop);
-            node = self.circuit.add(
-                Node {
-                    name: format!("{name}/round"),
-                    op: IntOp::Round { drop_bits: drop },
-                    shape: operand.shape.clone(),
-                    status: Status::Encrypted,
-                    range,
-                },
-                &[node],
-            );
-        }
-        let precision = bits_for_range(Range::new(0, self.circuit.node(node).range.hi.max(0)));
-        if precision > fhec_ir::MAX_BITS {
-            return Err(QuantError::TooWide {
-                node: consumer.to_string(),
-                bits: precision,
-            });
-        }
-        let numel = operand.numel();
-        let (lo, hi) = min_max(calib.iter().flat_map(|q| {
-            q.iter()
-                .enumerate()
-                .map(|(e, &v)| x.float(e, (v << drop) as f64))
-        }));
-        let bits = self.cfg.activation_bits;
-        let (s_out, z_out) = asymmetric(lo, hi, bits);
-        let qmax = ((1i64 << bits) - 1) as f64;
-        let mut tables: Vec<Vec<i64>> = Vec::new();
-        let mut index: HashMap<Vec<i64>, u32> = HashMap::new();
-        let mut table_of = Vec::with_capacity(numel);
-        for e in 0..numel {
-            let t: Vec<i64> = (0..1i64 << precision)
-                .map(|a| {
-                    ((x.float(e, (a << drop) as f64) / s_out).round() + z_out as f64)
-                        .clamp(0.0, qmax) as i64
-                })
-                .collect();
-            let id = *index.entry(t.clone()).or_insert_with(|| {
-                tables.push(t);
-                (tables.len() - 1) as u32
-            });
-            table_of.push(id);
-        }
-        let out: Vec<Vec<i64>> = calib
-            .iter()
-            .map(|q| {
-                q.iter()
-                    .zip(&table_of)
-                    .map(|(&v, &t)| tables[t as usize][v as usize])
-                    .collect()
-            })
-            .collect();
-        let sound: Vec<(i64, i64)> = table_of
-            .iter()
-            .map(|&t| {
-                tables[t as usize]
-                    .iter()
-                    .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
-            })
-            .collect();
-        let range = Range::new(
-            sound.iter().map(|s| s.0).min().unwrap_or(0),
-            sound.iter().map(|s| s.1).max().unwrap_or(0),
-        );
-        let lut = self.circuit.add(
-            Node {
-                name,
-                op: IntOp::Lut {
-                    precision,
-                    tables,
-                    table_of,
-                },
-                shape: operand.shape.clone(),
-                status: Status::Encrypted,
-                range,
-            },
-            &[node],
-        );
-        Ok(QValue {
-            node: lut,
-            scale: vec![s_out; numel],
-            offset: vec![-s_out * z_out as f64; numel],
-            pending: vec![],
-            narrow: true,
-            calib: out,
-            sound,
-            design: None,
-        })
-    }
-}
-
-impl Lowering<'_> {
-    /// Before rounding an accumulator to R bits, scales each weight row by the integer
-    /// `m_j = ⌊(2^width − 1) / hi_j⌋` so every neuron spans the full width and keeps
-    /// about R significant bits after rounding (instead of the widest neuron alone).
-    /// Free in bootstraps; the noise budget sees the larger weights.
-    fn spread_before_rounding(&mut self, mut x: QValue) -> QValue {
-        let Some(r) = self.cfg.rounding_bits else {
-            return x;
-        };
-        let node = self.circuit.node(x.node).clone();
-        let numel = node.numel();
-        let IntOp::Linear {
-            inputs,
-            outputs,
-            mut weight,
-            mut bias,
-        } = node.op
-        else {
-            return x;
-        };
-        let width = bits_for_range(Range::new(0, node.range.hi.max(0)));
-        if width <= r || !self.circuit.users(x.node).is_empty() {
-            return x;
-        }
-        let top = (1i64 << width) - 1;
-        let mut multiplier = vec![i64::MAX; outputs];
-        let design = x.design.clone().unwrap_or_default();
-        for (e, d) in design.iter().enumerate().take(numel) {
-            multiplier[e % outputs] = multiplier[e % outputs].min(top / d.1.max(1));
-        }
-        for (j, m) in multiplier.iter().enumerate() {
-            for w in &mut weight[j * inputs..(j + 1) * inputs] {
-                *w *= m;
-            }
-            bias[j] *= m;
-        }
-        for q in &mut x.calib {
-            for (e, v) in q.iter_mut().enumerate() {
-                *v *= multiplier[e % outputs];
-            }
-        }
-        for e in 0..numel {
-            let m = multiplier[e % outputs];
-            x.scale[e] /= m as f64;
-            x.sound[e] = (x.sound[e].0 * m, x.sound[e].1 * m);
-        }
-        let design: Vec<(i64, i64)> = design
-            .iter()
-            .enumerate()
-            .map(|(e, d)| (d.0 * multiplier[e % outputs], d.1 * multiplier[e % outputs]))
-            .collect();
-        let n = self.circuit.node_mut(x.node);
-        n.op = IntOp::Linear {
-            inputs,
-            outputs,
-            weight,
-            bias,
-        };
-        n.range = Range::new(0, design.iter().map(|d| d.1).max().unwrap_or(0));
-        x.design = Some(design);
-        x
     }
 }
 

@@ -37,6 +37,22 @@ pub enum Pending {
 }
 
 impl Pending {
+    /// The same op on the elements `src[j]` of its operand (for data movement).
+    pub fn gather(&self, src: &[usize]) -> Pending {
+        match self {
+            Pending::Activation(a) => Pending::Activation(*a),
+            Pending::Binary {
+                kind,
+                constant,
+                constant_first,
+            } => Pending::Binary {
+                kind: *kind,
+                constant: src.iter().map(|&i| constant[i]).collect(),
+                constant_first: *constant_first,
+            },
+        }
+    }
+
     pub fn apply(&self, element: usize, x: f64) -> f64 {
         match self {
             Pending::Activation(a) => a.apply(x),

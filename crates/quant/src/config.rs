@@ -10,6 +10,10 @@ pub struct QuantConfig {
     /// Accumulators wider than this are rounded exactly to this many MSBs before their
     /// table lookup; `None` never rounds.
     pub rounding_bits: Option<u32>,
+    /// Round approximately: the table lookup reads the top `rounding_bits` bits through
+    /// its own bootstrap (no extra bootstrap), occasionally off by one.
+    #[serde(default)]
+    pub rounding_approximate: bool,
     /// Accumulators are built for their calibrated range widened by this fraction of its
     /// width on each side (clipped to the sound range), so held-out data slightly beyond
     /// the inputset does not wrap around.
@@ -23,6 +27,7 @@ impl Default for QuantConfig {
             weight_bits: 6,
             activation_bits: 6,
             rounding_bits: Some(6),
+            rounding_approximate: false,
             range_margin: 0.25,
         }
     }

@@ -17,9 +17,12 @@
 //! Calibration runs the integer circuit being built on the inputset, so ranges are
 //! those of the values the circuit really computes.
 
+mod bivariate;
 mod builder;
 mod client;
 mod config;
+mod sparse;
+mod tlu;
 
 pub use builder::quantize;
 pub use client::{ClientSpec, InputQuant, OutputDequant, Pending};

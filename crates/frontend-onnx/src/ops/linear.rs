@@ -93,7 +93,9 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             ctx.err("the left operand is a constant: fhec needs the encrypted operand on the left")
         );
     }
-    let bt = ctx.constant(b).cloned().ok_or_else(|| ctx.err("the right operand is not a constant: a product of two encrypted tensors is not supported yet"))?;
+    let Some(bt) = ctx.constant(b).cloned() else {
+        return matmul_varying(ctx, a, b);
+    };
     if bt.shape.len() != 2 {
         return Err(ctx.err(format!(
             "the constant operand must be 2-D, got {:?}",
@@ -262,5 +264,65 @@ pub(crate) fn linear_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError>
         vec![x],
         vec![(out, vec![1, rows], DType::F32)],
     );
+    Ok(())
+}
+
+/// MatMul of two varying tensors `[.., m, k] × [.., k, n]` (equal leading dimensions):
+/// every product `a[.., i, l]·b[.., l, j]` as a [`Op::Pairwise`] Mul, summed by an
+/// [`Op::Sparse`].
+fn matmul_varying(
+    ctx: &mut NodeCtx<'_>,
+    a: crate::ValueId,
+    b: crate::ValueId,
+) -> Result<(), ImportError> {
+    let (sa, sb) = (ctx.info(a).shape.clone(), ctx.info(b).shape.clone());
+    let r = sa.len();
+    if r < 2 || sb.len() != r || sa[..r - 2] != sb[..r - 2] || sa[r - 1] != sb[r - 2] {
+        return Err(ctx.err(format!("encrypted operands of shapes {sa:?} and {sb:?}: fhec multiplies [.., m, k] by [.., k, n] with equal leading dimensions")));
+    }
+    let (m, k, n) = (sa[r - 2], sa[r - 1], sb[r - 1]);
+    let batch: usize = sa[..r - 2].iter().product();
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    for bt in 0..batch {
+        for i in 0..m {
+            for j in 0..n {
+                for l in 0..k {
+                    left.push(((bt * m + i) * k + l) as u32);
+                    right.push(((bt * k + l) * n + j) as u32);
+                }
+            }
+        }
+    }
+    let dtype = ctx.info(a).dtype;
+    let name = format!("{}/products", ctx.node_name());
+    let count = left.len();
+    let p = ctx.add_sub_node(
+        "products",
+        Op::Pairwise {
+            kind: crate::BinaryKind::Mul,
+            left,
+            right,
+        },
+        vec![a, b],
+        vec![(name, vec![1, count], dtype)],
+    )[0];
+    let mut map = crate::graph::SparseMap::default();
+    for row in 0..batch * m * n {
+        map.push_row(
+            (0..k).map(|l| crate::graph::SparseTerm {
+                slot: 0,
+                index: (row * k + l) as u32,
+                weight: 1.0,
+            }),
+            0.0,
+        );
+    }
+    let mut shape = sa.clone();
+    shape[r - 1] = n;
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
+    ctx.add_node(Op::Sparse(map), vec![p], vec![(out, shape, dtype)]);
     Ok(())
 }

@@ -22,7 +22,12 @@ pub(crate) fn softmax(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         .ok_or_else(|| ctx.err("missing output"))?
         .to_string();
     let dtype = ctx.info(x).dtype;
-    ctx.add_node(Op::Softmax { axis }, vec![x], vec![(out, shape, dtype)]);
+    let op = if ctx.node.op_type == "LogSoftmax" {
+        Op::LogSoftmax { axis }
+    } else {
+        Op::Softmax { axis }
+    };
+    ctx.add_node(op, vec![x], vec![(out, shape, dtype)]);
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 mod elementwise;
 mod linear;
 mod mlops;
+mod movement;
 mod shape;
+mod spatial;
 
 use crate::{ImportError, NodeCtx};
 
@@ -15,8 +17,27 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
         ("" | "ai.onnx", op) => match op {
             "Gemm" => linear::gemm,
             "MatMul" => linear::matmul,
-            "Add" | "Sub" | "Mul" | "Div" => elementwise::binary,
-            "Relu" | "Sigmoid" | "Tanh" => elementwise::activation,
+            "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Greater"
+            | "GreaterOrEqual" | "Less" | "LessOrEqual" | "Equal" | "And" | "Or" | "PRelu" => {
+                elementwise::binary
+            }
+            "Relu" | "Sigmoid" | "Tanh" | "LeakyRelu" | "Elu" | "Selu" | "Celu" | "Softplus"
+            | "Softsign" | "HardSigmoid" | "HardSwish" | "Gelu" | "Erf" | "Exp" | "Log"
+            | "Sqrt" | "Reciprocal" | "Abs" | "Sign" | "Floor" | "Ceil" | "Round" | "Not"
+            | "Neg" | "Clip" => elementwise::activation,
+            "Where" => elementwise::where_,
+            "BatchNormalization" => elementwise::batch_norm,
+            "Conv" => spatial::conv,
+            "AveragePool" | "MaxPool" | "GlobalAveragePool" | "GlobalMaxPool" => spatial::pool,
+            "Transpose" => movement::transpose,
+            "Concat" => movement::concat,
+            "Squeeze" | "Unsqueeze" => movement::squeeze,
+            "Slice" => movement::slice,
+            "Gather" => movement::gather,
+            "Pad" => movement::pad,
+            "Expand" => movement::expand,
+            "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => movement::reduce,
+            "LogSoftmax" => mlops::softmax,
             "Identity" => shape::identity,
             "Flatten" => shape::flatten,
             "Reshape" => shape::reshape,

@@ -4,7 +4,7 @@ use crate::graph::{DType, Op, Tensor};
 use crate::tensor::dtype_of;
 use crate::{ImportError, NodeCtx};
 
-fn reshape_to(ctx: &mut NodeCtx<'_>, shape: Vec<usize>) -> Result<(), ImportError> {
+pub(crate) fn reshape_to(ctx: &mut NodeCtx<'_>, shape: Vec<usize>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let out = ctx
         .output_name(0)

@@ -1,0 +1,332 @@
+//! Convolution and pooling (1-D and 2-D, any spatial rank in fact), lowered to sparse
+//! maps over the flat NC… layout: Conv and AveragePool to [`Op::Sparse`], MaxPool to
+//! [`Op::GroupMax`].
+
+use crate::graph::{Op, SparseMap, SparseTerm};
+use crate::{ImportError, NodeCtx};
+
+/// One pooling window: its taps (kernel offset, input position or padding) and the
+/// number of positions inside the padded input.
+type Window = (Vec<(usize, Option<usize>)>, usize);
+
+/// Window geometry along the spatial axes of one conv / pool node.
+struct Geometry {
+    in_sp: Vec<usize>,
+    kernel: Vec<usize>,
+    strides: Vec<usize>,
+    dilations: Vec<usize>,
+    pad_begin: Vec<usize>,
+    pad_end: Vec<usize>,
+    out_sp: Vec<usize>,
+}
+
+fn per_axis(
+    ctx: &NodeCtx<'_>,
+    name: &str,
+    n: usize,
+    default: i64,
+) -> Result<Vec<usize>, ImportError> {
+    let v = ctx.attr_ints(name);
+    let v = if v.is_empty() { vec![default; n] } else { v };
+    if v.len() != n || v.iter().any(|&x| x < 0 || (x == 0 && name != "pads")) {
+        return Err(ctx.err(format!(
+            "attribute {name} = {v:?} does not give {n} valid values"
+        )));
+    }
+    Ok(v.into_iter().map(|x| x as usize).collect())
+}
+
+impl Geometry {
+    fn new(
+        ctx: &NodeCtx<'_>,
+        in_sp: &[usize],
+        kernel: Vec<usize>,
+        ceil_mode: bool,
+    ) -> Result<Self, ImportError> {
+        let n = in_sp.len();
+        let strides = per_axis(ctx, "strides", n, 1)?;
+        let dilations = per_axis(ctx, "dilations", n, 1)?;
+        let auto_pad = ctx.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into());
+        let (pad_begin, pad_end) = match auto_pad.as_str() {
+            "NOTSET" => {
+                let pads = per_axis(ctx, "pads", 2 * n, 0)?;
+                (pads[..n].to_vec(), pads[n..].to_vec())
+            }
+            "VALID" => (vec![0; n], vec![0; n]),
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let (mut b, mut e) = (vec![0; n], vec![0; n]);
+                for a in 0..n {
+                    let out = in_sp[a].div_ceil(strides[a]);
+                    let span = (kernel[a] - 1) * dilations[a] + 1;
+                    let total = ((out - 1) * strides[a] + span).saturating_sub(in_sp[a]);
+                    let small = total / 2;
+                    (b[a], e[a]) = if auto_pad == "SAME_UPPER" {
+                        (small, total - small)
+                    } else {
+                        (total - small, small)
+                    };
+                }
+                (b, e)
+            }
+            other => return Err(ctx.err(format!("auto_pad '{other}' is not an ONNX value"))),
+        };
+        let mut out_sp = Vec::with_capacity(n);
+        for a in 0..n {
+            let span = (kernel[a] - 1) * dilations[a] + 1;
+            let padded = in_sp[a] + pad_begin[a] + pad_end[a];
+            if padded < span {
+                return Err(ctx.err(format!(
+                    "kernel span {span} exceeds the padded input size {padded} on spatial axis {a}"
+                )));
+            }
+            let mut o = if ceil_mode {
+                (padded - span).div_ceil(strides[a]) + 1
+            } else {
+                (padded - span) / strides[a] + 1
+            };
+            // a last window starting in the end padding is dropped (as onnxruntime and torch do)
+            if ceil_mode && (o - 1) * strides[a] >= in_sp[a] + pad_begin[a] {
+                o -= 1;
+            }
+            out_sp.push(o);
+        }
+        Ok(Geometry {
+            in_sp: in_sp.to_vec(),
+            kernel,
+            strides,
+            dilations,
+            pad_begin,
+            pad_end,
+            out_sp,
+        })
+    }
+
+    fn out_count(&self) -> usize {
+        self.out_sp.iter().product()
+    }
+    fn kernel_count(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    /// For output position `o` (flat), each kernel offset (flat) with the input spatial
+    /// index it reads (flat), or `None` in the padding; and the number of positions
+    /// inside the padded input (AveragePool's divisor with count_include_pad).
+    fn window(&self, o: usize) -> (Vec<(usize, Option<usize>)>, usize) {
+        let n = self.in_sp.len();
+        let mut opos = vec![0; n];
+        let mut r = o;
+        for a in (0..n).rev() {
+            opos[a] = r % self.out_sp[a];
+            r /= self.out_sp[a];
+        }
+        let mut taps = Vec::with_capacity(self.kernel_count());
+        let mut padded_count = 0;
+        for k in 0..self.kernel_count() {
+            let mut kpos = vec![0; n];
+            let mut r = k;
+            for a in (0..n).rev() {
+                kpos[a] = r % self.kernel[a];
+                r /= self.kernel[a];
+            }
+            let mut flat = 0usize;
+            let (mut inside, mut in_padded) = (true, true);
+            for a in 0..n {
+                let p = (opos[a] * self.strides[a] + kpos[a] * self.dilations[a]) as i64
+                    - self.pad_begin[a] as i64;
+                if p < 0 || p >= self.in_sp[a] as i64 {
+                    inside = false;
+                }
+                if p >= (self.in_sp[a] + self.pad_end[a]) as i64 {
+                    in_padded = false;
+                }
+                flat = flat * self.in_sp[a] + p.clamp(0, self.in_sp[a] as i64 - 1) as usize;
+            }
+            padded_count += usize::from(in_padded);
+            taps.push((k, inside.then_some(flat)));
+        }
+        (taps, padded_count)
+    }
+}
+
+/// `[1, C, spatial…]` of a varying input, or an error.
+fn nc_shape(ctx: &NodeCtx<'_>, x: crate::ValueId) -> Result<(usize, Vec<usize>), ImportError> {
+    let shape = ctx.info(x).shape.clone();
+    if shape.len() < 3 || shape[0] != 1 {
+        return Err(ctx.err(format!(
+            "input of shape {shape:?}: expected [N, C, spatial…] with at least one spatial axis"
+        )));
+    }
+    Ok((shape[1], shape[2..].to_vec()))
+}
+
+fn out_name(ctx: &NodeCtx<'_>, i: usize) -> Result<String, ImportError> {
+    Ok(ctx
+        .output_name(i)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string())
+}
+
+pub(crate) fn conv(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
+    let x = ctx.required_input(0)?;
+    if ctx.constant(x).is_some() {
+        return Err(ctx.err("the convolved input is a constant"));
+    }
+    let w_id = ctx.required_input(1)?;
+    let w = ctx.constant(w_id).cloned().ok_or_else(|| ctx.err("the weights are not a constant: a convolution with an encrypted kernel is not supported"))?;
+    let (c, in_sp) = nc_shape(ctx, x)?;
+    let group = ctx.attr_i("group", 1);
+    if group < 1 || c as i64 % group != 0 {
+        return Err(ctx.err(format!(
+            "group {group} does not divide the {c} input channels"
+        )));
+    }
+    let group = group as usize;
+    if w.shape.len() != in_sp.len() + 2 || w.shape[1] * group != c || w.shape[0] % group != 0 {
+        return Err(ctx.err(format!("weights of shape {:?} do not fit {c} input channels in {group} group(s) with {} spatial axes", w.shape, in_sp.len())));
+    }
+    let m = w.shape[0];
+    let kernel = w.shape[2..].to_vec();
+    let ks = ctx.attr_ints("kernel_shape");
+    if !ks.is_empty() && ks.iter().map(|&v| v as usize).collect::<Vec<_>>() != kernel {
+        return Err(ctx.err(format!(
+            "kernel_shape {ks:?} disagrees with the weights' shape {:?}",
+            w.shape
+        )));
+    }
+    let bias = match ctx.input(2)? {
+        None => vec![0.0; m],
+        Some(b) => {
+            let t = ctx
+                .constant(b)
+                .ok_or_else(|| ctx.err("the bias is not a constant"))?;
+            if t.numel() != m {
+                return Err(ctx.err(format!(
+                    "bias has {} values for {m} output channels",
+                    t.numel()
+                )));
+            }
+            t.data.clone()
+        }
+    };
+    let g = Geometry::new(ctx, &in_sp, kernel, false)?;
+    let (in_plane, kc, cpg, mpg) = (
+        in_sp.iter().product::<usize>(),
+        g.kernel_count(),
+        c / group,
+        m / group,
+    );
+    let windows: Vec<Vec<(usize, Option<usize>)>> =
+        (0..g.out_count()).map(|o| g.window(o).0).collect();
+    let mut map = SparseMap::default();
+    for (oc, &b) in bias.iter().enumerate() {
+        let grp = oc / mpg;
+        for win in &windows {
+            let mut terms = Vec::new();
+            for ci in 0..cpg {
+                let ic = grp * cpg + ci;
+                for &(k, src) in win {
+                    let wv = w.data[(oc * cpg + ci) * kc + k];
+                    if let (Some(s), true) = (src, wv != 0.0) {
+                        terms.push(SparseTerm {
+                            slot: 0,
+                            index: (ic * in_plane + s) as u32,
+                            weight: wv,
+                        });
+                    }
+                }
+            }
+            map.push_row(terms, b);
+        }
+    }
+    let mut shape = vec![1, m];
+    shape.extend(&g.out_sp);
+    let (name, dtype) = (out_name(ctx, 0)?, ctx.info(x).dtype);
+    ctx.add_node(Op::Sparse(map), vec![x], vec![(name, shape, dtype)]);
+    Ok(())
+}
+
+/// AveragePool, MaxPool, GlobalAveragePool and GlobalMaxPool.
+pub(crate) fn pool(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
+    let op = ctx.node.op_type.clone();
+    let x = ctx.required_input(0)?;
+    if ctx.constant(x).is_some() {
+        return Err(ctx.err("the pooled input is a constant"));
+    }
+    if ctx.output_name(1).is_some() {
+        return Err(ctx.err("the Indices output of MaxPool is not supported"));
+    }
+    let (c, in_sp) = nc_shape(ctx, x)?;
+    let global = op.starts_with("Global");
+    let g = if global {
+        Geometry {
+            kernel: in_sp.clone(),
+            strides: vec![1; in_sp.len()],
+            dilations: vec![1; in_sp.len()],
+            pad_begin: vec![0; in_sp.len()],
+            pad_end: vec![0; in_sp.len()],
+            out_sp: vec![1; in_sp.len()],
+            in_sp: in_sp.clone(),
+        }
+    } else {
+        let kernel = ctx.attr_ints("kernel_shape");
+        if kernel.len() != in_sp.len() || kernel.iter().any(|&k| k < 1) {
+            return Err(ctx.err(format!(
+                "kernel_shape {kernel:?} does not fit {} spatial axes",
+                in_sp.len()
+            )));
+        }
+        if op == "AveragePool" && ctx.attr_ints("dilations").iter().any(|&d| d != 1) {
+            return Err(ctx.err("AveragePool with dilations is not supported"));
+        }
+        let kernel = kernel.into_iter().map(|k| k as usize).collect();
+        Geometry::new(ctx, &in_sp, kernel, ctx.attr_i("ceil_mode", 0) != 0)?
+    };
+    let in_plane: usize = in_sp.iter().product();
+    let windows: Vec<Window> = (0..g.out_count()).map(|o| g.window(o)).collect();
+    let mut shape = vec![1, c];
+    shape.extend(&g.out_sp);
+    let (name, dtype) = (out_name(ctx, 0)?, ctx.info(x).dtype);
+    if op.ends_with("MaxPool") {
+        let mut groups = Vec::with_capacity(c * windows.len());
+        for ch in 0..c {
+            for (win, _) in &windows {
+                let group: Vec<u32> = win
+                    .iter()
+                    .filter_map(|&(_, s)| s.map(|s| (ch * in_plane + s) as u32))
+                    .collect();
+                if group.is_empty() {
+                    return Err(ctx.err("a pooling window lies entirely in the padding"));
+                }
+                groups.push(group);
+            }
+        }
+        ctx.add_node(
+            Op::GroupMax { groups, min: false },
+            vec![x],
+            vec![(name, shape, dtype)],
+        );
+    } else {
+        let include_pad = ctx.attr_i("count_include_pad", 0) != 0;
+        let mut map = SparseMap::default();
+        for ch in 0..c {
+            for (win, padded) in &windows {
+                let inside: Vec<usize> = win.iter().filter_map(|&(_, s)| s).collect();
+                let div = if include_pad { *padded } else { inside.len() };
+                if div == 0 {
+                    return Err(ctx.err("a pooling window lies entirely in the padding"));
+                }
+                let wv = 1.0 / div as f64;
+                map.push_row(
+                    inside.iter().map(|&s| SparseTerm {
+                        slot: 0,
+                        index: (ch * in_plane + s) as u32,
+                        weight: wv,
+                    }),
+                    0.0,
+                );
+            }
+        }
+        ctx.add_node(Op::Sparse(map), vec![x], vec![(name, shape, dtype)]);
+    }
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! Table lookups: the rounding that narrows a wide operand first, the generic integer
+//! table, and requantization (dequantize, apply the pending float ops, quantize again).
+
+use std::collections::HashMap;
+
+use fhec_ir::{bits_for_range, IntOp, Node, NodeId, Range, Status};
+
+use crate::builder::{asymmetric, min_max, Lowering, QValue};
+use crate::QuantError;
+
+/// A table operand after the optional rounding: `node` holds `round(x / 2^drop)`.
+pub(crate) struct LutInput {
+    pub node: NodeId,
+    pub drop: u32,
+    pub precision: u32,
+    /// The rounded operand on every calibration sample.
+    pub calib: Vec<Vec<i64>>,
+    pub shape: Vec<usize>,
+}
+
+/// What a table lookup produced.
+pub(crate) struct LutOutput {
+    pub node: NodeId,
+    pub calib: Vec<Vec<i64>>,
+    /// Per element, the smallest and largest entry of its table.
+    pub sound: Vec<(i64, i64)>,
+}
+
+impl Lowering<'_> {
+    /// Rounds integer node `x` (non-negative) to the configured number of most
+    /// significant bits when it is wider, exactly or approximately.
+    pub(crate) fn lut_input(
+        &mut self,
+        name: &str,
+        consumer: &str,
+        x: NodeId,
+        calib: &[Vec<i64>],
+    ) -> Result<LutInput, QuantError> {
+        let operand = self.circuit.node(x).clone();
+        debug_assert!(
+            operand.range.lo >= 0,
+            "table operands are non-negative by construction"
+        );
+        let hi = operand.range.hi.max(0);
+        let width = bits_for_range(Range::new(0, hi));
+        let (mut node, mut calib, mut drop) = (x, calib.to_vec(), 0u32);
+        if let Some(r) = self.cfg.rounding_bits.filter(|&r| width > r) {
+            let approximate = self.cfg.rounding_approximate;
+            drop = width - r;
+            let fits = |drop: u32| {
+                let top = if approximate {
+                    // off by one upwards must still stay below 2^r (else the negacyclic half)
+                    (hi >> drop) + 1
+                } else {
+                    (hi + (1 << (drop - 1))) >> drop
+                };
+                bits_for_range(Range::new(0, top)) <= r
+            };
+            while !fits(drop) {
+                drop += 1; // rounding up the largest value would not fit R bits
+            }
+            let half = 1i64 << (drop - 1);
+            calib = calib
+                .iter()
+                .map(|q| q.iter().map(|v| (v + half) >> drop).collect())
+                .collect();
+            let top = if approximate {
+                (hi >> drop) + 1
+            } else {
+                (hi + half) >> drop
+            };
+            node = self.circuit.add(
+                Node {
+                    name: format!("{name}/round"),
+                    op: IntOp::Round {
+                        drop_bits: drop,
+                        approximate,
+                    },
+                    shape: operand.shape.clone(),
+                    status: Status::Encrypted,
+                    range: Range::new(0, top),
+                },
+                &[node],
+            );
+        }
+        let precision = bits_for_range(Range::new(0, self.circuit.node(node).range.hi.max(0)));
+        if precision > fhec_ir::MAX_BITS {
+            return Err(QuantError::TooWide {
+                node: consumer.to_string(),
+                bits: precision,
+            });
+        }
+        Ok(LutInput {
+            node,
+            drop,
+            precision,
+            calib,
+            shape: operand.shape,
+        })
+    }
+
+    /// One table per element: entry `a` is `f(e, a·2^drop)`, the operand value the rounded
+    /// index stands for.
+    pub(crate) fn lut(
+        &mut self,
+        name: String,
+        input: &LutInput,
+        f: impl Fn(usize, i64) -> i64,
+    ) -> LutOutput {
+        let numel: usize = input.shape.iter().product();
+        let mut tables: Vec<Vec<i64>> = Vec::new();
+        let mut index: HashMap<Vec<i64>, u32> = HashMap::new();
+        let mut table_of = Vec::with_capacity(numel);
+        for e in 0..numel {
+            let t: Vec<i64> = (0..1i64 << input.precision)
+                .map(|a| f(e, a << input.drop))
+                .collect();
+            let id = *index.entry(t.clone()).or_insert_with(|| {
+                tables.push(t);
+                (tables.len() - 1) as u32
+            });
+            table_of.push(id);
+        }
+        let calib = input
+            .calib
+            .iter()
+            .map(|q| {
+                q.iter()
+                    .zip(&table_of)
+                    .map(|(&v, &t)| tables[t as usize][v as usize])
+                    .collect()
+            })
+            .collect();
+        let sound: Vec<(i64, i64)> = table_of
+            .iter()
+            .map(|&t| {
+                tables[t as usize]
+                    .iter()
+                    .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+            })
+            .collect();
+        let range = Range::new(
+            sound.iter().map(|s| s.0).min().unwrap_or(0),
+            sound.iter().map(|s| s.1).max().unwrap_or(0),
+        );
+        let node = self.circuit.add(
+            Node {
+                name,
+                op: IntOp::Lut {
+                    precision: input.precision,
+                    tables,
+                    table_of,
+                },
+                shape: input.shape.clone(),
+                status: Status::Encrypted,
+                range,
+            },
+            &[input.node],
+        );
+        LutOutput { node, calib, sound }
+    }
+
+    /// One table lookup per element: dequantize, apply the pending ops, requantize to
+    /// `activation_bits` — preceded by a rounding if the operand is too wide.
+    pub(crate) fn requantize(&mut self, consumer: &str, x: QValue) -> Result<QValue, QuantError> {
+        self.requantize_with(consumer, x, None)
+    }
+
+    /// [`requantize`](Self::requantize) to a given output scale and zero point (or the
+    /// calibrated ones).
+    pub(crate) fn requantize_with(
+        &mut self,
+        consumer: &str,
+        x: QValue,
+        to: Option<(f64, i64)>,
+    ) -> Result<QValue, QuantError> {
+        // a value read by several consumers is requantized once
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            format!("{:?}{:?}{:?}{:?}", x.pending, x.scale, x.offset, to).hash(&mut h);
+            (x.node, h.finish())
+        };
+        if let Some(done) = self.requantized.get(&key) {
+            return Ok(done.clone());
+        }
+        let result = self.requantize_uncached(consumer, x, to)?;
+        self.requantized.insert(key, result.clone());
+        Ok(result)
+    }
+
+    fn requantize_uncached(
+        &mut self,
+        consumer: &str,
+        x: QValue,
+        to: Option<(f64, i64)>,
+    ) -> Result<QValue, QuantError> {
+        let x = self.spread_before_rounding(x);
+        let name = format!("{consumer}/input");
+        let input = self.lut_input(&name, consumer, x.node, &x.calib)?;
+        let drop = input.drop;
+        let bits = self.cfg.activation_bits;
+        let (s_out, z_out) = to.unwrap_or_else(|| {
+            let (lo, hi) = min_max(input.calib.iter().flat_map(|q| {
+                q.iter()
+                    .enumerate()
+                    .map(|(e, &v)| x.float(e, (v << drop) as f64))
+            }));
+            asymmetric(lo, hi, bits)
+        });
+        let qmax = ((1i64 << bits) - 1) as f64;
+        let out = self.lut(name, &input, |e, v| {
+            ((x.float(e, v as f64) / s_out).round() + z_out as f64).clamp(0.0, qmax) as i64
+        });
+        let numel = out.sound.len();
+        Ok(QValue {
+            node: out.node,
+            scale: vec![s_out; numel],
+            offset: vec![-s_out * z_out as f64; numel],
+            pending: vec![],
+            narrow: true,
+            calib: out.calib,
+            sound: out.sound,
+            design: None,
+        })
+    }
+
+    /// Before rounding an accumulator to R bits, scales each weight row by the integer
+    /// `m_j = ⌊(2^width − 1) / hi_j⌋` so every neuron spans the full width and keeps
+    /// about R significant bits after rounding (instead of the widest neuron alone).
+    /// Free in bootstraps; the noise budget sees the larger weights. The scaled layer is
+    /// a new node: other readers of the original keep it (unread, it is removed at the
+    /// end).
+    fn spread_before_rounding(&mut self, mut x: QValue) -> QValue {
+        let Some(r) = self.cfg.rounding_bits else {
+            return x;
+        };
+        let node = self.circuit.node(x.node).clone();
+        let numel = node.numel();
+        let width = bits_for_range(Range::new(0, node.range.hi.max(0)));
+        if width <= r {
+            return x;
+        }
+        let Some(design) = x.design.clone() else {
+            return x;
+        };
+        let top = (1i64 << width) - 1;
+        // per element: the weight row it comes from (Linear rows are shared across
+        // leading positions; every Affine element has its own row)
+        let (rows, row_of): (usize, Box<dyn Fn(usize) -> usize>) = match &node.op {
+            IntOp::Linear { outputs, .. } => {
+                let o = *outputs;
+                (o, Box::new(move |e| e % o))
+            }
+            // per-element multipliers on convolutions measured no better (digits CNNs,
+            // R = 5 and 6): leave them unspread
+            _ => return x,
+        };
+        let mut multiplier = vec![i64::MAX; rows];
+        for (e, d) in design.iter().enumerate().take(numel) {
+            let j = row_of(e);
+            multiplier[j] = multiplier[j].min(top / d.1.max(1));
+        }
+        for m in &mut multiplier {
+            if *m == i64::MAX {
+                *m = 1;
+            }
+        }
+        let operands = self.circuit.operands(x.node);
+        let mut n = node.clone();
+        match &mut n.op {
+            IntOp::Linear {
+                inputs,
+                weight,
+                bias,
+                ..
+            } => {
+                for (j, m) in multiplier.iter().enumerate() {
+                    for w in &mut weight[j * *inputs..(j + 1) * *inputs] {
+                        *w *= m;
+                    }
+                    bias[j] *= m;
+                }
+            }
+            IntOp::Affine {
+                row_start,
+                terms,
+                bias,
+            } => {
+                for (j, m) in multiplier.iter().enumerate() {
+                    for t in &mut terms[row_start[j] as usize..row_start[j + 1] as usize] {
+                        t.weight *= m;
+                    }
+                    bias[j] *= m;
+                }
+            }
+            _ => unreachable!("checked above"),
+        }
+        for q in &mut x.calib {
+            for (e, v) in q.iter_mut().enumerate() {
+                *v *= multiplier[row_of(e)];
+            }
+        }
+        for e in 0..numel {
+            let m = multiplier[row_of(e)];
+            x.scale[e] /= m as f64;
+            x.sound[e] = (x.sound[e].0 * m, x.sound[e].1 * m);
+        }
+        let design: Vec<(i64, i64)> = design
+            .iter()
+            .enumerate()
+            .map(|(e, d)| (d.0 * multiplier[row_of(e)], d.1 * multiplier[row_of(e)]))
+            .collect();
+        n.range = Range::new(0, design.iter().map(|d| d.1).max().unwrap_or(0));
+        x.node = self.circuit.add(n, &operands);
+        x.design = Some(design);
+        x
+    }
+}

@@ -26,7 +26,17 @@ pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
         info,
         body: String::new(),
         next: 0,
+        shapes: Vec::with_capacity(c.len()),
     };
+    for id in c.ids() {
+        let n = c.node(id);
+        let shape = match &n.op {
+            IntOp::Affine { .. } => vec![1, n.numel()],
+            IntOp::Round { .. } | IntOp::Lut { .. } => e.shapes[c.operands(id)[0].index()].clone(),
+            _ => n.shape.clone(),
+        };
+        e.shapes.push(shape);
+    }
     let args: Vec<String> = c
         .inputs
         .iter()
@@ -75,6 +85,11 @@ struct Emitter<'a> {
     info: &'a CircuitInfo,
     body: String,
     next: usize,
+    /// The shape each node's value has in the module: its own, except that an affine
+    /// map's result stays flat (`[1, m]`) and element-wise ops keep their operand's.
+    /// Concrete's noise analysis has no rule for `tensor.reshape`, so fhec never
+    /// unflattens an affine result.
+    shapes: Vec<Vec<usize>>,
 }
 
 fn dims(shape: &[usize]) -> String {
@@ -154,7 +169,7 @@ impl Emitter<'_> {
         } else {
             format!("!FHE.eint<{bits}>")
         };
-        format!("tensor<{}{elem}>", dims(&n.shape))
+        format!("tensor<{}{elem}>", dims(&self.shapes[id.index()]))
     }
 
     fn fresh(&mut self) -> String {
@@ -228,6 +243,18 @@ impl Emitter<'_> {
                 bias,
             } => {
                 let (x, x_ty) = x.unwrap();
+                // a flat affine result read over its last axis: give it its shape back
+                let src = ops[0];
+                let (x, x_ty) = if self.shapes[src.index()] != self.c.node(src).shape {
+                    let shape = self.c.node(src).shape.clone();
+                    let from = self.shapes[src.index()].clone();
+                    (
+                        self.reshaped(&x, &x_ty, &from, &shape),
+                        self.ty_with_shape(src, &shape),
+                    )
+                } else {
+                    (x, x_ty)
+                };
                 let mut wt = vec![0; weight.len()];
                 for j in 0..*outputs {
                     for i in 0..*inputs {
@@ -268,7 +295,12 @@ impl Emitter<'_> {
                         }
                     }
                     let wt: Vec<i64> = wt.into_iter().map(wrap).collect();
-                    let flat = self.reshaped(&names[o.index()], &self.ty(o), &src.shape, &[1, k]);
+                    let flat = self.reshaped(
+                        &names[o.index()],
+                        &self.ty(o),
+                        &self.shapes[o.index()].clone(),
+                        &[1, k],
+                    );
                     let flat_ty = self.ty_with_shape(o, &[1, k]);
                     let wc = self.constant(&wt, &[k, m], &clear);
                     let mm = self.fresh();
@@ -286,7 +318,7 @@ impl Emitter<'_> {
                 let b = self.constant(&bias, &[m], &clear);
                 let r = self.fresh();
                 let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, tensor<{m}xi{clear_bits}>) -> {row_ty}", sum.expect("an affine map has an operand"));
-                self.reshaped(&r, &row_ty, &[1, m], &n.shape)
+                r
             }
             IntOp::Round { approximate, .. } => {
                 let (x, x_ty) = x.unwrap();
@@ -336,13 +368,14 @@ impl Emitter<'_> {
                     let flat: Vec<i64> = tables.iter().flat_map(|t| full(t)).collect();
                     let t = self.constant(&flat, &[tables.len(), size], "i64");
                     let map: Vec<i64> = table_of.iter().map(|&v| v as i64).collect();
-                    let m = self.constant(&map, &n.shape, "index");
+                    let shape = self.shapes[id.index()].clone();
+                    let m = self.constant(&map, &shape, "index");
                     let r = self.fresh();
                     let _ = writeln!(
                         self.body,
                         "    {r} = \"FHELinalg.apply_mapped_lookup_table\"({x}, {t}, {m}) : ({x_ty}, tensor<{}x{size}xi64>, tensor<{}index>) -> {out_ty}",
                         tables.len(),
-                        dims(&n.shape)
+                        dims(&shape)
                     );
                     r
                 }
@@ -363,7 +396,7 @@ impl Emitter<'_> {
                     src = self.c.operands(src)[0];
                 }
                 let (x, x_ty) = (names[src.index()].clone(), self.ty(src));
-                let from = &self.c.node(src).shape;
+                let from = &self.shapes[src.index()];
                 if *from == n.shape {
                     return Some(x);
                 }

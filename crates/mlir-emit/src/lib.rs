@@ -33,6 +33,16 @@ pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
         let shape = match &n.op {
             IntOp::Affine { .. } => vec![1, n.numel()],
             IntOp::Round { .. } | IntOp::Lut { .. } => e.shapes[c.operands(id)[0].index()].clone(),
+            // a reshape is emitted only when it merges dimensions; otherwise the value
+            // keeps its operand's layout (same elements, same order)
+            IntOp::Reshape => {
+                let from = &e.shapes[c.operands(id)[0].index()];
+                if *from == n.shape || collapse_groups(from, &n.shape).is_some() {
+                    n.shape.clone()
+                } else {
+                    from.clone()
+                }
+            }
             _ => n.shape.clone(),
         };
         e.shapes.push(shape);
@@ -381,41 +391,21 @@ impl Emitter<'_> {
                 }
             }
             IntOp::Reshape => {
-                // a reshape only feeding reshapes is folded into them
-                if !self.c.outputs.contains(&id)
-                    && self
-                        .c
-                        .users(id)
-                        .iter()
-                        .all(|&u| matches!(self.c.node(u).op, IntOp::Reshape))
-                {
-                    return None;
-                }
-                let mut src = ops[0];
-                while matches!(self.c.node(src).op, IntOp::Reshape) {
-                    src = self.c.operands(src)[0];
-                }
+                let src = ops[0];
                 let (x, x_ty) = (names[src.index()].clone(), self.ty(src));
-                let from = &self.shapes[src.index()];
-                if *from == n.shape {
+                let (from, to) = (
+                    self.shapes[src.index()].clone(),
+                    self.shapes[id.index()].clone(),
+                );
+                if from == to {
                     return Some(x);
                 }
-                if let Some(groups) = collapse_groups(from, &n.shape) {
-                    // collapse_shape reads the same in every MLIR version (Concrete's too)
-                    let r = self.fresh();
-                    let _ = writeln!(
-                        self.body,
-                        "    {r} = tensor.collapse_shape {x} {groups} : {x_ty} into {out_ty}"
-                    );
-                    return Some(r);
-                }
-                let shape: Vec<i64> = n.shape.iter().map(|&d| d as i64).collect();
-                let s = self.constant(&shape, &[shape.len()], "i64");
+                let groups = collapse_groups(&from, &to).expect("shapes differ only by a collapse");
+                // collapse_shape reads the same in every MLIR version (Concrete's too)
                 let r = self.fresh();
                 let _ = writeln!(
                     self.body,
-                    "    {r} = \"tensor.reshape\"({x}, {s}) : ({x_ty}, tensor<{}xi64>) -> {out_ty}",
-                    shape.len()
+                    "    {r} = tensor.collapse_shape {x} {groups} : {x_ty} into {out_ty}"
                 );
                 r
             }

@@ -8,7 +8,9 @@
 //!
 //! Lowering (docs/MLIR.md): `Linear` → `FHELinalg.matmul_eint_int` + `FHELinalg.add_eint_int`;
 //! `Round` → `FHELinalg.round`; `Lut` → `FHELinalg.apply_lookup_table` (one table) or
-//! `FHELinalg.apply_mapped_lookup_table` (per-element tables); `Reshape` → `tensor.reshape`.
+//! `FHELinalg.apply_mapped_lookup_table` (per-element tables); `Affine` → one
+//! `FHELinalg.matmul_eint_int` per operand, summed; `Reshape` → `tensor.collapse_shape`
+//! when it merges dimensions, else nothing (values keep their operand's layout).
 
 use std::fmt::Write;
 

@@ -497,7 +497,7 @@ fn affine(
     (0..bias.len())
         .into_par_iter()
         .map(|j| {
-            let row = &terms[row_start[j] as usize..row_start[j + 1] as usize];
+            let row = fhec_ir::affine_row(row_start, terms, j);
             let size = row
                 .iter()
                 .map(|t| xs[t.operand as usize][t.index as usize].lwe_size().0)

@@ -316,7 +316,7 @@ impl NoiseBudget {
                     (0..node.numel())
                         .map(|j| {
                             let mut acc = NoiseTerms::zero(np);
-                            for t in &terms[row_start[j] as usize..row_start[j + 1] as usize] {
+                            for t in fhec_ir::affine_row(row_start, terms, j) {
                                 let w = t.weight as f64;
                                 let src = &xs[t.operand as usize][t.index as usize];
                                 acc.add_scaled(src, w * w);

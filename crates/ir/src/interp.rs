@@ -34,52 +34,7 @@ pub fn simulate(
     info: &CircuitInfo,
     inputs: &[Vec<i64>],
 ) -> Result<Vec<Vec<i64>>, SimError> {
-    simulate_with_noise(c, info, inputs, None)
-}
-
-/// The statistical model of approximate rounding: the bootstrap reading an approximate
-/// `Round` sees its operand plus Gaussian noise of standard deviation `sigma[node]`
-/// (in units of the operand's integer LSB, from the crypto parameters), so a value
-/// close to a rounding boundary lands on either side with the probability FHE has.
-#[derive(Clone, Debug)]
-pub struct RoundingNoise {
-    /// Per node index; only approximate `Round` nodes use it.
-    pub sigma: Vec<f64>,
-    state: u64,
-}
-
-impl RoundingNoise {
-    pub fn new(sigma: Vec<f64>, seed: u64) -> Self {
-        RoundingNoise {
-            sigma,
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
-        }
-    }
-    /// splitmix64: a small, portable, seeded generator (no dependency, reproducible).
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A standard normal sample (Box–Muller).
-    fn gaussian(&mut self) -> f64 {
-        let u1 = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-}
-
-/// [`simulate`], with approximate roundings perturbed by `noise` when given (without it
-/// they round to nearest, which is what FHE returns away from rounding boundaries).
-pub fn simulate_with_noise(
-    c: &Circuit,
-    info: &CircuitInfo,
-    inputs: &[Vec<i64>],
-    noise: Option<&mut RoundingNoise>,
-) -> Result<Vec<Vec<i64>>, SimError> {
-    let values = evaluate_impl(c, inputs, Some(info.encoding_bits), noise)?;
+    let values = evaluate(c, inputs, Some(info.encoding_bits))?;
     Ok(c.outputs
         .iter()
         .map(|o| values[o.index()].clone())
@@ -93,15 +48,6 @@ pub fn evaluate(
     c: &Circuit,
     inputs: &[Vec<i64>],
     encoding_bits: Option<u32>,
-) -> Result<Vec<Vec<i64>>, SimError> {
-    evaluate_impl(c, inputs, encoding_bits, None)
-}
-
-fn evaluate_impl(
-    c: &Circuit,
-    inputs: &[Vec<i64>],
-    encoding_bits: Option<u32>,
-    mut noise: Option<&mut RoundingNoise>,
 ) -> Result<Vec<Vec<i64>>, SimError> {
     if inputs.len() != c.inputs.len() {
         return Err(SimError::InputCount {
@@ -170,29 +116,16 @@ fn evaluate_impl(
                     .map(reduce)
                     .collect()
             }
-            IntOp::Round {
-                drop_bits,
-                approximate,
-            } => {
+            // exact and approximate alike: an approximate rounding's expected value (FHE
+            // may be off by one near a boundary, docs/QUANTIZATION.md)
+            IntOp::Round { drop_bits, .. } => {
                 let half = 1i64 << (drop_bits - 1);
-                let sigma = match (&noise, approximate) {
-                    (Some(n), true) => n.sigma.get(id.index()).copied().unwrap_or(0.0),
-                    _ => 0.0,
-                };
                 x.unwrap()
                     .iter()
-                    .map(|&v| {
-                        let v = if sigma > 0.0 {
-                            let n = noise.as_deref_mut().expect("sigma > 0 only with noise");
-                            (v as f64 + sigma * n.gaussian()).floor() as i64
-                        } else {
-                            v
-                        };
-                        match encoding_bits {
-                            // the ciphertext's unsigned residue, low bits cleared one bootstrap at a time
-                            Some(w) => (v + half).rem_euclid(1 << (w + 1)) >> drop_bits,
-                            None => (v + half) >> drop_bits,
-                        }
+                    .map(|&v| match encoding_bits {
+                        // the ciphertext's unsigned residue, low bits cleared one bootstrap at a time
+                        Some(w) => (v + half).rem_euclid(1 << (w + 1)) >> drop_bits,
+                        None => (v + half) >> drop_bits,
                     })
                     .collect()
             }

@@ -47,7 +47,6 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
-pub use interp::RoundingNoise;
 pub use verify::{
     bits_for_range, rounding_chunks, rounding_pbs_count, verify, CircuitInfo, NodeInfo,
     VerifyError, VerifyErrors, Violation,
@@ -157,11 +156,9 @@ pub struct Term {
     pub weight: i64,
 }
 
-impl IntOp {
-    /// The terms of `Affine` row `j`.
-    pub fn affine_row<'t>(row_start: &[u32], terms: &'t [Term], j: usize) -> &'t [Term] {
-        &terms[row_start[j] as usize..row_start[j + 1] as usize]
-    }
+/// The terms of [`IntOp::Affine`] row `j`.
+pub fn affine_row<'t>(row_start: &[u32], terms: &'t [Term], j: usize) -> &'t [Term] {
+    &terms[row_start[j] as usize..row_start[j + 1] as usize]
 }
 
 /// One circuit node: an operation and the value it defines.

@@ -108,6 +108,12 @@ fn dims(shape: &[usize]) -> String {
     shape.iter().map(|d| format!("{d}x")).collect()
 }
 
+/// The tensor type `ty` (of FHE integers) with another shape.
+fn with_shape(ty: &str, shape: &[usize]) -> String {
+    let elem = &ty[ty.find('!').expect("tensor of FHE integers")..ty.len() - 1];
+    format!("tensor<{}{elem}>", dims(shape))
+}
+
 /// A dense literal of `values` with `shape`, nested row-major.
 fn dense(values: &[i64], shape: &[usize]) -> String {
     if shape.len() <= 1 {
@@ -202,18 +208,17 @@ impl Emitter<'_> {
 
     /// `ty(id)` with another shape.
     fn ty_with_shape(&self, id: NodeId, shape: &[usize]) -> String {
-        let t = self.ty(id);
-        let elem = &t[t.find('!').expect("tensor of FHE integers")..t.len() - 1];
-        format!("tensor<{}{elem}>", dims(shape))
+        with_shape(&self.ty(id), shape)
     }
 
-    /// `x` (of type `x_ty`, shape `from`) reshaped to `to`, emitting ops if needed.
+    /// `x` (of type `x_ty`, shape `from`) reshaped to `to`, emitting ops if needed:
+    /// `tensor.collapse_shape` (it reads the same in every MLIR version, Concrete's too)
+    /// when dimensions merge, else `tensor.reshape`.
     fn reshaped(&mut self, x: &str, x_ty: &str, from: &[usize], to: &[usize]) -> String {
         if from == to {
             return x.to_string();
         }
-        let elem = &x_ty[x_ty.find('!').expect("tensor of FHE integers")..x_ty.len() - 1];
-        let to_ty = format!("tensor<{}{elem}>", dims(to));
+        let to_ty = with_shape(x_ty, to);
         let r_name;
         if let Some(groups) = collapse_groups(from, to) {
             r_name = self.fresh();
@@ -300,7 +305,7 @@ impl Emitter<'_> {
                     let k = src.numel();
                     let mut wt = vec![0i64; k * m];
                     for j in 0..m {
-                        for t in &terms[row_start[j] as usize..row_start[j + 1] as usize] {
+                        for t in fhec_ir::affine_row(row_start, terms, j) {
                             if t.operand as usize == slot {
                                 wt[t.index as usize * m + j] += t.weight;
                             }
@@ -399,17 +404,8 @@ impl Emitter<'_> {
                     self.shapes[src.index()].clone(),
                     self.shapes[id.index()].clone(),
                 );
-                if from == to {
-                    return Some(x);
-                }
-                let groups = collapse_groups(&from, &to).expect("shapes differ only by a collapse");
-                // collapse_shape reads the same in every MLIR version (Concrete's too)
-                let r = self.fresh();
-                let _ = writeln!(
-                    self.body,
-                    "    {r} = tensor.collapse_shape {x} {groups} : {x_ty} into {out_ty}"
-                );
-                r
+                // equal, or a collapse (the layout pass above guarantees it)
+                self.reshaped(&x, &x_ty, &from, &to)
             }
         };
         Some(result)

@@ -11,7 +11,32 @@ use fhec_ir::Term;
 
 use crate::builder::{min_max, Lowering, QValue};
 use crate::sparse::IntRows;
+use crate::tlu::LutOutput;
 use crate::QuantError;
+
+/// An affine row `bias + Σ weight·x_operand[index]` from `(operand, index, weight)`.
+fn row(terms: &[(u32, u32, i64)], bias: i64) -> (Vec<Term>, i64) {
+    let terms = terms
+        .iter()
+        .map(|&(operand, index, weight)| Term {
+            operand,
+            index,
+            weight,
+        })
+        .collect();
+    (terms, bias)
+}
+
+/// True when `x` is narrow, has nothing pending, and every element is quantized with
+/// scale `s`, offset `o` and an integer zero point.
+fn quantized_with(x: &QValue, s: f64, o: f64) -> bool {
+    let z = -o / s;
+    x.pending.is_empty()
+        && x.narrow
+        && x.scale.iter().all(|&v| v == s)
+        && x.offset.iter().all(|&v| v == o)
+        && (z - z.round()).abs() < 1e-9
+}
 
 /// One output element of a tournament level.
 #[derive(Clone, Copy)]
@@ -45,23 +70,7 @@ impl Lowering<'_> {
                 let rows = left
                     .iter()
                     .zip(right)
-                    .map(|(&l, &r)| {
-                        (
-                            vec![
-                                Term {
-                                    operand: 0,
-                                    index: l,
-                                    weight: 1,
-                                },
-                                Term {
-                                    operand: 1,
-                                    index: r,
-                                    weight: 1,
-                                },
-                            ],
-                            0,
-                        )
-                    })
+                    .map(|(&l, &r)| row(&[(0, l, 1), (1, r, 1)], 0))
                     .collect();
                 let sum = self.affine(
                     &format!("{name}/sum"),
@@ -74,30 +83,14 @@ impl Lowering<'_> {
                 let out = self.lut(name.to_string(), &input, |_, v| {
                     i64::from(if and { v >= 2 } else { v >= 1 })
                 });
-                Ok(bool_value(out.node, out.calib, left.len()))
+                Ok(bits(out))
             }
             k if k.is_predicate() => {
                 let (a, b) = self.align(name, a, b)?;
                 let rows = left
                     .iter()
                     .zip(right)
-                    .map(|(&l, &r)| {
-                        (
-                            vec![
-                                Term {
-                                    operand: 0,
-                                    index: l,
-                                    weight: 1,
-                                },
-                                Term {
-                                    operand: 1,
-                                    index: r,
-                                    weight: -1,
-                                },
-                            ],
-                            0,
-                        )
-                    })
+                    .map(|(&l, &r)| row(&[(0, l, 1), (1, r, -1)], 0))
                     .collect();
                 let d = self.affine(
                     &format!("{name}/diff"),
@@ -111,7 +104,7 @@ impl Lowering<'_> {
                 let out = self.lut(name.to_string(), &input, |e, v| {
                     kind.apply((v - shift[e]) as f64, 0.0) as i64
                 });
-                Ok(bool_value(out.node, out.calib, left.len()))
+                Ok(bits(out))
             }
             other => Err(QuantError::Unsupported {
                 node: name.to_string(),
@@ -141,21 +134,7 @@ impl Lowering<'_> {
                 .zip(right)
                 .map(|(&l, &r)| {
                     let bias = -zero(&a, l as usize) - sign * zero(&b, r as usize);
-                    (
-                        vec![
-                            Term {
-                                operand: 0,
-                                index: l,
-                                weight: 1,
-                            },
-                            Term {
-                                operand: 1,
-                                index: r,
-                                weight: sign,
-                            },
-                        ],
-                        bias,
-                    )
+                    row(&[(0, l, 1), (1, r, sign)], bias)
                 })
                 .collect();
             let part = if sign > 0 { "sum" } else { "difference" };
@@ -172,37 +151,10 @@ impl Lowering<'_> {
             });
             halves.push(sq);
         }
-        let n = left.len();
-        let as_value = |node, calib: &Vec<Vec<i64>>, sound: &Vec<(i64, i64)>| QValue {
-            node,
-            scale: vec![1.0; n],
-            offset: vec![0.0; n],
-            pending: vec![],
-            narrow: false,
-            calib: calib.clone(),
-            sound: sound.clone(),
-            design: None,
-        };
-        let plus = as_value(halves[0].node, &halves[0].calib, &halves[0].sound);
-        let minus = as_value(halves[1].node, &halves[1].calib, &halves[1].sound);
-        let rows = (0..n as u32)
-            .map(|e| {
-                (
-                    vec![
-                        Term {
-                            operand: 0,
-                            index: e,
-                            weight: 1,
-                        },
-                        Term {
-                            operand: 1,
-                            index: e,
-                            weight: -1,
-                        },
-                    ],
-                    0,
-                )
-            })
+        let minus = integers(halves.pop().expect("two halves"), false);
+        let plus = integers(halves.pop().expect("two halves"), false);
+        let rows = (0..left.len() as u32)
+            .map(|e| row(&[(0, e, 1), (1, e, -1)], 0))
             .collect();
         let p = self.affine(name, &[&plus, &minus], IntRows { rows, sound: None }, shape);
         let scale: Vec<f64> = left
@@ -243,28 +195,16 @@ impl Lowering<'_> {
     /// Both operands as narrow integers sharing one scale and one zero point, so that
     /// `q_a − q_b` is their difference in quantized units.
     fn align(&mut self, name: &str, a: QValue, b: QValue) -> Result<(QValue, QValue), QuantError> {
-        let uniform = |x: &QValue, s: f64, o: f64| {
-            x.pending.is_empty()
-                && x.narrow
-                && x.scale.iter().all(|&v| v == s)
-                && x.offset.iter().all(|&v| v == o)
-        };
         let (s, o) = (a.scale[0], a.offset[0]);
-        let z = -o / s;
-        if uniform(&a, s, o) && uniform(&b, s, o) && (z - z.round()).abs() < 1e-9 {
+        if quantized_with(&a, s, o) && quantized_with(&b, s, o) {
             return Ok((a, b));
         }
         // one quantizer for both, from their joint calibrated range
-        let floats = |x: &QValue| {
+        let floats = |x: &QValue| -> Vec<f64> {
             x.calib
                 .iter()
-                .flat_map(|q| {
-                    q.iter()
-                        .enumerate()
-                        .map(|(e, &v)| x.float(e, v as f64))
-                        .collect::<Vec<_>>()
-                })
-                .collect::<Vec<f64>>()
+                .flat_map(|q| q.iter().enumerate().map(|(e, &v)| x.float(e, v as f64)))
+                .collect()
         };
         let (lo, hi) = min_max(floats(&a).into_iter().chain(floats(&b)));
         let to = crate::builder::asymmetric(lo, hi, self.cfg.activation_bits);
@@ -286,26 +226,8 @@ impl Lowering<'_> {
         let n = left.len();
         let rows: Vec<(Vec<Term>, i64)> = left
             .iter()
-            .map(|&i| {
-                (
-                    vec![Term {
-                        operand: 0,
-                        index: i,
-                        weight: 1,
-                    }],
-                    0,
-                )
-            })
-            .chain(right.iter().map(|&i| {
-                (
-                    vec![Term {
-                        operand: 1,
-                        index: i,
-                        weight: 1,
-                    }],
-                    0,
-                )
-            }))
+            .map(|&i| row(&[(0, i, 1)], 0))
+            .chain(right.iter().map(|&i| row(&[(1, i, 1)], 0)))
             .collect();
         let sound = rows
             .iter()
@@ -358,23 +280,7 @@ impl Lowering<'_> {
         } else {
             let rows = pairs
                 .iter()
-                .map(|&(a, b)| {
-                    (
-                        vec![
-                            Term {
-                                operand: 0,
-                                index: a as u32,
-                                weight: 1,
-                            },
-                            Term {
-                                operand: 0,
-                                index: b as u32,
-                                weight: -1,
-                            },
-                        ],
-                        0,
-                    )
-                })
+                .map(|&(a, b)| row(&[(0, a as u32, 1), (0, b as u32, -1)], 0))
                 .collect();
             let d = self.affine(
                 &format!("{name}/diff"),
@@ -385,16 +291,7 @@ impl Lowering<'_> {
             let relu = self.lut_input(&format!("{name}/relu"), name, d.node, &d.calib)?;
             let shift = d.shift.clone();
             let r = self.lut(format!("{name}/relu"), &relu, |e, v| (v - shift[e]).max(0));
-            Some(QValue {
-                node: r.node,
-                scale: vec![1.0; pairs.len()],
-                offset: vec![0.0; pairs.len()],
-                pending: vec![],
-                narrow: false,
-                calib: r.calib,
-                sound: r.sound,
-                design: None,
-            })
+            Some(integers(r, false))
         };
         let mut k = 0;
         let mut rows = Vec::with_capacity(steps.len());
@@ -402,34 +299,13 @@ impl Lowering<'_> {
         for s in &steps {
             match *s {
                 Step::Pass(i) => {
-                    rows.push((
-                        vec![Term {
-                            operand: 0,
-                            index: i as u32,
-                            weight: 1,
-                        }],
-                        0,
-                    ));
+                    rows.push(row(&[(0, i as u32, 1)], 0));
                     sound.push(cur.sound[i]);
                 }
                 Step::Pair(a, b) => {
                     // max = b + relu(a − b); min = a − relu(a − b)
                     let (base, w) = if min { (a, -1) } else { (b, 1) };
-                    rows.push((
-                        vec![
-                            Term {
-                                operand: 0,
-                                index: base as u32,
-                                weight: 1,
-                            },
-                            Term {
-                                operand: 1,
-                                index: k as u32,
-                                weight: w,
-                            },
-                        ],
-                        0,
-                    ));
+                    rows.push(row(&[(0, base as u32, 1), (1, k as u32, w)], 0));
                     let (sa, sb) = (cur.sound[a], cur.sound[b]);
                     sound.push(if min {
                         (sa.0.min(sb.0), sa.1.min(sb.1))
@@ -475,14 +351,7 @@ impl Lowering<'_> {
         min: bool,
         shape: Vec<usize>,
     ) -> Result<QValue, QuantError> {
-        let (s, o) = (x.scale[0], x.offset[0]);
-        let z = -o / s;
-        let uniform = x.pending.is_empty()
-            && x.narrow
-            && x.scale.iter().all(|&v| v == s)
-            && x.offset.iter().all(|&v| v == o)
-            && (z - z.round()).abs() < 1e-9;
-        let mut cur = if uniform {
+        let mut cur = if quantized_with(&x, x.scale[0], x.offset[0]) {
             x
         } else {
             self.requantize(name, x)?
@@ -540,20 +409,28 @@ impl Lowering<'_> {
         let out = self.lut(name.to_string(), &input, |e, v| {
             i64::from(x.float(e, v as f64) != 0.0)
         });
-        Ok(bool_value(out.node, out.calib, x.scale.len()))
+        Ok(bits(out))
     }
 }
 
-/// A 0/1 value of `n` elements.
-fn bool_value(node: fhec_ir::NodeId, calib: Vec<Vec<i64>>, n: usize) -> QValue {
+/// A 0/1 table's outputs.
+fn bits(t: LutOutput) -> QValue {
+    let mut v = integers(t, true);
+    v.sound.fill((0, 1));
+    v
+}
+
+/// A table's integer outputs taken at face value (scale 1, offset 0).
+fn integers(t: LutOutput, narrow: bool) -> QValue {
+    let n = t.sound.len();
     QValue {
-        node,
+        node: t.node,
         scale: vec![1.0; n],
         offset: vec![0.0; n],
         pending: vec![],
-        narrow: true,
-        calib,
-        sound: vec![(0, 1); n],
+        narrow,
+        calib: t.calib,
+        sound: t.sound,
         design: None,
     }
 }

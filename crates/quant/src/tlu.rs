@@ -238,78 +238,50 @@ impl Lowering<'_> {
         let node = self.circuit.node(x.node).clone();
         let numel = node.numel();
         let width = bits_for_range(Range::new(0, node.range.hi.max(0)));
+        // Linear layers only: per-element multipliers on convolutions (Affine) measured
+        // no better (digits CNNs, R = 5 and 6)
+        let (IntOp::Linear { outputs, .. }, Some(design)) = (&node.op, x.design.clone()) else {
+            return x;
+        };
+        let outputs = *outputs;
         if width <= r {
             return x;
         }
-        let Some(design) = x.design.clone() else {
-            return x;
-        };
         let top = (1i64 << width) - 1;
-        // per element: the weight row it comes from (Linear rows are shared across
-        // leading positions; every Affine element has its own row)
-        let (rows, row_of): (usize, Box<dyn Fn(usize) -> usize>) = match &node.op {
-            IntOp::Linear { outputs, .. } => {
-                let o = *outputs;
-                (o, Box::new(move |e| e % o))
-            }
-            // per-element multipliers on convolutions measured no better (digits CNNs,
-            // R = 5 and 6): leave them unspread
-            _ => return x,
-        };
-        let mut multiplier = vec![i64::MAX; rows];
+        let mut multiplier = vec![i64::MAX; outputs];
         for (e, d) in design.iter().enumerate().take(numel) {
-            let j = row_of(e);
-            multiplier[j] = multiplier[j].min(top / d.1.max(1));
-        }
-        for m in &mut multiplier {
-            if *m == i64::MAX {
-                *m = 1;
-            }
+            multiplier[e % outputs] = multiplier[e % outputs].min(top / d.1.max(1));
         }
         let operands = self.circuit.operands(x.node);
         let mut n = node.clone();
-        match &mut n.op {
-            IntOp::Linear {
-                inputs,
-                weight,
-                bias,
-                ..
-            } => {
-                for (j, m) in multiplier.iter().enumerate() {
-                    for w in &mut weight[j * *inputs..(j + 1) * *inputs] {
-                        *w *= m;
-                    }
-                    bias[j] *= m;
+        if let IntOp::Linear {
+            inputs,
+            weight,
+            bias,
+            ..
+        } = &mut n.op
+        {
+            for (j, m) in multiplier.iter().enumerate() {
+                for w in &mut weight[j * *inputs..(j + 1) * *inputs] {
+                    *w *= m;
                 }
+                bias[j] *= m;
             }
-            IntOp::Affine {
-                row_start,
-                terms,
-                bias,
-            } => {
-                for (j, m) in multiplier.iter().enumerate() {
-                    for t in &mut terms[row_start[j] as usize..row_start[j + 1] as usize] {
-                        t.weight *= m;
-                    }
-                    bias[j] *= m;
-                }
-            }
-            _ => unreachable!("checked above"),
         }
         for q in &mut x.calib {
             for (e, v) in q.iter_mut().enumerate() {
-                *v *= multiplier[row_of(e)];
+                *v *= multiplier[e % outputs];
             }
         }
         for e in 0..numel {
-            let m = multiplier[row_of(e)];
+            let m = multiplier[e % outputs];
             x.scale[e] /= m as f64;
             x.sound[e] = (x.sound[e].0 * m, x.sound[e].1 * m);
         }
         let design: Vec<(i64, i64)> = design
             .iter()
             .enumerate()
-            .map(|(e, d)| (d.0 * multiplier[row_of(e)], d.1 * multiplier[row_of(e)]))
+            .map(|(e, d)| (d.0 * multiplier[e % outputs], d.1 * multiplier[e % outputs]))
             .collect();
         n.range = Range::new(0, design.iter().map(|d| d.1).max().unwrap_or(0));
         x.node = self.circuit.add(n, &operands);

@@ -2,7 +2,7 @@
 //! varying operands they become [`Op::Sparse`] sums or [`Op::Pairwise`]), activations,
 //! Clip, Where and BatchNormalization.
 
-use super::movement::{broadcast_index, emit_rows, unravel, Row};
+use super::movement::{broadcast_index, emit_rows, fold_rows, unravel, Row};
 use crate::graph::{broadcast_shapes, broadcast_to, Activation, BinaryKind, Op, Tensor};
 use crate::{ImportError, NodeCtx, ValueId};
 
@@ -346,7 +346,8 @@ pub(crate) fn where_(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
 }
 
-/// Like [`emit_rows`] for an intermediate value named `name` of a split node.
+/// Like [`emit_rows`] for an intermediate value named `name` of a split node (at least
+/// one input varying).
 fn sub_rows(
     ctx: &mut NodeCtx<'_>,
     suffix: &str,
@@ -355,29 +356,7 @@ fn sub_rows(
     shape: Vec<usize>,
     name: &str,
 ) -> Result<ValueId, ImportError> {
-    let mut varying: Vec<ValueId> = Vec::new();
-    let mut map = crate::graph::SparseMap::default();
-    for (terms, mut bias) in rows {
-        let mut out = Vec::new();
-        for (pos, index, weight) in terms {
-            let v = inputs[pos];
-            match ctx.constant(v) {
-                Some(t) => bias += weight * t.data[index],
-                None => {
-                    let slot = varying.iter().position(|&u| u == v).unwrap_or_else(|| {
-                        varying.push(v);
-                        varying.len() - 1
-                    });
-                    out.push(crate::graph::SparseTerm {
-                        slot: slot as u32,
-                        index: index as u32,
-                        weight,
-                    });
-                }
-            }
-        }
-        map.push_row(out, bias);
-    }
+    let (map, varying) = fold_rows(ctx, inputs, rows);
     let dtype = ctx.info(varying[0]).dtype;
     Ok(ctx.add_sub_node(
         suffix,

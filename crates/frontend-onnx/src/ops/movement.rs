@@ -40,44 +40,46 @@ pub(crate) type Row = (Vec<(usize, usize, f64)>, f64);
 /// Emits `rows` over the node's inputs `inputs` (positions refer to this list) as output
 /// 0 with `shape`: constant inputs fold into the bias, varying ones become the slots of an
 /// [`Op::Sparse`]; all-constant input gives a constant.
+/// `rows` over `inputs` as a sparse map: constant inputs fold into the bias, varying
+/// ones become its slots in order of first use. Returns the map and the slots' values.
+pub(crate) fn fold_rows(
+    ctx: &NodeCtx<'_>,
+    inputs: &[ValueId],
+    rows: Vec<Row>,
+) -> (SparseMap, Vec<ValueId>) {
+    let mut varying: Vec<ValueId> = Vec::new();
+    let mut map = SparseMap::default();
+    for (terms, mut bias) in rows {
+        let mut out = Vec::with_capacity(terms.len());
+        for (pos, index, weight) in terms {
+            let v = inputs[pos];
+            match ctx.constant(v) {
+                Some(t) => bias += weight * t.data[index],
+                None => {
+                    let slot = varying.iter().position(|&u| u == v).unwrap_or_else(|| {
+                        varying.push(v);
+                        varying.len() - 1
+                    });
+                    out.push(SparseTerm {
+                        slot: slot as u32,
+                        index: index as u32,
+                        weight,
+                    });
+                }
+            }
+        }
+        map.push_row(out, bias);
+    }
+    (map, varying)
+}
+
 pub(crate) fn emit_rows(
     ctx: &mut NodeCtx<'_>,
     inputs: &[ValueId],
     rows: Vec<Row>,
     shape: Vec<usize>,
 ) -> Result<(), ImportError> {
-    let mut slot_of: Vec<Option<u32>> = Vec::with_capacity(inputs.len());
-    let mut varying: Vec<ValueId> = Vec::new();
-    for &v in inputs {
-        if ctx.constant(v).is_some() {
-            slot_of.push(None);
-        } else {
-            match varying.iter().position(|&u| u == v) {
-                Some(p) => slot_of.push(Some(p as u32)),
-                None => {
-                    varying.push(v);
-                    slot_of.push(Some(varying.len() as u32 - 1));
-                }
-            }
-        }
-    }
-    let mut map = SparseMap::default();
-    for (terms, mut bias) in rows {
-        let mut out = Vec::with_capacity(terms.len());
-        for (pos, index, weight) in terms {
-            match slot_of[pos] {
-                Some(slot) => out.push(SparseTerm {
-                    slot,
-                    index: index as u32,
-                    weight,
-                }),
-                None => {
-                    bias += weight * ctx.constant(inputs[pos]).expect("constant slot").data[index]
-                }
-            }
-        }
-        map.push_row(out, bias);
-    }
+    let (map, varying) = fold_rows(ctx, inputs, rows);
     if varying.is_empty() {
         let dtype = ctx.info(inputs[0]).dtype;
         return ctx.set_constant(0, Tensor::new(shape, map.bias, dtype));

@@ -17,7 +17,7 @@ mod params;
 pub use engine::Evaluator;
 pub use keys::{generate_keys, Ciphertext, ClientKey, ServerKey};
 pub use latency::predicted_latency_ms;
-pub use noise::NoiseBudget;
+pub use noise::{rounding_sigmas, NoiseBudget};
 pub use params::{
     choose_params, predicted_variances, CryptoParams, KeyParams, PErrorTarget, ParamChoice,
     ParamError, PartitionKeyParams, PartitionParams,

@@ -255,6 +255,20 @@ pub struct NoiseBudget {
     pub output: Option<NoiseTerms>,
     /// Decrypted output elements per sample.
     pub output_count: usize,
+    /// Table lookups reading an approximate rounding: where the bootstrap noise decides
+    /// the rounded value near a boundary (see [`rounding_sigmas`]).
+    pub approximate_reads: Vec<ApproximateRead>,
+}
+
+/// A table lookup that reads the top bits of an approximate rounding's operand: the
+/// noise at its blind rotation, in units of the operand, is that rounding's error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApproximateRead {
+    /// Index of the `Round { approximate: true }` node.
+    pub round: usize,
+    pub site: PbsSite,
+    /// log2 of one operand unit on the torus at the blind rotation: −(p + 1 + drop).
+    pub unit_log2: i32,
 }
 
 impl NoiseBudget {
@@ -265,6 +279,7 @@ impl NoiseBudget {
         let np = precisions.len();
         let mut terms_of: Vec<Vec<NoiseTerms>> = Vec::with_capacity(c.len());
         let mut sites: Vec<PbsSite> = Vec::new();
+        let mut approximate_reads = Vec::new();
         let mut add_site = |site: PbsSite| match sites.iter_mut().find(|s| {
             s.scale_log2 == site.scale_log2
                 && s.precision == site.precision
@@ -369,13 +384,25 @@ impl NoiseBudget {
                 IntOp::Lut { precision, .. } => {
                     let shift = info.nodes[ops[0].index()].shift;
                     let part = partition_of(&precisions, *precision);
-                    add_site(PbsSite {
+                    let site = PbsSite {
                         terms: worst_of(x.unwrap(), np),
                         scale_log2: w - precision - shift,
                         precision: *precision,
                         partition: part,
                         count: node.numel(),
-                    });
+                    };
+                    if let IntOp::Round {
+                        approximate: true,
+                        drop_bits,
+                    } = c.node(ops[0]).op
+                    {
+                        approximate_reads.push(ApproximateRead {
+                            round: ops[0].index(),
+                            site: site.clone(),
+                            unit_log2: -((precision + 1 + drop_bits) as i32),
+                        });
+                    }
+                    add_site(site);
                     vec![NoiseTerms::pbs_output(np, part, 1.0); node.numel()]
                 }
                 IntOp::Reshape => x.unwrap().clone(),
@@ -409,12 +436,37 @@ impl NoiseBudget {
             sites,
             output,
             output_count,
+            approximate_reads,
         }
     }
 
     pub fn pbs_count(&self) -> usize {
         self.sites.iter().map(|s| s.count).sum()
     }
+}
+
+/// Per circuit node, the standard deviation (in units of its operand) of the Gaussian
+/// error an approximate rounding's reader adds before reading the top bits under the
+/// key set `keys`; 0 for every other node. A rounding read by several tables gets the
+/// largest of their deviations (docs/NOISE.md, approximate rounding).
+pub fn rounding_sigmas(
+    budget: &NoiseBudget,
+    keys: &crate::KeyParams,
+    node_count: usize,
+) -> Vec<f64> {
+    let (fresh, pbs, input) = crate::predicted_variances(keys);
+    let mut sigma = vec![0.0f64; node_count];
+    for r in &budget.approximate_reads {
+        let Some(&input_var) = input.get(r.site.partition) else {
+            continue;
+        };
+        let torus = site_variance(&r.site, fresh, &pbs, input_var).sqrt();
+        let s = torus * (-(r.unit_log2 as f64)).exp2();
+        if let Some(v) = sigma.get_mut(r.round) {
+            *v = v.max(s);
+        }
+    }
+    sigma
 }
 
 fn worst_of(t: &[NoiseTerms], partitions: usize) -> NoiseTerms {

@@ -145,3 +145,107 @@ fn pbs_output_noise_matches_the_model_n8192() {
         32,
     );
 }
+
+/// input (u8 in [0, 239], `n` elements) → approximate rounding of 4 bits → identity
+/// table of precision 4: FHE returns `round((x + e) / 16)`.
+fn approximate_rounding_circuit(n: usize) -> Circuit {
+    let mut c = Circuit::default();
+    let x = c.add(
+        Node {
+            name: "x".into(),
+            op: IntOp::Input { index: 0, bits: 8 },
+            shape: vec![1, n],
+            status: Status::Encrypted,
+            range: Range::new(0, 239),
+        },
+        &[],
+    );
+    let r = c.add(
+        Node {
+            name: "x/round".into(),
+            op: IntOp::Round {
+                drop_bits: 4,
+                approximate: true,
+            },
+            shape: vec![1, n],
+            status: Status::Encrypted,
+            range: Range::new(0, 15),
+        },
+        &[x],
+    );
+    let t = c.add(
+        Node {
+            name: "id".into(),
+            op: IntOp::Lut {
+                precision: 4,
+                tables: vec![(0..16).collect()],
+                table_of: vec![0; n],
+            },
+            shape: vec![1, n],
+            status: Status::Encrypted,
+            range: Range::new(0, 15),
+        },
+        &[r],
+    );
+    c.inputs = vec![x];
+    c.outputs = vec![t];
+    c
+}
+
+/// Approximate rounding on real ciphertexts: results one off the nearest value at the
+/// rate the error model (and so `simulate`) predicts, never further off.
+#[test]
+fn approximate_rounding_error_rate_matches_the_model() {
+    const N: usize = 480;
+    const DRAWS: u64 = 64;
+    let c = approximate_rounding_circuit(N);
+    let info = verify(&c).unwrap();
+    let budget = fhec_backend_tfhe::NoiseBudget::of(&c, &info);
+    let choice = fhec_backend_tfhe::choose_params(
+        &budget,
+        fhec_backend_tfhe::PErrorTarget::PerPbs(2f64.powi(-40)),
+    )
+    .unwrap();
+    let sigma = fhec_backend_tfhe::rounding_sigmas(&budget, &choice.keys, c.len());
+    let noise = fhec_ir::interp::RoundingNoise {
+        sigma: sigma.clone(),
+    };
+    // every value twice, so both sides of each boundary are well sampled
+    let values: Vec<i64> = (0..N as i64).map(|i| i % 240).collect();
+    let expected = fhec_ir::interp::simulate(&c, &info, &[values.clone()]).unwrap();
+    let off = |out: &[i64]| out.iter().zip(&expected[0]).filter(|(a, b)| a != b).count();
+    let simulated: f64 = (0..DRAWS)
+        .map(|seed| {
+            let out = fhec_ir::interp::simulate_noisy(&c, &info, &[values.clone()], &noise, seed)
+                .unwrap();
+            off(&out[0]) as f64
+        })
+        .sum::<f64>()
+        / DRAWS as f64;
+
+    let (client, server) = generate_keys(&choice.keys);
+    let ev = Evaluator::new(&c, &info, &server).unwrap();
+    let out = ev
+        .run(vec![client.encrypt(&values, info.encoding_bits)], &|_| {})
+        .unwrap();
+    let fhe = client.decrypt(&out[0], info.encoding_bits);
+    let measured = off(&fhe);
+    println!(
+        "σ = {:.3} operand units; off by one: FHE {measured}/{N}, simulate {simulated:.1}/{N}",
+        sigma[1]
+    );
+    for (i, (a, b)) in fhe.iter().zip(&expected[0]).enumerate() {
+        assert!(
+            (a - b).abs() <= 1,
+            "x = {}: FHE gave {a}, nearest is {b}",
+            values[i]
+        );
+    }
+    assert!(simulated > 10.0, "the model predicts too few errors to test");
+    // a binomial count: within 4 standard deviations of the prediction
+    let bound = 4.0 * simulated.sqrt() + 2.0;
+    assert!(
+        (measured as f64 - simulated).abs() <= bound,
+        "FHE rounded {measured} of {N} values off by one, the model predicts {simulated:.1} (± {bound:.1})"
+    );
+}

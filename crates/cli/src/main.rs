@@ -72,6 +72,9 @@ enum Command {
         /// Only the first N samples.
         #[arg(long)]
         limit: Option<usize>,
+        /// Seed of the approximate-rounding error model in `--mode simulate`.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[arg(long)]
         force: bool,
     },
@@ -217,6 +220,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             output,
             keys,
             limit,
+            seed,
             force,
         } => predict(
             &model,
@@ -225,6 +229,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             output.as_deref(),
             keys.as_deref(),
             limit,
+            seed,
             force,
         ),
         Command::Bench {
@@ -367,6 +372,7 @@ fn predict(
     output: Option<&Path>,
     keys: Option<&Path>,
     limit: Option<usize>,
+    seed: u64,
     force: bool,
 ) -> Result<ExitCode> {
     if let Some(o) = output {
@@ -383,10 +389,17 @@ fn predict(
     let mut start = Instant::now();
     let outputs: Vec<_> = match mode {
         Mode::Clear => run::clear(&a.client.graph, &samples)?,
-        Mode::Simulate => samples
-            .iter()
-            .map(|s| run::simulate(&a, &info, s).map(|r| r.outputs))
-            .collect::<Result<_>>()?,
+        Mode::Simulate => {
+            let sim = run::Simulator::new(&a, &info, seed);
+            if sim.is_statistical() {
+                eprintln!("simulate: approximate roundings drawn from the parameters' error model (seed {seed})");
+            }
+            samples
+                .iter()
+                .enumerate()
+                .map(|(i, s)| sim.run(i, s).map(|r| r.outputs))
+                .collect::<Result<_>>()?
+        }
         Mode::Fhe => {
             let t = Instant::now();
             let (client, server) = match keys {
@@ -478,12 +491,26 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
     let prepare = t.elapsed().as_secs_f64();
     let mut latencies = Vec::new();
     let mut mismatches = 0;
-    for s in &samples {
+    // approximate rounding: output elements off the expected value, in FHE and in the
+    // simulated error model (averaged over DRAWS seeds)
+    const DRAWS: usize = 16;
+    let sim = run::Simulator::new(a, info, 0);
+    let (mut elements, mut fhe_off, mut sim_off) = (0usize, 0usize, 0usize);
+    for (i, s) in samples.iter().enumerate() {
         let t = Instant::now();
         let r = run::fhe(a, info, &client, &evaluator, s, &|_| {})?;
         latencies.push(t.elapsed().as_secs_f64());
-        if r.circuit_outputs != run::simulate(a, info, s)?.circuit_outputs {
+        let expected = run::simulate(a, info, s)?.circuit_outputs;
+        if r.circuit_outputs != expected {
             mismatches += 1;
+        }
+        elements += expected.iter().map(Vec::len).sum::<usize>();
+        fhe_off += run::differing(&r.circuit_outputs, &expected);
+        if sim.is_statistical() {
+            for d in 0..DRAWS {
+                let noisy = run::Simulator::new(a, info, d as u64).run(i, s)?;
+                sim_off += run::differing(&noisy.circuit_outputs, &expected);
+            }
         }
     }
     let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
@@ -526,6 +553,13 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
             mean * 1e3,
             serial_sum,
             mean * 1e3 / serial_sum
+        );
+    }
+    if sim.is_statistical() && elements > 0 {
+        println!(
+            "  approximate rounding: output elements off the expected value: FHE {fhe_off}/{elements} ({:.1}%), simulate {:.1}% (mean of {DRAWS} seeds)",
+            100.0 * fhe_off as f64 / elements as f64,
+            100.0 * sim_off as f64 / (DRAWS * elements) as f64
         );
     }
     Ok(ExitCode::SUCCESS)

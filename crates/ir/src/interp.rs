@@ -28,17 +28,97 @@ pub enum SimError {
     },
 }
 
-/// Runs the circuit on one sample; returns the values of `c.outputs`.
+/// Runs the circuit on one sample; returns the values of `c.outputs`. Approximate
+/// roundings give their expected value (round to nearest).
 pub fn simulate(
     c: &Circuit,
     info: &CircuitInfo,
     inputs: &[Vec<i64>],
 ) -> Result<Vec<Vec<i64>>, SimError> {
-    let values = evaluate(c, inputs, Some(info.encoding_bits))?;
+    let values = evaluate_with(c, inputs, Some(info.encoding_bits), None)?;
     Ok(c.outputs
         .iter()
         .map(|o| values[o.index()].clone())
         .collect())
+}
+
+/// The error of approximate roundings, as the back end predicts it for a key set: the
+/// reading bootstrap sees `x + e`, `e ~ N(0, sigma[node]²)` in units of the operand `x`,
+/// and returns `round((x + e) / 2^drop)`, so values near a rounding boundary come out
+/// one off with the probability FHE has.
+#[derive(Clone, Debug)]
+pub struct RoundingNoise {
+    /// Per node index; 0 (or missing) for nodes that are not approximate roundings.
+    pub sigma: Vec<f64>,
+}
+
+impl RoundingNoise {
+    /// True when some approximate rounding has a non-zero error.
+    pub fn is_active(&self) -> bool {
+        self.sigma.iter().any(|&s| s > 0.0)
+    }
+}
+
+/// [`simulate`] with approximate roundings drawn from `noise` (a seeded generator, so a
+/// run is reproducible: the same seed and sample give the same result).
+pub fn simulate_noisy(
+    c: &Circuit,
+    info: &CircuitInfo,
+    inputs: &[Vec<i64>],
+    noise: &RoundingNoise,
+    seed: u64,
+) -> Result<Vec<Vec<i64>>, SimError> {
+    let mut draw = Draw {
+        noise,
+        rng: Gaussian::new(seed),
+    };
+    let values = evaluate_with(c, inputs, Some(info.encoding_bits), Some(&mut draw))?;
+    Ok(c.outputs
+        .iter()
+        .map(|o| values[o.index()].clone())
+        .collect())
+}
+
+struct Draw<'a> {
+    noise: &'a RoundingNoise,
+    rng: Gaussian,
+}
+
+/// Standard normal draws: SplitMix64 for uniform bits, Box–Muller for the shape.
+/// Statistical quality is ample for an error model; it is not cryptographic.
+struct Gaussian {
+    state: u64,
+    spare: Option<f64>,
+}
+
+impl Gaussian {
+    fn new(seed: u64) -> Self {
+        Gaussian {
+            state: seed,
+            spare: None,
+        }
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+    fn sample(&mut self) -> f64 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let (u, v) = (self.uniform(), self.uniform());
+        let r = (-2.0 * u.ln()).sqrt();
+        let t = 2.0 * std::f64::consts::PI * v;
+        self.spare = Some(r * t.sin());
+        r * t.cos()
+    }
 }
 
 /// Evaluates every node. With `encoding_bits = Some(W)` values are reduced to the
@@ -48,6 +128,15 @@ pub fn evaluate(
     c: &Circuit,
     inputs: &[Vec<i64>],
     encoding_bits: Option<u32>,
+) -> Result<Vec<Vec<i64>>, SimError> {
+    evaluate_with(c, inputs, encoding_bits, None)
+}
+
+fn evaluate_with(
+    c: &Circuit,
+    inputs: &[Vec<i64>],
+    encoding_bits: Option<u32>,
+    mut noise: Option<&mut Draw<'_>>,
 ) -> Result<Vec<Vec<i64>>, SimError> {
     if inputs.len() != c.inputs.len() {
         return Err(SimError::InputCount {
@@ -116,13 +205,27 @@ pub fn evaluate(
                     .map(reduce)
                     .collect()
             }
-            // exact and approximate alike: an approximate rounding's expected value (FHE
-            // may be off by one near a boundary, docs/QUANTIZATION.md)
-            IntOp::Round { drop_bits, .. } => {
+            // exact, or approximate without a noise model: round to nearest
+            IntOp::Round {
+                drop_bits,
+                approximate,
+            } => {
                 let half = 1i64 << (drop_bits - 1);
+                let sigma = match noise.as_deref() {
+                    Some(d) if *approximate => d.noise.sigma.get(id.index()).copied(),
+                    _ => None,
+                }
+                .unwrap_or(0.0);
                 x.unwrap()
                     .iter()
-                    .map(|&v| match encoding_bits {
+                    .map(|&v| {
+                        // floor((x + e + half) / 2^d) = floor((x + ⌊e⌋ + half) / 2^d)
+                        match noise.as_deref_mut() {
+                            Some(d) if sigma > 0.0 => v + (sigma * d.rng.sample()).floor() as i64,
+                            _ => v,
+                        }
+                    })
+                    .map(|v| match encoding_bits {
                         // the ciphertext's unsigned residue, low bits cleared one bootstrap at a time
                         Some(w) => (v + half).rem_euclid(1 << (w + 1)) >> drop_bits,
                         None => (v + half) >> drop_bits,

@@ -115,9 +115,10 @@ struct QuantArgs {
     /// Never round accumulators (TLUs read the full accumulator).
     #[arg(long)]
     no_rounding: bool,
-    /// How accumulators are rounded: `exact` (extra bootstraps, bit-exact) or
-    /// `approximate` (no extra bootstrap; the TLU may be off by one near a boundary).
-    #[arg(long, value_enum, default_value_t = RoundingMode::Exact)]
+    /// How accumulators are rounded: `approximate` (no extra bootstrap; the TLU may be
+    /// off by one near a boundary, simulate draws that error) or `exact` (extra
+    /// bootstraps, bit-exact).
+    #[arg(long, value_enum, default_value_t = RoundingMode::Approximate)]
     rounding: RoundingMode,
     /// Headroom of accumulator ranges beyond the inputset, as a fraction of their width (default 0.25).
     #[arg(long)]

@@ -15,6 +15,13 @@ pub struct NodeRow {
     pub bits: u32,
     /// Input precision of a table lookup.
     pub tlu_bits: Option<u32>,
+    /// A table lookup reading a rounding: the operand's width before rounding.
+    pub tlu_bits_before_rounding: Option<u32>,
+    /// `exact` or `approximate`, for a rounding and the table lookups reading it.
+    pub rounding: Option<&'static str>,
+    /// An approximate rounding: predicted fraction of its results one off the nearest
+    /// value at the chosen parameters (operand spread evenly over a rounding step).
+    pub off_by_one_rate: Option<f64>,
     pub pbs: usize,
 }
 
@@ -46,11 +53,33 @@ pub struct PredictedLatency {
 impl Report {
     pub fn new(source: &str, c: &Circuit, info: &CircuitInfo, params: Option<ParamChoice>) -> Self {
         let mut op_counts = std::collections::BTreeMap::new();
+        let sigmas = match &params {
+            Some(p) if p.needs_bootstrap() => fhec_backend_tfhe::rounding_sigmas(
+                &fhec_backend_tfhe::NoiseBudget::of(c, info),
+                &p.keys,
+                c.len(),
+            ),
+            _ => Vec::new(),
+        };
+        let rounding_of = |id: fhec_ir::NodeId| match c.node(id).op {
+            IntOp::Round { approximate, .. } => Some(if approximate {
+                "approximate"
+            } else {
+                "exact"
+            }),
+            _ => None,
+        };
         let nodes = c
             .ids()
             .map(|id| {
                 let n = c.node(id);
                 *op_counts.entry(n.op.name().to_string()).or_insert(0) += 1;
+                // a Lut's operand, and that operand's own operand when it is a rounding
+                let read = match n.op {
+                    IntOp::Lut { .. } => c.operands(id).first().copied(),
+                    _ => None,
+                };
+                let rounded = read.filter(|&r| rounding_of(r).is_some());
                 NodeRow {
                     id: id.index(),
                     name: n.name.clone(),
@@ -61,6 +90,23 @@ impl Report {
                     bits: info.nodes[id.index()].bits,
                     tlu_bits: match n.op {
                         IntOp::Lut { precision, .. } => Some(precision),
+                        _ => None,
+                    },
+                    tlu_bits_before_rounding: rounded.map(|r| {
+                        info.nodes[c.operands(r)[0].index()].bits
+                    }),
+                    rounding: rounding_of(id).or_else(|| rounded.and_then(rounding_of)),
+                    off_by_one_rate: match n.op {
+                        IntOp::Round {
+                            approximate: true,
+                            drop_bits,
+                        } => sigmas.get(id.index()).map(|&sigma| {
+                            // E|e| / 2^drop: a boundary is crossed when |e| exceeds the
+                            // distance to it, uniform over a step
+                            (sigma * (2.0 / std::f64::consts::PI).sqrt()
+                                / (1u64 << drop_bits) as f64)
+                                .min(1.0)
+                        }),
                         _ => None,
                     },
                     pbs: info.nodes[id.index()].pbs,
@@ -93,13 +139,13 @@ impl Report {
     pub fn text(&self) -> String {
         let mut s = format!("model: {}\n", self.source);
         s += &format!(
-            "{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>4} {:>6}\n",
+            "{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>7} {:>6}\n",
             "#", "node", "op", "shape", "enc", "range", "bits", "tlu", "pbs"
         );
         for n in &self.nodes {
             let flag = if n.bits > fhec_ir::MAX_BITS { " !" } else { "" };
             s += &format!(
-                "{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>4} {:>6}{flag}\n",
+                "{:>3}  {:<36} {:<8} {:<12} {:<5} {:<22} {:>4} {:>7} {:>6}{flag}\n",
                 n.id,
                 truncate(&n.name, 36),
                 n.op,
@@ -107,7 +153,7 @@ impl Report {
                 if n.encrypted { "enc" } else { "clear" },
                 format!("[{}, {}]", n.range[0], n.range[1]),
                 n.bits,
-                n.tlu_bits.map_or("-".into(), |b| b.to_string()),
+                tlu_column(n),
                 n.pbs
             );
         }
@@ -121,6 +167,29 @@ impl Report {
             "per sample: {} TLUs + {} rounding bootstraps = {} PBS; max TLU precision {} bits; widest value {} bits (encoding {} bits)\n",
             self.tlu_count, self.rounding_pbs, self.pbs_per_sample, self.max_tlu_bits, self.max_bits, self.encoding_bits
         );
+        let rounded: Vec<&NodeRow> = self
+            .nodes
+            .iter()
+            .filter(|n| n.tlu_bits_before_rounding.is_some())
+            .collect();
+        if !rounded.is_empty() {
+            let approx = rounded
+                .iter()
+                .filter(|n| n.rounding == Some("approximate"))
+                .count();
+            s += &format!(
+                "rounding: {} of {} table lookups read a rounded accumulator (tlu column: bits before → after; ≈ approximate), {approx} of them approximately\n",
+                rounded.len(),
+                self.nodes.iter().filter(|n| n.tlu_bits.is_some()).count()
+            );
+            let rates: Vec<f64> = self.nodes.iter().filter_map(|n| n.off_by_one_rate).collect();
+            if let Some(worst) = rates.iter().copied().reduce(f64::max) {
+                s += &format!(
+                    "  approximate rounding at these parameters: up to {:.1}% of results one off the nearest value (simulate draws them; docs/NOISE.md)\n",
+                    100.0 * worst
+                );
+            }
+        }
         if let Some(p) = &self.params {
             s += &params_line(p, self.predicted_latency.as_ref());
         }
@@ -143,6 +212,18 @@ impl Report {
             }
         }
         s
+    }
+}
+
+/// A table's input precision, with the accumulator width it was rounded from.
+fn tlu_column(n: &NodeRow) -> String {
+    match (n.tlu_bits, n.tlu_bits_before_rounding) {
+        (Some(b), Some(before)) => {
+            let arrow = if n.rounding == Some("approximate") { "≈" } else { "→" };
+            format!("{before}{arrow}{b}")
+        }
+        (Some(b), None) => b.to_string(),
+        _ => "-".into(),
     }
 }
 

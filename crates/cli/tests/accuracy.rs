@@ -150,9 +150,12 @@ fn simulation_close_to_float(models: &[&str], points: f64) {
         let samples = test_samples(name, &a);
         let truth = array(&fixture(name).join("test_y.npy")).data;
         let float_out = fhec::run::clear(&a.client.graph, &samples).unwrap();
+        // what FHE decrypts: approximate roundings drawn from the error model
+        let sim = fhec::run::Simulator::new(&a, &info, 0);
         let sim_out: Vec<_> = samples
             .iter()
-            .map(|s| fhec::run::simulate(&a, &info, s).unwrap().outputs)
+            .enumerate()
+            .map(|(i, s)| sim.run(i, s).unwrap().outputs)
             .collect();
         let (f, s) = (
             predictions(&m, &a, &float_out),

@@ -16,6 +16,8 @@ fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
         f.join("train.npy").to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
+        "--rounding",
+        "exact",
     ]);
     assert_eq!(code, 0, "{err}");
     for needle in [
@@ -100,6 +102,43 @@ fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
     assert!(nodes
         .iter()
         .any(|n| n["op"] == "lut" && n["tlu_bits"] == 6 && n["encrypted"] == true));
+}
+
+/// The default rounding is approximate: no rounding bootstrap, and inspect shows each
+/// table's precision before and after rounding with the predicted off-by-one rate.
+#[test]
+fn default_rounding_is_approximate_and_inspect_shows_both_precisions() {
+    let f = fixture("mlp_iris");
+    let (model, inputset) = (f.join("model.onnx"), f.join("train.npy"));
+    let args = [
+        "inspect",
+        model.to_str().unwrap(),
+        "--inputset",
+        inputset.to_str().unwrap(),
+    ];
+    let (code, json, err) = fhec(&[&args[..], &["--format", "json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["rounding_pbs"], 0);
+    assert_eq!(v["pbs_per_sample"], v["tlu_count"]);
+    let nodes = v["nodes"].as_array().unwrap();
+    let read: Vec<_> = nodes
+        .iter()
+        .filter(|n| n["tlu_bits_before_rounding"].is_u64())
+        .collect();
+    assert!(!read.is_empty(), "{json}");
+    for n in &read {
+        assert_eq!(n["rounding"], "approximate");
+        assert!(n["tlu_bits_before_rounding"].as_u64() > n["tlu_bits"].as_u64(), "{n}");
+    }
+    let rates: Vec<f64> = nodes
+        .iter()
+        .filter_map(|n| n["off_by_one_rate"].as_f64())
+        .collect();
+    assert!(!rates.is_empty() && rates.iter().all(|&r| r > 0.0 && r < 0.5), "{rates:?}");
+    let (code, text, err) = fhec(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("≈6") && text.contains("one off the nearest value"), "{text}");
 }
 
 #[test]

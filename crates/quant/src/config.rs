@@ -7,11 +7,12 @@ pub struct QuantConfig {
     pub weight_bits: u32,
     /// Bits of each activation produced by a table lookup (unsigned).
     pub activation_bits: u32,
-    /// Accumulators wider than this are rounded exactly to this many MSBs before their
-    /// table lookup; `None` never rounds.
+    /// Accumulators wider than this are rounded to this many MSBs before their table
+    /// lookup; `None` never rounds.
     pub rounding_bits: Option<u32>,
-    /// Round approximately: the table lookup reads the top `rounding_bits` bits through
-    /// its own bootstrap (no extra bootstrap), occasionally off by one.
+    /// Round approximately (the default): the table lookup reads the top `rounding_bits`
+    /// bits through its own bootstrap (no extra bootstrap), occasionally off by one;
+    /// `false` rounds exactly with extra bootstraps.
     #[serde(default)]
     pub rounding_approximate: bool,
     /// Accumulators are built for their calibrated range widened by this fraction of its
@@ -27,7 +28,7 @@ impl Default for QuantConfig {
             weight_bits: 6,
             activation_bits: 6,
             rounding_bits: Some(6),
-            rounding_approximate: false,
+            rounding_approximate: true,
             range_margin: 0.25,
         }
     }

@@ -300,6 +300,7 @@ fn compile(
         &a.server.circuit,
         &compiled.info,
         Some(a.server.params.clone()),
+        a.client.spec.origins.clone(),
     );
     let ops: Vec<String> = r
         .op_counts
@@ -345,7 +346,13 @@ fn inspect(
         } else {
             None
         };
-        Report::new(&l.source, &l.quantized.circuit, &l.info, params)
+        Report::new(
+            &l.source,
+            &l.quantized.circuit,
+            &l.info,
+            params,
+            l.quantized.client.origins.clone(),
+        )
     } else {
         let (a, info) = Artifact::load(path)?;
         Report::new(
@@ -353,6 +360,7 @@ fn inspect(
             &a.server.circuit,
             &info,
             Some(a.server.params.clone()),
+            a.client.spec.origins.clone(),
         )
     };
     match format {

@@ -42,6 +42,8 @@ pub struct Report {
     pub params: Option<ParamChoice>,
     /// Predicted per-sample latency on this machine's thread count (cost model).
     pub predicted_latency: Option<PredictedLatency>,
+    /// Each quantization grid and whether it came from the model (QAT) or calibration.
+    pub quantization: Vec<fhec_quant::QuantOrigin>,
 }
 
 #[derive(Serialize)]
@@ -51,7 +53,13 @@ pub struct PredictedLatency {
 }
 
 impl Report {
-    pub fn new(source: &str, c: &Circuit, info: &CircuitInfo, params: Option<ParamChoice>) -> Self {
+    pub fn new(
+        source: &str,
+        c: &Circuit,
+        info: &CircuitInfo,
+        params: Option<ParamChoice>,
+        quantization: Vec<fhec_quant::QuantOrigin>,
+    ) -> Self {
         let mut op_counts = std::collections::BTreeMap::new();
         let sigmas = match &params {
             Some(p) if p.needs_bootstrap() => fhec_backend_tfhe::rounding_sigmas(
@@ -133,6 +141,7 @@ impl Report {
                 }
             }),
             params,
+            quantization,
         }
     }
 
@@ -190,6 +199,7 @@ impl Report {
                 );
             }
         }
+        s += &quantization_text(&self.quantization);
         if let Some(p) = &self.params {
             s += &params_line(p, self.predicted_latency.as_ref());
         }
@@ -213,6 +223,33 @@ impl Report {
         }
         s
     }
+}
+
+/// Which grids the model fixed (QAT) and which were calibrated on the inputset.
+fn quantization_text(origins: &[fhec_quant::QuantOrigin]) -> String {
+    let list = |from_model: bool| -> Vec<String> {
+        origins
+            .iter()
+            .filter(|o| o.from_model == from_model)
+            .map(|o| {
+                let kind = match o.kind {
+                    fhec_quant::OriginKind::Input => "input",
+                    fhec_quant::OriginKind::Activation => "activation",
+                    fhec_quant::OriginKind::Weights => "weights",
+                };
+                format!("{kind} '{}' {} bits", o.tensor, o.bits)
+            })
+            .collect()
+    };
+    let (model, calibrated) = (list(true), list(false));
+    let mut s = String::new();
+    if !model.is_empty() {
+        s += &format!("quantization from the model: {}\n", model.join(", "));
+    }
+    if !calibrated.is_empty() {
+        s += &format!("quantization calibrated on the inputset: {}\n", calibrated.join(", "));
+    }
+    s
 }
 
 /// A table's input precision, with the accumulator width it was rounded from.

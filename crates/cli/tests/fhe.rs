@@ -64,6 +64,12 @@ fn mlp_digits_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("mlp_digits", 3) > 0);
 }
 
+/// A QAT model (its own grids and integer weights) on real ciphertexts.
+#[test]
+fn qat_mlp_iris_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("qat_mlp_iris", 1) > 0);
+}
+
 #[test]
 fn one_op_sigmoid_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("op_sigmoid", 3) > 0);

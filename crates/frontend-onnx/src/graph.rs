@@ -423,6 +423,16 @@ pub enum Op {
     Normalizer {
         norm: Norm,
     },
+    /// QuantizeLinear on a varying tensor (one scale and zero point):
+    /// `clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`, an integer tensor.
+    Quantize {
+        scale: f64,
+        zero_point: i64,
+        qmin: i64,
+        qmax: i64,
+    },
+    /// DequantizeLinear on a varying tensor: `(q − zero_point)·scale`.
+    Dequantize { scale: f64, zero_point: i64 },
 }
 
 impl Op {
@@ -444,6 +454,8 @@ impl Op {
             Op::ZipMap => "ZipMap",
             Op::Cast { .. } => "Cast",
             Op::Normalizer { .. } => "Normalizer",
+            Op::Quantize { .. } => "QuantizeLinear",
+            Op::Dequantize { .. } => "DequantizeLinear",
         }
     }
 

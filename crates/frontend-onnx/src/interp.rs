@@ -162,6 +162,27 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             *to,
         )],
         Op::ZipMap => vec![x.clone()],
+        Op::Quantize {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        } => vec![Tensor::new(
+            x.shape.clone(),
+            x.data
+                .iter()
+                .map(|&v| crate::ops::quantize_value(v, *scale, *zero_point, *qmin, *qmax))
+                .collect(),
+            DType::I64,
+        )],
+        Op::Dequantize { scale, zero_point } => vec![Tensor::new(
+            x.shape.clone(),
+            x.data
+                .iter()
+                .map(|&q| ((q - *zero_point as f64) as f32 * *scale as f32) as f64)
+                .collect(),
+            DType::F32,
+        )],
         Op::Softmax { axis } => vec![same(along_axis(x, *axis, softmax))],
         Op::Normalizer { norm } => {
             let f = |row: &[f64]| -> Vec<f64> {

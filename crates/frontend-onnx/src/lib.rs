@@ -54,7 +54,8 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
     let mut b = Builder::default();
     for init in &graph.initializer {
         let t = tensor::decode_tensor(init)?;
-        b.add_constant(&init.name, t);
+        let id = b.add_constant(&init.name, t);
+        b.elem_types.insert(id, init.data_type);
     }
     for input in &graph.input {
         if b.by_name.contains_key(&input.name) {
@@ -159,6 +160,9 @@ struct Builder {
     nodes: Vec<Node>,
     inputs: Vec<ValueId>,
     by_name: HashMap<String, ValueId>,
+    /// ONNX element type of constants decoded from tensors (integer widths collapse to
+    /// `DType::I64`; QuantizeLinear reads its range off the zero point's type).
+    elem_types: HashMap<ValueId, i32>,
 }
 
 impl Builder {
@@ -224,6 +228,10 @@ impl NodeCtx<'_> {
     pub(crate) fn constant(&self, id: ValueId) -> Option<&Tensor> {
         self.info(id).constant.as_ref()
     }
+    /// The ONNX element type a constant was stored with, when it came from a tensor.
+    pub(crate) fn elem_type(&self, id: ValueId) -> Option<i32> {
+        self.b.elem_types.get(&id).copied()
+    }
     pub(crate) fn value_name(&self, id: ValueId) -> &str {
         &self.info(id).name
     }
@@ -269,11 +277,23 @@ impl NodeCtx<'_> {
 
     /// Binds output slot `i` to a constant.
     pub(crate) fn set_constant(&mut self, i: usize, t: Tensor) -> Result<(), ImportError> {
+        self.set_typed_constant(i, t, None)
+    }
+    /// [`set_constant`](Self::set_constant), recording its ONNX element type.
+    pub(crate) fn set_typed_constant(
+        &mut self,
+        i: usize,
+        t: Tensor,
+        elem_type: Option<i32>,
+    ) -> Result<(), ImportError> {
         let name = self
             .output_name(i)
             .ok_or_else(|| self.err("missing output name"))?
             .to_string();
-        self.b.add_constant(&name, t);
+        let id = self.b.add_constant(&name, t);
+        if let Some(e) = elem_type {
+            self.b.elem_types.insert(id, e);
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@ pub(crate) fn dtype_of(elem_type: i32) -> Option<DType> {
     match elem_type {
         dt::FLOAT => Some(DType::F32),
         dt::DOUBLE => Some(DType::F64),
-        dt::INT64 | dt::INT32 | dt::INT8 | dt::UINT8 => Some(DType::I64),
+        dt::INT64 | dt::INT32 | dt::INT16 | dt::UINT16 | dt::INT8 | dt::UINT8 => Some(DType::I64),
         dt::BOOL => Some(DType::Bool),
         _ => None,
     }
@@ -36,6 +36,7 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
         let width = match t.data_type {
             dt::FLOAT | dt::INT32 => 4,
             dt::DOUBLE | dt::INT64 => 8,
+            dt::INT16 | dt::UINT16 => 2,
             _ => 1,
         };
         if raw.len() != numel * width {
@@ -59,6 +60,12 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
                 .collect(),
             dt::INT32 => chunks
                 .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            dt::INT16 => chunks
+                .map(|c| i16::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            dt::UINT16 => chunks
+                .map(|c| u16::from_le_bytes(c.try_into().unwrap()) as f64)
                 .collect(),
             dt::INT8 => raw.iter().map(|&b| b as i8 as f64).collect(),
             _ => raw.iter().map(|&b| b as f64).collect(),

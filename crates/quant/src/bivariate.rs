@@ -207,7 +207,8 @@ impl Lowering<'_> {
                 .collect()
         };
         let (lo, hi) = min_max(floats(&a).into_iter().chain(floats(&b)));
-        let to = crate::builder::asymmetric(lo, hi, self.cfg.activation_bits);
+        let bits = self.cfg.activation_bits;
+        let to = crate::tlu::Grid::calibrated(crate::builder::asymmetric(lo, hi, bits), bits);
         let a = self.requantize_with(&format!("{name}/a"), a, Some(to))?;
         let b = self.requantize_with(&format!("{name}/b"), b, Some(to))?;
         Ok((a, b))

@@ -6,6 +6,7 @@ use fhec_frontend_onnx::{DType, FloatGraph, Op, Tensor, ValueId};
 use fhec_ir::{Circuit, IntOp, Node, NodeId, Range, Status};
 
 use crate::client::{ClientSpec, InputQuant, OutputDequant, Pending};
+use crate::tlu::Grid;
 use crate::{QuantConfig, QuantError, Quantized};
 
 /// A float value as the circuit holds it: `pending(scale[e]·q[e] + offset[e])`, where
@@ -53,6 +54,11 @@ pub fn quantize(
         circuit: Circuit::default(),
         values: HashMap::new(),
         requantized: HashMap::new(),
+        qat: graph
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::Quantize { .. })),
+        origins: Vec::new(),
     };
     let mut inputs = Vec::new();
     for (index, &id) in graph.inputs.iter().enumerate() {
@@ -100,6 +106,7 @@ pub fn quantize(
             inputs,
             outputs,
             tail,
+            origins: b.origins,
         },
     })
 }
@@ -199,6 +206,10 @@ pub(crate) struct Lowering<'a> {
     pub values: HashMap<ValueId, QValue>,
     /// Requantizations done, by operand node and (pending ops, scales, target).
     pub requantized: HashMap<(NodeId, u64), QValue>,
+    /// The model carries its own quantization (QuantizeLinear nodes): its grids and
+    /// integer weights are kept.
+    pub qat: bool,
+    pub origins: Vec<crate::QuantOrigin>,
 }
 
 /// Asymmetric quantization of `[lo, hi]` (widened to hold 0) on `bits` unsigned bits.
@@ -217,11 +228,54 @@ pub(crate) fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 impl Lowering<'_> {
+    /// The grid of the QuantizeLinear nodes reading `id`, when every reader is one and
+    /// they agree.
+    fn model_grid_of(&self, id: ValueId) -> Option<Grid> {
+        let mut readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&id));
+        let first = readers.next()?;
+        let grid = |op: &Op| match *op {
+            Op::Quantize {
+                scale,
+                zero_point,
+                qmin,
+                qmax,
+            } => Some(Grid {
+                scale,
+                zero: zero_point - qmin,
+                max: qmax - qmin,
+                from_model: true,
+            }),
+            _ => None,
+        };
+        let g = grid(&first.op)?;
+        readers
+            .all(|n| grid(&n.op).is_some_and(|h| (h.scale, h.zero, h.max) == (g.scale, g.zero, g.max)))
+            .then_some(g)
+    }
+
     fn input(&mut self, index: usize, id: ValueId, inputset: &[Vec<Tensor>]) -> InputQuant {
         let info = self.graph.value(id);
-        let bits = self.cfg.input_bits;
-        let (lo, hi) = min_max(inputset.iter().flat_map(|s| s[index].data.iter().copied()));
-        let (scale, zero_point) = asymmetric(lo, hi, bits);
+        // a QAT model's input grid is its first QuantizeLinear's
+        let model = self
+            .model_grid_of(id)
+            .filter(|g| ((g.max + 1) as u64).is_power_of_two());
+        let (scale, zero_point, bits) = match model {
+            Some(g) => (g.scale, g.zero, (g.max + 1).trailing_zeros()),
+            None => {
+                let bits = self.cfg.input_bits;
+                let (lo, hi) =
+                    min_max(inputset.iter().flat_map(|s| s[index].data.iter().copied()));
+                let (scale, zero_point) = asymmetric(lo, hi, bits);
+                (scale, zero_point, bits)
+            }
+        };
+        self.origins.push(crate::QuantOrigin {
+            tensor: info.name.clone(),
+            kind: crate::OriginKind::Input,
+            from_model: model.is_some(),
+            bits,
+            scale,
+        });
         let iq = InputQuant {
             value: id,
             name: info.name.clone(),
@@ -229,6 +283,7 @@ impl Lowering<'_> {
             scale,
             zero_point,
             bits,
+            from_model: model.is_some(),
         };
         let calib: Vec<Vec<i64>> = inputset
             .iter()
@@ -291,10 +346,59 @@ impl Lowering<'_> {
             Op::Sparse(map) => self.sparse(&node.name, xs, map, out_shape)?,
             Op::Pairwise { kind, left, right } => self.pairwise(&node.name, xs, *kind, left, right, out_shape)?,
             Op::GroupMax { groups, min } => self.group_max(&node.name, x, groups, *min, out_shape)?,
+            Op::Quantize { scale, zero_point, qmin, qmax } => self.quantize_to_model_grid(&node.name, x, *scale, *zero_point, *qmin, *qmax)?,
+            Op::Dequantize { scale, zero_point } => {
+                let numel = x.scale.len();
+                let x = self.binary(x, fhec_frontend_onnx::BinaryKind::Sub, &vec![*zero_point as f64; numel], false);
+                self.binary(x, fhec_frontend_onnx::BinaryKind::Mul, &vec![*scale; numel], false)
+            }
             _ => return Err(unsupported("only the model's final operations may use it (they run on the client); here its result feeds an operation with weights")),
         };
         self.values.insert(out_id, result);
         Ok(())
+    }
+
+    /// QuantizeLinear inside the circuit: the integers `q` on the model's grid. A model
+    /// input already quantized on that grid by the client is relabelled; anything else
+    /// takes one table lookup onto the grid (the pending ops included).
+    fn quantize_to_model_grid(
+        &mut self,
+        name: &str,
+        x: QValue,
+        scale: f64,
+        zero_point: i64,
+        qmin: i64,
+        qmax: i64,
+    ) -> Result<QValue, QuantError> {
+        let grid = Grid {
+            scale,
+            zero: zero_point - qmin,
+            max: qmax - qmin,
+            from_model: true,
+        };
+        let on_grid = x.pending.is_empty()
+            && x.narrow
+            && x.scale.iter().all(|&s| s == scale)
+            && x.offset.iter().all(|&o| o == -scale * grid.zero as f64);
+        let u = if on_grid {
+            x
+        } else {
+            self.origins.push(crate::QuantOrigin {
+                tensor: name.to_string(),
+                kind: crate::OriginKind::Activation,
+                from_model: true,
+                bits: fhec_ir::bits_for_range(Range::new(0, grid.max)),
+                scale,
+            });
+            self.requantize_with(name, x, Some(grid))?
+        };
+        // q = u + qmin
+        let numel = u.scale.len();
+        Ok(QValue {
+            scale: vec![1.0; numel],
+            offset: vec![qmin as f64; numel],
+            ..u
+        })
     }
 
     /// Folds an affine constant op into scale/offset when nothing is pending; defers it otherwise.
@@ -348,10 +452,36 @@ impl Lowering<'_> {
         } else {
             self.requantize(name, x)?
         };
-        let wmax = weight.iter().fold(0f64, |m, w| m.max(w.abs()));
-        let levels = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
-        let s_w = if wmax > 0.0 { wmax / levels } else { 1.0 };
-        let wq: Vec<i64> = weight.iter().map(|w| (w / s_w).round() as i64).collect();
+        // a QAT model's weights are integers on its own grid (one step per output row)
+        let model_steps = if self.qat {
+            weight.chunks(k).map(weight_step).collect::<Option<Vec<f64>>>()
+        } else {
+            None
+        };
+        let s_w: Vec<f64> = match &model_steps {
+            Some(steps) => steps.clone(),
+            None => {
+                let wmax = weight.iter().fold(0f64, |m, w| m.max(w.abs()));
+                let levels = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
+                vec![if wmax > 0.0 { wmax / levels } else { 1.0 }; n]
+            }
+        };
+        let wq: Vec<i64> = weight
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w / s_w[i / k]).round() as i64)
+            .collect();
+        let wbits = 1 + fhec_ir::bits_for_range(Range::new(
+            0,
+            wq.iter().map(|w| w.abs()).max().unwrap_or(0),
+        ));
+        self.origins.push(crate::QuantOrigin {
+            tensor: name.to_string(),
+            kind: crate::OriginKind::Weights,
+            from_model: model_steps.is_some(),
+            bits: wbits,
+            scale: s_w[0],
+        });
         let rows = x.calib[0].len() / k;
         // integer accumulators on the inputset, before the shift
         let acc: Vec<Vec<i64>> = x
@@ -390,14 +520,16 @@ impl Lowering<'_> {
             .enumerate()
             .map(|(e, s)| (s.0 + shift[e % n], s.1 + shift[e % n]))
             .collect();
-        let s = x.scale[0] * s_w;
         let mut offset = Vec::with_capacity(rows * n);
+        let mut scale = Vec::with_capacity(rows * n);
         for r in 0..rows {
             for j in 0..n {
+                let s = x.scale[0] * s_w[j];
                 let wo: f64 = (0..k)
                     .map(|i| weight[j * k + i] * x.offset[r * k + i])
                     .sum();
                 offset.push(wo + bias[j] - s * shift[j] as f64);
+                scale.push(s);
             }
         }
         let op = IntOp::Linear {
@@ -419,7 +551,7 @@ impl Lowering<'_> {
         );
         Ok(QValue {
             node,
-            scale: vec![s; rows * n],
+            scale,
             offset,
             pending: vec![],
             narrow: false,
@@ -428,6 +560,26 @@ impl Lowering<'_> {
             design: Some(design),
         })
     }
+}
+
+/// The step of a row of weights that are integer multiples of one step, at most 127 of
+/// it (int8, as a quantized model stores them): the largest `min|w| / m`, m = 1..=16,
+/// dividing every weight to 1e-4. `None` for float weights.
+fn weight_step(row: &[f64]) -> Option<f64> {
+    let smallest = row
+        .iter()
+        .map(|w| w.abs())
+        .filter(|&w| w > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    if !smallest.is_finite() {
+        return Some(1.0); // an all-zero row: any step
+    }
+    (1..=16).map(|m| smallest / m as f64).find(|&step| {
+        row.iter().all(|w| {
+            let q = w / step;
+            (q - q.round()).abs() < 1e-4 && q.abs() <= 127.5
+        })
+    })
 }
 
 /// Interval arithmetic through an integer matrix product (bias 0).

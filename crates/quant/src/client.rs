@@ -15,12 +15,19 @@ pub struct InputQuant {
     pub scale: f64,
     pub zero_point: i64,
     pub bits: u32,
+    /// The model's own QuantizeLinear grid (rounds ties to even in f32, as ONNX does).
+    #[serde(default)]
+    pub from_model: bool,
 }
 
 impl InputQuant {
     pub fn quantize(&self, x: f64) -> i64 {
-        let q = (x / self.scale).round() + self.zero_point as f64;
-        q.clamp(0.0, ((1i64 << self.bits) - 1) as f64) as i64
+        let r = if self.from_model {
+            (x as f32 / self.scale as f32).round_ties_even() as f64
+        } else {
+            (x / self.scale).round()
+        };
+        (r + self.zero_point as f64).clamp(0.0, ((1i64 << self.bits) - 1) as f64) as i64
     }
 }
 
@@ -105,6 +112,9 @@ pub struct ClientSpec {
     pub outputs: Vec<OutputDequant>,
     /// Float-graph nodes (indices) the client runs after dequantization.
     pub tail: Vec<usize>,
+    /// Where each quantization grid came from (model or calibration), for `inspect`.
+    #[serde(default)]
+    pub origins: Vec<crate::QuantOrigin>,
 }
 
 impl ClientSpec {

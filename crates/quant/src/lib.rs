@@ -26,9 +26,31 @@ mod tlu;
 
 pub use builder::quantize;
 pub use client::{ClientSpec, InputQuant, OutputDequant, Pending};
+
 pub use config::QuantConfig;
 
 use fhec_ir::Circuit;
+
+/// Where a quantization grid came from: the model's own QuantizeLinear scales and
+/// integer weights (a QAT or statically quantized model), or calibration on the inputset.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QuantOrigin {
+    /// The model input, the node the activation feeds or comes from, or the layer.
+    pub tensor: String,
+    pub kind: OriginKind,
+    pub from_model: bool,
+    pub bits: u32,
+    /// The grid's step (the first row's, for per-row weights).
+    pub scale: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginKind {
+    Input,
+    Activation,
+    Weights,
+}
 
 /// The result of quantization: the server's circuit and the client's side of it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -8,6 +8,35 @@ use fhec_ir::{bits_for_range, IntOp, Node, NodeId, Range, Status};
 use crate::builder::{asymmetric, min_max, Lowering, QValue};
 use crate::QuantError;
 
+/// The integer grid a table lookup quantizes onto: `u = clamp(round(x / scale) + zero,
+/// 0, max)`; a model's own grid (QAT) rounds ties to even in f32, as ONNX does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    pub scale: f64,
+    pub zero: i64,
+    pub max: i64,
+    pub from_model: bool,
+}
+
+impl Grid {
+    pub(crate) fn calibrated((scale, zero): (f64, i64), bits: u32) -> Self {
+        Grid {
+            scale,
+            zero,
+            max: (1i64 << bits) - 1,
+            from_model: false,
+        }
+    }
+    pub(crate) fn quantize(&self, x: f64) -> i64 {
+        let r = if self.from_model {
+            (x as f32 / self.scale as f32).round_ties_even() as f64
+        } else {
+            (x / self.scale).round()
+        };
+        (r + self.zero as f64).clamp(0.0, self.max as f64) as i64
+    }
+}
+
 /// A table operand after the optional rounding: `node` holds `round(x / 2^drop)`.
 pub(crate) struct LutInput {
     pub node: NodeId,
@@ -166,13 +195,12 @@ impl Lowering<'_> {
         self.requantize_with(consumer, x, None)
     }
 
-    /// [`requantize`](Self::requantize) to a given output scale and zero point (or the
-    /// calibrated ones).
+    /// [`requantize`](Self::requantize) onto a given grid (or a calibrated one).
     pub(crate) fn requantize_with(
         &mut self,
         consumer: &str,
         x: QValue,
-        to: Option<(f64, i64)>,
+        to: Option<Grid>,
     ) -> Result<QValue, QuantError> {
         // a value read by several consumers is requantized once
         let key = {
@@ -193,25 +221,31 @@ impl Lowering<'_> {
         &mut self,
         consumer: &str,
         x: QValue,
-        to: Option<(f64, i64)>,
+        to: Option<Grid>,
     ) -> Result<QValue, QuantError> {
         let x = self.spread_before_rounding(x);
         let name = format!("{consumer}/input");
         let input = self.lut_input(&name, consumer, x.node, &x.calib)?;
         let drop = input.drop;
         let bits = self.cfg.activation_bits;
-        let (s_out, z_out) = to.unwrap_or_else(|| {
+        let grid = to.unwrap_or_else(|| {
             let (lo, hi) = min_max(input.calib.iter().flat_map(|q| {
                 q.iter()
                     .enumerate()
                     .map(|(e, &v)| x.float(e, (v << drop) as f64))
             }));
-            asymmetric(lo, hi, bits)
+            let grid = Grid::calibrated(asymmetric(lo, hi, bits), bits);
+            self.origins.push(crate::QuantOrigin {
+                tensor: consumer.to_string(),
+                kind: crate::OriginKind::Activation,
+                from_model: false,
+                bits,
+                scale: grid.scale,
+            });
+            grid
         });
-        let qmax = ((1i64 << bits) - 1) as f64;
-        let out = self.lut(name, &input, |e, v| {
-            ((x.float(e, v as f64) / s_out).round() + z_out as f64).clamp(0.0, qmax) as i64
-        });
+        let (s_out, z_out) = (grid.scale, grid.zero);
+        let out = self.lut(name, &input, |e, v| grid.quantize(x.float(e, v as f64)));
         let numel = out.sound.len();
         Ok(QValue {
             node: out.node,

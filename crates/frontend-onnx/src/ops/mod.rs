@@ -4,6 +4,7 @@ mod elementwise;
 mod linear;
 mod mlops;
 mod movement;
+mod qdq;
 mod shape;
 mod spatial;
 
@@ -45,6 +46,8 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
             "Cast" => shape::cast,
             "Softmax" => mlops::softmax,
             "ArgMax" => mlops::argmax,
+            "QuantizeLinear" => qdq::quantize_linear,
+            "DequantizeLinear" => qdq::dequantize_linear,
             _ => return None,
         },
         ("ai.onnx.ml", op) => match op {
@@ -58,6 +61,8 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
     };
     Some(f)
 }
+
+pub(crate) use qdq::quantize_value;
 
 /// Resolves a possibly negative axis against a rank.
 pub(crate) fn axis(ctx: &NodeCtx<'_>, axis: i64, rank: usize) -> Result<usize, ImportError> {

@@ -212,12 +212,18 @@ fn approximate_rounding_error_rate_matches_the_model() {
     };
     // every value twice, so both sides of each boundary are well sampled
     let values: Vec<i64> = (0..N as i64).map(|i| i % 240).collect();
-    let expected = fhec_ir::interp::simulate(&c, &info, &[values.clone()]).unwrap();
+    let expected = fhec_ir::interp::simulate(&c, &info, std::slice::from_ref(&values)).unwrap();
     let off = |out: &[i64]| out.iter().zip(&expected[0]).filter(|(a, b)| a != b).count();
     let simulated: f64 = (0..DRAWS)
         .map(|seed| {
-            let out = fhec_ir::interp::simulate_noisy(&c, &info, &[values.clone()], &noise, seed)
-                .unwrap();
+            let out = fhec_ir::interp::simulate_noisy(
+                &c,
+                &info,
+                std::slice::from_ref(&values),
+                &noise,
+                seed,
+            )
+            .unwrap();
             off(&out[0]) as f64
         })
         .sum::<f64>()
@@ -241,7 +247,10 @@ fn approximate_rounding_error_rate_matches_the_model() {
             values[i]
         );
     }
-    assert!(simulated > 10.0, "the model predicts too few errors to test");
+    assert!(
+        simulated > 10.0,
+        "the model predicts too few errors to test"
+    );
     // a binomial count: within 4 standard deviations of the prediction
     let bound = 4.0 * simulated.sqrt() + 2.0;
     assert!(

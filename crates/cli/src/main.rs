@@ -374,6 +374,7 @@ fn inspect(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn predict(
     model: &Path,
     input: &Path,

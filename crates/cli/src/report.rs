@@ -70,11 +70,9 @@ impl Report {
             _ => Vec::new(),
         };
         let rounding_of = |id: fhec_ir::NodeId| match c.node(id).op {
-            IntOp::Round { approximate, .. } => Some(if approximate {
-                "approximate"
-            } else {
-                "exact"
-            }),
+            IntOp::Round { approximate, .. } => {
+                Some(if approximate { "approximate" } else { "exact" })
+            }
             _ => None,
         };
         let nodes = c
@@ -100,9 +98,8 @@ impl Report {
                         IntOp::Lut { precision, .. } => Some(precision),
                         _ => None,
                     },
-                    tlu_bits_before_rounding: rounded.map(|r| {
-                        info.nodes[c.operands(r)[0].index()].bits
-                    }),
+                    tlu_bits_before_rounding: rounded
+                        .map(|r| info.nodes[c.operands(r)[0].index()].bits),
                     rounding: rounding_of(id).or_else(|| rounded.and_then(rounding_of)),
                     off_by_one_rate: match n.op {
                         IntOp::Round {
@@ -191,7 +188,11 @@ impl Report {
                 rounded.len(),
                 self.nodes.iter().filter(|n| n.tlu_bits.is_some()).count()
             );
-            let rates: Vec<f64> = self.nodes.iter().filter_map(|n| n.off_by_one_rate).collect();
+            let rates: Vec<f64> = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.off_by_one_rate)
+                .collect();
             if let Some(worst) = rates.iter().copied().reduce(f64::max) {
                 s += &format!(
                     "  approximate rounding at these parameters: up to {:.1}% of results one off the nearest value (simulate draws them; docs/NOISE.md)\n",
@@ -247,7 +248,10 @@ fn quantization_text(origins: &[fhec_quant::QuantOrigin]) -> String {
         s += &format!("quantization from the model: {}\n", model.join(", "));
     }
     if !calibrated.is_empty() {
-        s += &format!("quantization calibrated on the inputset: {}\n", calibrated.join(", "));
+        s += &format!(
+            "quantization calibrated on the inputset: {}\n",
+            calibrated.join(", ")
+        );
     }
     s
 }
@@ -256,7 +260,11 @@ fn quantization_text(origins: &[fhec_quant::QuantOrigin]) -> String {
 fn tlu_column(n: &NodeRow) -> String {
     match (n.tlu_bits, n.tlu_bits_before_rounding) {
         (Some(b), Some(before)) => {
-            let arrow = if n.rounding == Some("approximate") { "≈" } else { "→" };
+            let arrow = if n.rounding == Some("approximate") {
+                "≈"
+            } else {
+                "→"
+            };
             format!("{before}{arrow}{b}")
         }
         (Some(b), None) => b.to_string(),

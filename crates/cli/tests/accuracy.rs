@@ -147,19 +147,26 @@ fn qat_model_keeps_its_scales_and_integer_weights() {
         .nodes
         .iter()
         .filter_map(|n| match n.op {
-            Op::Quantize { scale, zero_point, .. } => Some((scale, zero_point)),
+            Op::Quantize {
+                scale, zero_point, ..
+            } => Some((scale, zero_point)),
             _ => None,
         })
         .collect();
     assert_eq!(grids.len(), 2, "input and hidden QuantizeLinear");
     let input = &a.client.spec.inputs[0];
     assert!(input.from_model);
-    assert_eq!((input.scale, input.zero_point, input.bits), (grids[0].0, grids[0].1, 8));
+    assert_eq!(
+        (input.scale, input.zero_point, input.bits),
+        (grids[0].0, grids[0].1, 8)
+    );
     let origins = &a.client.spec.origins;
     assert!(origins.iter().all(|o| o.from_model), "{origins:?}");
-    assert!(origins.iter().any(|o| o.kind == fhec_quant::OriginKind::Activation
-        && o.scale == grids[1].0
-        && o.bits == 8));
+    assert!(origins
+        .iter()
+        .any(|o| o.kind == fhec_quant::OriginKind::Activation
+            && o.scale == grids[1].0
+            && o.bits == 8));
     // the weights: the model's int8 values in [-7, 7] times one step per row
     let c = &a.server.circuit;
     let dense: Vec<&Vec<f64>> = g
@@ -204,7 +211,10 @@ fn qat_model_keeps_its_scales_and_integer_weights() {
             let (fi, qi) = fr.iter().zip(qr).find(|(_, &w)| w != 0).unwrap();
             let step = fi / *qi as f64;
             for (x, &w) in fr.iter().zip(qr) {
-                assert!((x - step * w as f64).abs() <= 1e-6 * (1.0 + x.abs()), "{x} vs {w}·{step}");
+                assert!(
+                    (x - step * w as f64).abs() <= 1e-6 * (1.0 + x.abs()),
+                    "{x} vs {w}·{step}"
+                );
             }
             assert!(qr.iter().all(|w| (w / m).abs() <= 7), "{qr:?}");
         }

@@ -129,16 +129,25 @@ fn default_rounding_is_approximate_and_inspect_shows_both_precisions() {
     assert!(!read.is_empty(), "{json}");
     for n in &read {
         assert_eq!(n["rounding"], "approximate");
-        assert!(n["tlu_bits_before_rounding"].as_u64() > n["tlu_bits"].as_u64(), "{n}");
+        assert!(
+            n["tlu_bits_before_rounding"].as_u64() > n["tlu_bits"].as_u64(),
+            "{n}"
+        );
     }
     let rates: Vec<f64> = nodes
         .iter()
         .filter_map(|n| n["off_by_one_rate"].as_f64())
         .collect();
-    assert!(!rates.is_empty() && rates.iter().all(|&r| r > 0.0 && r < 0.5), "{rates:?}");
+    assert!(
+        !rates.is_empty() && rates.iter().all(|&r| r > 0.0 && r < 0.5),
+        "{rates:?}"
+    );
     let (code, text, err) = fhec(&args);
     assert_eq!(code, 0, "{err}");
-    assert!(text.contains("≈6") && text.contains("one off the nearest value"), "{text}");
+    assert!(
+        text.contains("≈6") && text.contains("one off the nearest value"),
+        "{text}"
+    );
 }
 
 #[test]

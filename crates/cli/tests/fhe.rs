@@ -87,7 +87,10 @@ fn conv2d_fhe_agrees_with_simulate_at_default_approximate_rounding() {
     assert!(
         a.server.circuit.ids().any(|id| matches!(
             a.server.circuit.node(id).op,
-            fhec_ir::IntOp::Round { approximate: true, .. }
+            fhec_ir::IntOp::Round {
+                approximate: true,
+                ..
+            }
         )),
         "the default rounds {name}'s accumulators approximately"
     );
@@ -100,10 +103,15 @@ fn conv2d_fhe_agrees_with_simulate_at_default_approximate_rounding() {
         let expected = fhec::run::simulate(&a, &info, s).unwrap().circuit_outputs;
         let mut spread = vec![0i64; expected[0].len()];
         for seed in 0..DRAWS {
-            let noisy = fhec::run::Simulator::new(&a, &info, seed).run(i, s).unwrap();
-            sim_off += fhec::run::differing(&noisy.circuit_outputs, &expected) as f64
-                / DRAWS as f64;
-            for (d, (x, y)) in spread.iter_mut().zip(noisy.circuit_outputs[0].iter().zip(&expected[0])) {
+            let noisy = fhec::run::Simulator::new(&a, &info, seed)
+                .run(i, s)
+                .unwrap();
+            sim_off +=
+                fhec::run::differing(&noisy.circuit_outputs, &expected) as f64 / DRAWS as f64;
+            for (d, (x, y)) in spread
+                .iter_mut()
+                .zip(noisy.circuit_outputs[0].iter().zip(&expected[0]))
+            {
                 *d = (*d).max((x - y).abs());
             }
         }
@@ -118,7 +126,9 @@ fn conv2d_fhe_agrees_with_simulate_at_default_approximate_rounding() {
         elements += expected[0].len();
         fhe_off += fhec::run::differing(&fhe.circuit_outputs, &expected);
     }
-    println!("{name}: outputs off the expected value: FHE {fhe_off}/{elements}, simulate {sim_off:.1}");
+    println!(
+        "{name}: outputs off the expected value: FHE {fhe_off}/{elements}, simulate {sim_off:.1}"
+    );
     // a binomial count: within 4 standard deviations of the simulated mean
     assert!(
         (fhe_off as f64 - sim_off).abs() <= 4.0 * sim_off.sqrt() + 2.0,

@@ -432,7 +432,10 @@ pub enum Op {
         qmax: i64,
     },
     /// DequantizeLinear on a varying tensor: `(q − zero_point)·scale`.
-    Dequantize { scale: f64, zero_point: i64 },
+    Dequantize {
+        scale: f64,
+        zero_point: i64,
+    },
 }
 
 impl Op {

@@ -249,7 +249,9 @@ impl Lowering<'_> {
         };
         let g = grid(&first.op)?;
         readers
-            .all(|n| grid(&n.op).is_some_and(|h| (h.scale, h.zero, h.max) == (g.scale, g.zero, g.max)))
+            .all(|n| {
+                grid(&n.op).is_some_and(|h| (h.scale, h.zero, h.max) == (g.scale, g.zero, g.max))
+            })
             .then_some(g)
     }
 
@@ -263,8 +265,7 @@ impl Lowering<'_> {
             Some(g) => (g.scale, g.zero, (g.max + 1).trailing_zeros()),
             None => {
                 let bits = self.cfg.input_bits;
-                let (lo, hi) =
-                    min_max(inputset.iter().flat_map(|s| s[index].data.iter().copied()));
+                let (lo, hi) = min_max(inputset.iter().flat_map(|s| s[index].data.iter().copied()));
                 let (scale, zero_point) = asymmetric(lo, hi, bits);
                 (scale, zero_point, bits)
             }
@@ -454,7 +455,10 @@ impl Lowering<'_> {
         };
         // a QAT model's weights are integers on its own grid (one step per output row)
         let model_steps = if self.qat {
-            weight.chunks(k).map(weight_step).collect::<Option<Vec<f64>>>()
+            weight
+                .chunks(k)
+                .map(weight_step)
+                .collect::<Option<Vec<f64>>>()
         } else {
             None
         };

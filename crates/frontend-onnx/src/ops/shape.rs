@@ -100,7 +100,13 @@ pub(crate) fn reshape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
 
 pub(crate) fn constant(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let t = if let Some(t) = ctx.attr_tensor("value")? {
-        let elem = ctx.node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()).map(|t| t.data_type);
+        let elem = ctx
+            .node
+            .attribute
+            .iter()
+            .find(|a| a.name == "value")
+            .and_then(|a| a.t.as_ref())
+            .map(|t| t.data_type);
         return ctx.set_typed_constant(0, t, elem);
     } else if let Some(a) = ctx.node.attribute.iter().find(|a| a.name == "value_float") {
         Tensor::new(vec![], vec![a.f as f64], DType::F32)

@@ -518,7 +518,7 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
         fhe_off += run::differing(&r.circuit_outputs, &expected);
         if sim.is_statistical() {
             for d in 0..DRAWS {
-                let noisy = run::Simulator::new(a, info, d as u64).run(i, s)?;
+                let noisy = sim.run_seeded(d as u64, i, s)?;
                 sim_off += run::differing(&noisy.circuit_outputs, &expected);
             }
         }

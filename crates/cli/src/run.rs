@@ -77,6 +77,11 @@ impl<'a> Simulator<'a> {
     }
 
     pub fn run(&self, index: usize, sample: &[Tensor]) -> Result<SampleResult> {
+        self.run_seeded(self.seed, index, sample)
+    }
+
+    /// [`run`](Self::run) with another seed (the error model is built once).
+    pub fn run_seeded(&self, seed: u64, index: usize, sample: &[Tensor]) -> Result<SampleResult> {
         let a = self.artifact;
         let q = a.client.spec.quantize_inputs(sample);
         let out = match &self.noise {
@@ -85,7 +90,7 @@ impl<'a> Simulator<'a> {
                 self.info,
                 &q,
                 noise,
-                sample_seed(self.seed, index),
+                sample_seed(seed, index),
             )?,
             None => fhec_ir::interp::simulate(&a.server.circuit, self.info, &q)?,
         };

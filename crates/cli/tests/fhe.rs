@@ -97,15 +97,14 @@ fn conv2d_fhe_agrees_with_simulate_at_default_approximate_rounding() {
     let (client, server) = fhec::run::keys(&a);
     let evaluator = fhec::run::evaluator(&a, &info, &server).unwrap();
     let data = test_samples(name, &a);
+    let sim = fhec::run::Simulator::new(&a, &info, 0);
     let (mut elements, mut fhe_off, mut sim_off) = (0usize, 0usize, 0.0f64);
     for (i, s) in data.iter().take(SAMPLES).enumerate() {
         let fhe = fhec::run::fhe(&a, &info, &client, &evaluator, s, &|_| {}).unwrap();
         let expected = fhec::run::simulate(&a, &info, s).unwrap().circuit_outputs;
         let mut spread = vec![0i64; expected[0].len()];
         for seed in 0..DRAWS {
-            let noisy = fhec::run::Simulator::new(&a, &info, seed)
-                .run(i, s)
-                .unwrap();
+            let noisy = sim.run_seeded(seed, i, s).unwrap();
             sim_off +=
                 fhec::run::differing(&noisy.circuit_outputs, &expected) as f64 / DRAWS as f64;
             for (d, (x, y)) in spread

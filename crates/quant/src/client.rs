@@ -22,12 +22,13 @@ pub struct InputQuant {
 
 impl InputQuant {
     pub fn quantize(&self, x: f64) -> i64 {
-        let r = if self.from_model {
-            (x as f32 / self.scale as f32).round_ties_even() as f64
-        } else {
-            (x / self.scale).round()
-        };
-        (r + self.zero_point as f64).clamp(0.0, ((1i64 << self.bits) - 1) as f64) as i64
+        crate::tlu::Grid {
+            scale: self.scale,
+            zero: self.zero_point,
+            max: (1i64 << self.bits) - 1,
+            from_model: self.from_model,
+        }
+        .quantize(x)
     }
 }
 

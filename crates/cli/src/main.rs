@@ -109,6 +109,15 @@ struct QuantArgs {
     /// Bits for inputs, weights and activations (default 6).
     #[arg(long)]
     n_bits: Option<u32>,
+    /// Bits of the model inputs, overriding --n-bits for them.
+    #[arg(long)]
+    input_bits: Option<u32>,
+    /// Bits of weights (per output channel grid), overriding --n-bits for them.
+    #[arg(long)]
+    weight_bits: Option<u32>,
+    /// Bits of activations (the output of each table lookup), overriding --n-bits.
+    #[arg(long)]
+    activation_bits: Option<u32>,
     /// Round accumulators to this many most significant bits before a TLU (default 6).
     #[arg(long, conflicts_with = "no_rounding")]
     rounding_threshold_bits: Option<u32>,
@@ -144,6 +153,9 @@ impl QuantArgs {
         if let Some(n) = self.n_bits {
             c = c.with_n_bits(n);
         }
+        c.input_bits = self.input_bits.unwrap_or(c.input_bits);
+        c.weight_bits = self.weight_bits.unwrap_or(c.weight_bits);
+        c.activation_bits = self.activation_bits.unwrap_or(c.activation_bits);
         if let Some(r) = self.rounding_threshold_bits {
             c.rounding_bits = Some(r);
         }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use fhec_quant::QuantConfig;
 
 const MODELS: &[&str] = &[
     "logreg_iris",
@@ -97,7 +98,24 @@ const STEP_OPS: &[&str] = &[
 /// Neural networks: simulation within 3 accuracy points of float at the default settings.
 /// Issue 5's fixtures held within 3 points: the small CNN and the QAT MLPs (their own
 /// quantization grids kept).
-const NETWORKS: &[&str] = &["cnn_small_digits", "qat_mlp_iris", "qat_mlp_digits"];
+const NETWORKS: &[&str] = &[
+    "cnn_small_digits",
+    "cnn_digits",
+    "residual_digits",
+    "qat_mlp_iris",
+    "qat_mlp_digits",
+];
+
+/// The settings a fixture is compiled with: the defaults, except cnn_digits, whose two
+/// 13-bit convolution accumulators need 7-bit inputs to stay within 3 points
+/// (docs/QUANTIZATION.md, measured accuracy).
+fn config_for(name: &str) -> QuantConfig {
+    let mut c = QuantConfig::default();
+    if name == "cnn_digits" {
+        c.input_bits = 7;
+    }
+    c
+}
 
 /// `--mode clear` reproduces the onnxruntime outputs stored with each fixture.
 #[test]
@@ -107,7 +125,6 @@ fn float_reference_matches_onnxruntime() {
         .chain(OPS)
         .chain(OPS_NN)
         .chain(NETWORKS)
-        .chain(&["cnn_digits", "residual_digits"])
     {
         let graph = fhec::pipeline::import_model(&fixture(name).join("model.onnx")).unwrap();
         let samples = fhec::data::load_samples(&fixture(name).join("test_x.npy"), &graph).unwrap();
@@ -238,7 +255,7 @@ fn networks_simulate_within_three_points_of_the_float_model() {
 fn simulation_close_to_float(models: &[&str], points: f64) {
     for name in models {
         let m = meta(name);
-        let (a, info) = compile(name, None);
+        let (a, info) = compile(name, Some(config_for(name)));
         let samples = test_samples(name, &a);
         let truth = array(&fixture(name).join("test_y.npy")).data;
         let float_out = fhec::run::clear(&a.client.graph, &samples).unwrap();

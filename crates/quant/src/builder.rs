@@ -464,10 +464,21 @@ impl Lowering<'_> {
         };
         let s_w: Vec<f64> = match &model_steps {
             Some(steps) => steps.clone(),
+            // one symmetric scale per output row (per channel): each row's integers use
+            // all `weight_bits` levels
             None => {
-                let wmax = weight.iter().fold(0f64, |m, w| m.max(w.abs()));
                 let levels = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
-                vec![if wmax > 0.0 { wmax / levels } else { 1.0 }; n]
+                weight
+                    .chunks(k)
+                    .map(|row| {
+                        let wmax = row.iter().fold(0f64, |m, w| m.max(w.abs()));
+                        if wmax > 0.0 {
+                            wmax / levels
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect()
             }
         };
         let wq: Vec<i64> = weight

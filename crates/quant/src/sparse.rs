@@ -152,15 +152,19 @@ impl Lowering<'_> {
         let exact = row_exactness(&xs, map);
         let constant = |x: &QValue, i: usize| x.sound[i] == (0, 0);
         let levels = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
-        let quantized_max = (0..map.rows())
-            .filter(|&j| !exact[j])
-            .flat_map(|j| map.row(j).iter())
-            .map(|t| (t.weight * xs[t.slot as usize].scale[t.index as usize]).abs())
-            .fold(0.0f64, f64::max);
-        let s_w = if quantized_max > 0.0 {
-            quantized_max / levels
-        } else {
-            1.0
+        // one symmetric scale per quantized row (per output element, so finer than per
+        // channel): a row's integer weights use all `weight_bits` levels
+        let row_step = |j: usize| {
+            let m = map
+                .row(j)
+                .iter()
+                .map(|t| (t.weight * xs[t.slot as usize].scale[t.index as usize]).abs())
+                .fold(0.0f64, f64::max);
+            if m > 0.0 {
+                m / levels
+            } else {
+                1.0
+            }
         };
         let mut rows = Vec::with_capacity(map.rows());
         let mut scale = Vec::with_capacity(map.rows());
@@ -174,7 +178,7 @@ impl Lowering<'_> {
             let row_scale = match live.first() {
                 None => f64::NAN, // filled below: a constant element
                 Some(t) if ex => (t.weight * xs[t.slot as usize].scale[t.index as usize]).abs(),
-                Some(_) => s_w,
+                Some(_) => row_step(j),
             };
             let terms = live
                 .iter()

@@ -146,6 +146,84 @@ fn an_unsupported_operator_is_named_with_domain_and_node() {
     );
 }
 
+/// x[N, 4] → QONNX Quant with one scale per feature → y: a per-channel grid on an
+/// encrypted tensor, which fhec refuses by name.
+fn per_channel_quant_model() -> Vec<u8> {
+    let f32_tensor = |name: &str, dims: Vec<i64>, data: Vec<f32>| pb::TensorProto {
+        dims,
+        data_type: 1,
+        float_data: data,
+        name: name.into(),
+        ..Default::default()
+    };
+    let node = pb::NodeProto {
+        input: vec!["x".into(), "scale".into(), "zero".into(), "bits".into()],
+        output: vec!["y".into()],
+        name: "the_quant".into(),
+        op_type: "Quant".into(),
+        domain: "qonnx.custom_op.general".into(),
+        attribute: vec![pb::AttributeProto {
+            name: "signed".into(),
+            r#type: 2,
+            i: 0,
+            ..Default::default()
+        }],
+    };
+    let graph = pb::GraphProto {
+        node: vec![node],
+        name: "g".into(),
+        initializer: vec![
+            f32_tensor("scale", vec![1, 4], vec![0.1, 0.2, 0.1, 0.3]),
+            f32_tensor("zero", vec![], vec![0.0]),
+            f32_tensor("bits", vec![], vec![8.0]),
+        ],
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(tensor_type(&[Err("N"), Ok(4)])),
+        }],
+        output: vec![pb::ValueInfoProto {
+            name: "y".into(),
+            r#type: None,
+        }],
+        value_info: vec![],
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: "".into(),
+                version: 17,
+            },
+            pb::OperatorSetIdProto {
+                domain: "qonnx.custom_op.general".into(),
+                version: 1,
+            },
+        ],
+        producer_name: "test".into(),
+        producer_version: String::new(),
+        graph: Some(graph),
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn a_per_channel_quant_on_an_encrypted_tensor() {
+    let d = tmp("perchannel");
+    let p = d.join("m.onnx");
+    std::fs::write(&p, per_channel_quant_model()).unwrap();
+    assert_fails(
+        &[
+            "compile",
+            s(&p),
+            "--inputset",
+            s(&iris().1),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["the_quant", "Quant", "one scale per tensor"],
+    );
+}
+
 #[test]
 fn a_dynamic_non_batch_dimension() {
     let d = tmp("dynamic");

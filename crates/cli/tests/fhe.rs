@@ -70,6 +70,17 @@ fn qat_mlp_iris_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("qat_mlp_iris", 1) > 0);
 }
 
+/// Tree ensembles (issue 6): comparisons, path sums and leaf tables on real ciphertexts.
+#[test]
+fn decision_tree_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("dt_breast", 3) > 0);
+}
+
+#[test]
+fn xgboost_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("xgb_breast", 3) > 0);
+}
+
 #[test]
 fn one_op_sigmoid_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("op_sigmoid", 3) > 0);

@@ -409,6 +409,10 @@ pub enum Op {
         keepdims: bool,
         select_last_index: bool,
     },
+    /// ai.onnx.ml TreeEnsembleClassifier/Regressor: `[1, features]` → `[1, outputs]`, the
+    /// sum over trees of the reached leaf's weights plus `base_values` (an AVERAGE
+    /// ensemble has its weights divided by the tree count at import).
+    TreeEnsemble(TreeEnsemble),
     /// The tail of ai.onnx.ml LinearClassifier: scores → (label, transformed scores).
     ClassifierHead {
         labels: Vec<i64>,
@@ -454,6 +458,7 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::ArgMax { .. } => "ArgMax",
             Op::ClassifierHead { .. } => "ClassifierHead",
+            Op::TreeEnsemble(_) => "TreeEnsemble",
             Op::ZipMap => "ZipMap",
             Op::Cast { .. } => "Cast",
             Op::Normalizer { .. } => "Normalizer",
@@ -465,6 +470,99 @@ impl Op {
     /// True for element-wise operators with one varying input (they fuse into a TLU).
     pub fn is_univariate(&self) -> bool {
         matches!(self, Op::BinaryConst { .. } | Op::Activation(_))
+    }
+}
+
+/// How a tree node compares its feature `x` with its threshold `t` (ONNX `nodes_modes`);
+/// the node goes to its true child when the comparison holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BranchMode {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+    Eq,
+    Neq,
+}
+
+impl BranchMode {
+    pub fn holds(self, x: f64, t: f64) -> bool {
+        match self {
+            BranchMode::Leq => x <= t,
+            BranchMode::Lt => x < t,
+            BranchMode::Gte => x >= t,
+            BranchMode::Gt => x > t,
+            BranchMode::Eq => x == t,
+            BranchMode::Neq => x != t,
+        }
+    }
+}
+
+/// One node of a decision tree; children are indices into [`Tree::nodes`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TreeNode {
+    Branch {
+        feature: usize,
+        mode: BranchMode,
+        threshold: f64,
+        if_true: usize,
+        if_false: usize,
+    },
+    /// `(output, weight)` pairs added when the leaf is reached.
+    Leaf { weights: Vec<(usize, f64)> },
+}
+
+/// A decision tree, root at index 0.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    pub nodes: Vec<TreeNode>,
+}
+
+impl Tree {
+    /// The leaf `x` reaches, comparing in f32 as onnxruntime does.
+    pub fn leaf_of(&self, x: &[f64]) -> usize {
+        let mut i = 0;
+        loop {
+            match &self.nodes[i] {
+                TreeNode::Branch {
+                    feature,
+                    mode,
+                    threshold,
+                    if_true,
+                    if_false,
+                } => {
+                    let (v, t) = (x[*feature] as f32 as f64, *threshold as f32 as f64);
+                    i = if mode.holds(v, t) {
+                        *if_true
+                    } else {
+                        *if_false
+                    };
+                }
+                TreeNode::Leaf { .. } => return i,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TreeEnsemble {
+    pub features: usize,
+    pub outputs: usize,
+    pub trees: Vec<Tree>,
+    pub base_values: Vec<f64>,
+}
+
+impl TreeEnsemble {
+    pub fn eval(&self, x: &[f64]) -> Vec<f64> {
+        let mut out = self.base_values.clone();
+        for t in &self.trees {
+            if let TreeNode::Leaf { weights } = &t.nodes[t.leaf_of(x)] {
+                for &(o, w) in weights {
+                    out[o] += w;
+                }
+            }
+        }
+        out
     }
 }
 

@@ -227,6 +227,7 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             }
             vec![Tensor::new(shape, data, DType::I64)]
         }
+        Op::TreeEnsemble(e) => vec![Tensor::new(vec![1, e.outputs], e.eval(&x.data), DType::F32)],
         Op::ClassifierHead {
             labels,
             post_transform,

@@ -87,12 +87,28 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
             .ok_or_else(|| ImportError::MissingOutput(out.name.clone()))?;
         outputs.push(id);
     }
+    prune_dead_nodes(&mut b.nodes, &outputs);
     Ok(FloatGraph {
         values: b.values,
         nodes: b.nodes,
         inputs: b.inputs,
         outputs,
     })
+}
+
+/// Drops nodes no output depends on: a builder may replace a node by a narrower one (a
+/// QuantizeLinear followed by an integer Clip), and the quantizer lowers every node.
+fn prune_dead_nodes(nodes: &mut Vec<Node>, outputs: &[ValueId]) {
+    let mut live: std::collections::HashSet<ValueId> = outputs.iter().copied().collect();
+    let mut keep = vec![false; nodes.len()];
+    for (i, n) in nodes.iter().enumerate().rev() {
+        if n.outputs.iter().any(|o| live.contains(o)) {
+            keep[i] = true;
+            live.extend(n.inputs.iter().copied());
+        }
+    }
+    let mut k = keep.into_iter();
+    nodes.retain(|_| k.next().unwrap_or(true));
 }
 
 fn domain_name(d: &str) -> &str {
@@ -232,6 +248,10 @@ impl NodeCtx<'_> {
     pub(crate) fn elem_type(&self, id: ValueId) -> Option<i32> {
         self.b.elem_types.get(&id).copied()
     }
+    /// The node that produced a varying value.
+    pub(crate) fn producer(&self, id: ValueId) -> Option<&Node> {
+        self.b.nodes.iter().rev().find(|n| n.outputs.contains(&id))
+    }
     pub(crate) fn value_name(&self, id: ValueId) -> &str {
         &self.info(id).name
     }
@@ -264,6 +284,14 @@ impl NodeCtx<'_> {
     }
     pub(crate) fn attr_floats(&self, name: &str) -> Vec<f32> {
         self.attr(name).map_or_else(Vec::new, |a| a.floats.clone())
+    }
+    pub(crate) fn attr_strings(&self, name: &str) -> Vec<String> {
+        self.attr(name).map_or_else(Vec::new, |a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
     }
     pub(crate) fn attr_strings_len(&self, name: &str) -> usize {
         self.attr(name).map_or(0, |a| a.strings.len())

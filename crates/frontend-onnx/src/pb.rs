@@ -160,4 +160,6 @@ pub mod data_type {
     pub const INT64: i32 = 7;
     pub const BOOL: i32 = 9;
     pub const DOUBLE: i32 = 11;
+    pub const UINT4: i32 = 21;
+    pub const INT4: i32 = 22;
 }

@@ -8,7 +8,14 @@ pub(crate) fn dtype_of(elem_type: i32) -> Option<DType> {
     match elem_type {
         dt::FLOAT => Some(DType::F32),
         dt::DOUBLE => Some(DType::F64),
-        dt::INT64 | dt::INT32 | dt::INT16 | dt::UINT16 | dt::INT8 | dt::UINT8 => Some(DType::I64),
+        dt::INT64
+        | dt::INT32
+        | dt::INT16
+        | dt::UINT16
+        | dt::INT8
+        | dt::UINT8
+        | dt::INT4
+        | dt::UINT4 => Some(DType::I64),
         dt::BOOL => Some(DType::Bool),
         _ => None,
     }
@@ -32,7 +39,33 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
     }
     let numel: usize = shape.iter().product();
     let raw = &t.raw_data;
-    let data: Vec<f64> = if !raw.is_empty() {
+    let data: Vec<f64> = if matches!(t.data_type, dt::INT4 | dt::UINT4) {
+        // two elements per byte, the first in the low nibble, in raw_data or one byte
+        // per int32_data entry
+        let bytes: Vec<u8> = if raw.is_empty() {
+            t.int32_data.iter().map(|&v| v as u8).collect()
+        } else {
+            raw.clone()
+        };
+        if bytes.len() != numel.div_ceil(2) {
+            return Err(err(format!(
+                "holds {} bytes of 4-bit values, shape {:?} needs {}",
+                bytes.len(),
+                shape,
+                numel.div_ceil(2)
+            )));
+        }
+        (0..numel)
+            .map(|e| {
+                let nibble = (bytes[e / 2] >> (4 * (e % 2))) & 0xf;
+                if t.data_type == dt::INT4 {
+                    ((nibble << 4) as i8 >> 4) as f64
+                } else {
+                    nibble as f64
+                }
+            })
+            .collect()
+    } else if !raw.is_empty() {
         let width = match t.data_type {
             dt::FLOAT | dt::INT32 => 4,
             dt::DOUBLE | dt::INT64 => 8,
@@ -87,4 +120,37 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
         )));
     }
     Ok(Tensor::new(shape, data, dtype))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_bit_tensors_unpack_low_nibble_first() {
+        // [-8, 7, -1, 3, 5]: nibbles 8,7 | f,3 | 5,(pad)
+        let raw = vec![0x78, 0x3f, 0x05];
+        let t = TensorProto {
+            dims: vec![5],
+            data_type: dt::INT4,
+            raw_data: raw.clone(),
+            ..Default::default()
+        };
+        assert_eq!(decode_tensor(&t).unwrap().data, [-8., 7., -1., 3., 5.]);
+        let u = TensorProto {
+            dims: vec![5],
+            data_type: dt::UINT4,
+            int32_data: raw.iter().map(|&b| b as i32).collect(),
+            ..Default::default()
+        };
+        assert_eq!(decode_tensor(&u).unwrap().data, [8., 7., 15., 3., 5.]);
+        // 7 values need 4 bytes
+        let short = TensorProto {
+            dims: vec![7],
+            data_type: dt::INT4,
+            raw_data: raw,
+            ..Default::default()
+        };
+        assert!(decode_tensor(&short).is_err());
+    }
 }

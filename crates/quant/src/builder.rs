@@ -189,7 +189,11 @@ fn circuit_side(graph: &FloatGraph) -> Vec<bool> {
     for (i, node) in graph.nodes.iter().enumerate().rev() {
         let heavy = matches!(
             node.op,
-            Op::Dense { .. } | Op::Sparse(_) | Op::Pairwise { .. } | Op::GroupMax { .. }
+            Op::Dense { .. }
+                | Op::Sparse(_)
+                | Op::Pairwise { .. }
+                | Op::GroupMax { .. }
+                | Op::TreeEnsemble(_)
         );
         if heavy || node.outputs.iter().any(|o| needed.contains(o)) {
             side[i] = true;
@@ -255,6 +259,16 @@ impl Lowering<'_> {
             .then_some(g)
     }
 
+    fn read_only_by_trees(&self, id: ValueId) -> bool {
+        let mut readers = self
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.contains(&id))
+            .peekable();
+        readers.peek().is_some() && readers.all(|n| matches!(n.op, Op::TreeEnsemble(_)))
+    }
+
     fn input(&mut self, index: usize, id: ValueId, inputset: &[Vec<Tensor>]) -> InputQuant {
         let info = self.graph.value(id);
         // a QAT model's input grid is its first QuantizeLinear's
@@ -277,6 +291,19 @@ impl Lowering<'_> {
             bits,
             scale,
         });
+        let numel: usize = info.shape.iter().product();
+        // a tree ensemble compares each feature with its own thresholds: one grid per
+        // feature keeps a small-valued feature from being crushed by a large one
+        let per_element: Vec<(f64, i64)> = if model.is_none() && self.read_only_by_trees(id) {
+            (0..numel)
+                .map(|e| {
+                    let (lo, hi) = min_max(inputset.iter().map(|s| s[index].data[e]));
+                    asymmetric(lo, hi, bits)
+                })
+                .collect()
+        } else {
+            vec![]
+        };
         let iq = InputQuant {
             value: id,
             name: info.name.clone(),
@@ -285,10 +312,18 @@ impl Lowering<'_> {
             zero_point,
             bits,
             from_model: model.is_some(),
+            per_element: per_element.clone(),
         };
         let calib: Vec<Vec<i64>> = inputset
             .iter()
-            .map(|s| s[index].data.iter().map(|&x| iq.quantize(x)).collect())
+            .map(|s| {
+                s[index]
+                    .data
+                    .iter()
+                    .enumerate()
+                    .map(|(e, &x)| iq.quantize(e, x))
+                    .collect()
+            })
             .collect();
         let node = self.circuit.add(
             Node {
@@ -300,14 +335,18 @@ impl Lowering<'_> {
             },
             &[],
         );
-        let numel = iq.shape.iter().product();
         let sound = vec![(0, (1i64 << bits) - 1); numel];
+        let grids = if per_element.is_empty() {
+            vec![(scale, zero_point); numel]
+        } else {
+            per_element
+        };
         self.values.insert(
             id,
             QValue {
                 node,
-                scale: vec![scale; numel],
-                offset: vec![-scale * zero_point as f64; numel],
+                scale: grids.iter().map(|g| g.0).collect(),
+                offset: grids.iter().map(|g| -g.0 * g.1 as f64).collect(),
                 pending: vec![],
                 narrow: true,
                 calib,
@@ -347,6 +386,7 @@ impl Lowering<'_> {
             Op::Sparse(map) => self.sparse(&node.name, xs, map, out_shape)?,
             Op::Pairwise { kind, left, right } => self.pairwise(&node.name, xs, *kind, left, right, out_shape)?,
             Op::GroupMax { groups, min } => self.group_max(&node.name, x, groups, *min, out_shape)?,
+            Op::TreeEnsemble(e) => self.tree_ensemble(&node.name, x, e, out_shape)?,
             Op::Quantize { scale, zero_point, qmin, qmax } => self.quantize_to_model_grid(&node.name, x, *scale, *zero_point, *qmin, *qmax)?,
             Op::Dequantize { scale, zero_point } => {
                 let numel = x.scale.len();

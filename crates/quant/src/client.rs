@@ -18,13 +18,23 @@ pub struct InputQuant {
     /// The model's own QuantizeLinear grid (rounds ties to even in f32, as ONNX does).
     #[serde(default)]
     pub from_model: bool,
+    /// Per element `(scale, zero_point)`, replacing the tensor's when not empty: a tree
+    /// ensemble's features each get their own calibrated grid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_element: Vec<(f64, i64)>,
 }
 
 impl InputQuant {
-    pub fn quantize(&self, x: f64) -> i64 {
+    /// Quantizes element `e` of the input.
+    pub fn quantize(&self, e: usize, x: f64) -> i64 {
+        let (scale, zero) = self
+            .per_element
+            .get(e)
+            .copied()
+            .unwrap_or((self.scale, self.zero_point));
         crate::tlu::Grid {
-            scale: self.scale,
-            zero: self.zero_point,
+            scale,
+            zero,
             max: (1i64 << self.bits) - 1,
             from_model: self.from_model,
         }
@@ -124,7 +134,13 @@ impl ClientSpec {
         self.inputs
             .iter()
             .zip(sample)
-            .map(|(q, t)| t.data.iter().map(|&x| q.quantize(x)).collect())
+            .map(|(q, t)| {
+                t.data
+                    .iter()
+                    .enumerate()
+                    .map(|(e, &x)| q.quantize(e, x))
+                    .collect()
+            })
             .collect()
     }
 

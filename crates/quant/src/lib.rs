@@ -23,6 +23,7 @@ mod client;
 mod config;
 mod sparse;
 mod tlu;
+mod trees;
 
 pub use builder::quantize;
 pub use client::{ClientSpec, InputQuant, OutputDequant, Pending};
@@ -92,6 +93,12 @@ pub enum QuantError {
     },
     #[error("the table lookup feeding node '{node}' would read a {bits}-bit accumulator (over the {max}-bit limit); set --rounding-threshold-bits or lower --n-bits", max = fhec_ir::MAX_BITS)]
     TooWide { node: String, bits: u32 },
+    #[error("tree ensemble '{node}': its {trees} trees' summed scores need {bits} bits, over the {max}-bit limit; lower --n-bits (or --weight-bits, the bits of each leaf value) or train fewer trees", max = fhec_ir::MAX_BITS)]
+    EnsembleTooWide {
+        node: String,
+        trees: usize,
+        bits: u32,
+    },
     #[error("invalid quantization setting: {0}")]
     Config(String),
     #[error("float reference failed: {0}")]

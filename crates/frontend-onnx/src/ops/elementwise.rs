@@ -219,10 +219,15 @@ pub(crate) fn activation(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
                         .map_or(d, |a| a.f as f64)),
                 }
             };
-            Activation::Clip {
-                min: bound(1, "min", f64::NEG_INFINITY)?,
-                max: bound(2, "max", f64::INFINITY)?,
+            let (min, max) = (
+                bound(1, "min", f64::NEG_INFINITY)?,
+                bound(2, "max", f64::INFINITY)?,
+            );
+            let x = ctx.required_input(0)?;
+            if ctx.constant(x).is_none() && super::narrow_quantize(ctx, x, min, max)? {
+                return Ok(());
             }
+            Activation::Clip { min, max }
         }
         other => unreachable!("{other} is not registered as an activation"),
     };

@@ -135,7 +135,7 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     Ok(())
 }
 
-fn post_transform(ctx: &NodeCtx<'_>) -> Result<PostTransform, ImportError> {
+pub(crate) fn post_transform(ctx: &NodeCtx<'_>) -> Result<PostTransform, ImportError> {
     Ok(
         match ctx.attr_s("post_transform").as_deref().unwrap_or("NONE") {
             "NONE" => PostTransform::None,

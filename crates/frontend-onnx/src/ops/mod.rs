@@ -7,6 +7,7 @@ mod movement;
 mod qdq;
 mod shape;
 mod spatial;
+mod trees;
 
 use crate::{ImportError, NodeCtx};
 
@@ -55,6 +56,12 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
             "LinearRegressor" => linear::linear_regressor,
             "ZipMap" => mlops::zipmap,
             "Normalizer" => mlops::normalizer,
+            "TreeEnsembleClassifier" => trees::classifier,
+            "TreeEnsembleRegressor" => trees::regressor,
+            _ => return None,
+        },
+        ("qonnx.custom_op.general" | "onnx.brevitas" | "finn.custom_op.general", op) => match op {
+            "Quant" | "IntQuant" => qdq::quant,
             _ => return None,
         },
         _ => return None,
@@ -62,7 +69,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
     Some(f)
 }
 
-pub(crate) use qdq::quantize_value;
+pub(crate) use qdq::{narrow_quantize, quantize_value};
 
 /// Resolves a possibly negative axis against a rank.
 pub(crate) fn axis(ctx: &NodeCtx<'_>, axis: i64, rank: usize) -> Result<usize, ImportError> {

@@ -1,7 +1,11 @@
-//! QDQ quantization: QuantizeLinear and DequantizeLinear, as onnxruntime's static
-//! quantization and torch's QAT export write them.
+//! Quantization written into the model, as QAT exports write it:
+//! - QDQ: QuantizeLinear and DequantizeLinear (onnxruntime static quantization, torch);
+//! - QCDQ: QuantizeLinear → Clip → DequantizeLinear, Brevitas' export of grids narrower
+//!   than the integer type (an integer Clip right after a QuantizeLinear narrows it);
+//! - QONNX `Quant` / `IntQuant` (Brevitas' own export): a fake quantization, read as a
+//!   QuantizeLinear followed by a DequantizeLinear.
 //!
-//! On constants (quantized weights and biases) both fold. On a varying tensor they
+//! On constants (quantized weights and biases) they fold. On a varying tensor they
 //! become `Op::Quantize` / `Op::Dequantize`, whose scale and zero point the quantizer
 //! keeps instead of calibrating (docs/QUANTIZATION.md, QAT models).
 
@@ -26,6 +30,8 @@ fn range_of(elem_type: i32) -> Option<(i64, i64)> {
         dt::INT8 => Some((-128, 127)),
         dt::UINT16 => Some((0, 65535)),
         dt::INT16 => Some((-32768, 32767)),
+        dt::UINT4 => Some((0, 15)),
+        dt::INT4 => Some((-8, 7)),
         _ => None,
     }
 }
@@ -128,7 +134,7 @@ pub(crate) fn quantize_linear(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> 
     .unwrap_or(dt::UINT8);
     let (qmin, qmax) = range_of(elem).ok_or_else(|| {
         ctx.err(format!(
-            "quantized element type {elem} is not supported (uint8, int8, uint16, int16)"
+            "quantized element type {elem} is not supported (uint4, int4, uint8, int8, uint16, int16)"
         ))
     })?;
     if let Some(t) = ctx.constant(x).cloned() {
@@ -183,4 +189,272 @@ pub(crate) fn dequantize_linear(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError
         vec![(out, shape, DType::F32)],
     );
     Ok(())
+}
+
+/// QCDQ: `Clip(QuantizeLinear(x))` with integer bounds is a QuantizeLinear onto the
+/// narrower range. Returns `false` (nothing done) when `x` is not such a tensor.
+pub(crate) fn narrow_quantize(
+    ctx: &mut NodeCtx<'_>,
+    x: crate::ValueId,
+    min: f64,
+    max: f64,
+) -> Result<bool, ImportError> {
+    let Some(producer) = ctx.producer(x) else {
+        return Ok(false);
+    };
+    let Op::Quantize {
+        scale,
+        zero_point,
+        qmin,
+        qmax,
+    } = producer.op
+    else {
+        return Ok(false);
+    };
+    let integral = |b: f64| b.is_infinite() || b.fract() == 0.0;
+    if !integral(min) || !integral(max) {
+        return Ok(false);
+    }
+    let (lo, hi) = (
+        qmin.max(min.max(i64::MIN as f64) as i64),
+        qmax.min(max.min(i64::MAX as f64) as i64),
+    );
+    if lo >= hi {
+        return Err(ctx.err(format!(
+            "clipping the quantized range [{qmin}, {qmax}] to [{min}, {max}] leaves at most one value"
+        )));
+    }
+    let source = producer.inputs[0];
+    let shape = ctx.info(x).shape.clone();
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
+    ctx.add_node(
+        Op::Quantize {
+            scale,
+            zero_point,
+            qmin: lo,
+            qmax: hi,
+        },
+        vec![source],
+        vec![(out, shape, DType::I64)],
+    );
+    Ok(true)
+}
+
+/// How a QONNX `Quant` rounds `x / scale + zero_point`.
+#[derive(Clone, Copy, PartialEq)]
+enum RoundingMode {
+    HalfEven,
+    Ceil,
+    Floor,
+    Up,
+    Down,
+    HalfUp,
+    HalfDown,
+}
+
+impl RoundingMode {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "ROUND" | "HALF_EVEN" => RoundingMode::HalfEven,
+            "CEIL" => RoundingMode::Ceil,
+            "FLOOR" => RoundingMode::Floor,
+            "UP" => RoundingMode::Up,
+            "DOWN" | "ROUND_TO_ZERO" => RoundingMode::Down,
+            "HALF_UP" => RoundingMode::HalfUp,
+            "HALF_DOWN" => RoundingMode::HalfDown,
+            _ => return None,
+        })
+    }
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            RoundingMode::HalfEven => v.round_ties_even(),
+            RoundingMode::Ceil => v.ceil(),
+            RoundingMode::Floor => v.floor(),
+            RoundingMode::Up => v.signum() * v.abs().ceil(),
+            RoundingMode::Down => v.trunc(),
+            RoundingMode::HalfUp => v.round(),
+            RoundingMode::HalfDown => v.signum() * (v.abs() - 0.5).ceil(),
+        }
+    }
+}
+
+/// QONNX `Quant` / `IntQuant` (Brevitas): `(round(clamp(x / scale + zeropt)) − zeropt) · scale`
+/// with the integer range given by `bitwidth`, `signed` and `narrow`.
+pub(crate) fn quant(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
+    let x = ctx.required_input(0)?;
+    let shape = ctx.info(x).shape.clone();
+    let constant_input = |i: usize, what: &str| -> Result<Tensor, ImportError> {
+        let v = ctx.required_input(i)?;
+        ctx.constant(v)
+            .cloned()
+            .ok_or_else(|| ctx.err(format!("the {what} is not a constant")))
+    };
+    let scale = constant_input(1, "scale")?;
+    let zero = constant_input(2, "zero point")?;
+    let bits = constant_input(3, "bit width")?;
+    if bits.numel() != 1 || bits.data[0].fract() != 0.0 || !(2.0..=16.0).contains(&bits.data[0]) {
+        return Err(ctx.err(format!(
+            "bit width {:?} is not one integer between 2 and 16",
+            bits.data
+        )));
+    }
+    let bits = bits.data[0] as u32;
+    let (signed, narrow) = (ctx.attr_i("signed", 1) != 0, ctx.attr_i("narrow", 0) != 0);
+    let (qmin, qmax) = match (signed, narrow) {
+        (true, true) => (-(1i64 << (bits - 1)) + 1, (1i64 << (bits - 1)) - 1),
+        (true, false) => (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1),
+        (false, true) => (0, (1i64 << bits) - 2),
+        (false, false) => (0, (1i64 << bits) - 1),
+    };
+    let mode_name = ctx
+        .attr_s("rounding_mode")
+        .unwrap_or_else(|| "ROUND".into());
+    let mode = RoundingMode::parse(&mode_name)
+        .ok_or_else(|| ctx.err(format!("unknown rounding_mode '{mode_name}'")))?;
+    if scale.data.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
+        return Err(ctx.err("a scale is not a positive finite number"));
+    }
+    if let Some(t) = ctx.constant(x).cloned() {
+        let at = |p: &Tensor, e: usize| p.data[broadcast_index(&t.shape, &p.shape, e)];
+        for p in [&scale, &zero] {
+            if !broadcasts_to(&p.shape, &t.shape) {
+                return Err(ctx.err(format!(
+                    "a parameter of shape {:?} does not broadcast to {:?}",
+                    p.shape, t.shape
+                )));
+            }
+        }
+        let data = (0..t.numel())
+            .map(|e| {
+                let (s, z) = (at(&scale, e) as f32, at(&zero, e) as f32);
+                let q = (t.data[e] as f32 / s + z).clamp(qmin as f32, qmax as f32);
+                ((mode.apply(q) - z) * s) as f64
+            })
+            .collect();
+        return ctx.set_constant(0, Tensor::new(t.shape, data, DType::F32));
+    }
+    if scale.numel() != 1 || zero.numel() != 1 {
+        return Err(ctx.err(
+            "per-channel quantization of an encrypted tensor is not supported (one scale per tensor)",
+        ));
+    }
+    if zero.data[0].fract() != 0.0 {
+        return Err(ctx.err(format!(
+            "zero point {} of an encrypted tensor is not an integer",
+            zero.data[0]
+        )));
+    }
+    if mode != RoundingMode::HalfEven {
+        return Err(ctx.err(format!(
+            "rounding_mode '{mode_name}' on an encrypted tensor is not supported (ROUND only)"
+        )));
+    }
+    let out = ctx
+        .output_name(0)
+        .ok_or_else(|| ctx.err("missing output"))?
+        .to_string();
+    let zero_point = zero.data[0] as i64;
+    let q = ctx.add_sub_node(
+        "int",
+        Op::Quantize {
+            scale: scale.data[0],
+            zero_point,
+            qmin,
+            qmax,
+        },
+        vec![x],
+        vec![(format!("{out}/int"), shape.clone(), DType::I64)],
+    );
+    ctx.add_node(
+        Op::Dequantize {
+            scale: scale.data[0],
+            zero_point,
+        },
+        q,
+        vec![(out, shape, DType::F32)],
+    );
+    Ok(())
+}
+
+/// Whether a parameter of shape `p` broadcasts (numpy rules) to `shape`.
+fn broadcasts_to(p: &[usize], shape: &[usize]) -> bool {
+    p.len() <= shape.len()
+        && p.iter()
+            .rev()
+            .zip(shape.iter().rev())
+            .all(|(&a, &b)| a == 1 || a == b)
+}
+
+/// The element of a broadcast parameter of shape `p` read at element `e` of `shape`.
+fn broadcast_index(shape: &[usize], p: &[usize], e: usize) -> usize {
+    let (mut rest, mut index, mut stride) = (e, 0, 1);
+    for (k, &d) in shape.iter().enumerate().rev() {
+        let i = rest % d;
+        rest /= d;
+        let pk = k as isize - (shape.len() - p.len()) as isize;
+        if pk >= 0 {
+            let pd = p[pk as usize];
+            if pd != 1 {
+                index += i * stride;
+            }
+            stride *= pd;
+        }
+    }
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_modes_follow_the_qonnx_table() {
+        // rows of QONNX's IntQuant rounding table: value, then ROUND, CEIL, FLOOR, UP,
+        // DOWN, HALF_UP, HALF_DOWN
+        let table: [(f32, [f32; 7]); 6] = [
+            (5.5, [6., 6., 5., 6., 5., 6., 5.]),
+            (2.5, [2., 3., 2., 3., 2., 3., 2.]),
+            (1.6, [2., 2., 1., 2., 1., 2., 2.]),
+            (1.1, [1., 2., 1., 2., 1., 1., 1.]),
+            (-1.6, [-2., -1., -2., -2., -1., -2., -2.]),
+            (-2.5, [-2., -2., -3., -3., -2., -3., -2.]),
+        ];
+        let modes = [
+            "ROUND",
+            "CEIL",
+            "FLOOR",
+            "UP",
+            "DOWN",
+            "HALF_UP",
+            "half_down",
+        ];
+        for (v, expected) in table {
+            for (m, e) in modes.iter().zip(expected) {
+                assert_eq!(RoundingMode::parse(m).unwrap().apply(v), e, "{m}({v})");
+            }
+        }
+        assert!(RoundingMode::parse("STOCHASTIC").is_none());
+    }
+
+    #[test]
+    fn parameters_broadcast_like_numpy() {
+        // per-channel scale [1, C, 1, 1] over [N, C, H, W]
+        let shape = [1, 3, 2, 2];
+        assert!(broadcasts_to(&[1, 3, 1, 1], &shape));
+        assert!(broadcasts_to(&[], &shape));
+        assert!(!broadcasts_to(&[3, 1], &shape));
+        let channels: Vec<usize> = (0..12)
+            .map(|e| broadcast_index(&shape, &[1, 3, 1, 1], e))
+            .collect();
+        assert_eq!(channels, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]);
+        // per-row [C_out, 1] over a weight [C_out, C_in]
+        let rows: Vec<usize> = (0..6)
+            .map(|e| broadcast_index(&[2, 3], &[2, 1], e))
+            .collect();
+        assert_eq!(rows, [0, 0, 0, 1, 1, 1]);
+        assert_eq!(broadcast_index(&[2, 3], &[], 5), 0);
+    }
 }

@@ -1,0 +1,299 @@
+//! Tree ensembles in the spirit of Hummingbird's GEMM strategy (docs/TREES.md):
+//!
+//! 1. **Comparisons.** Every branch `x[f] ⋚ t` is a table over the feature's quantized
+//!    values. Branches whose tables coincide (the same feature, thresholds that fall
+//!    between the same two grid points) share one lookup, across all trees; a branch
+//!    that no grid value can flip is a constant and costs nothing.
+//! 2. **Paths.** A clear matrix product counts, per leaf, the branch outcomes along its
+//!    path that agree with it: `S_l = Σ_on-path (D or 1 − D)`. The leaf is reached iff
+//!    `S_l` equals its depth.
+//! 3. **Leaves.** One table per leaf turns `S_l` into the indicator `[S_l = depth_l]`.
+//! 4. **Scores.** A clear matrix product sums the reached leaves' quantized values; each
+//!    tree contributes exactly one leaf, which bounds the accumulator.
+
+use std::collections::HashMap;
+
+use fhec_frontend_onnx::{TreeEnsemble, TreeNode};
+use fhec_ir::{bits_for_range, IntOp, Node, NodeId, Range, Status, Term};
+
+use crate::builder::{Lowering, QValue};
+use crate::QuantError;
+
+/// A leaf with the branch outcomes on its path: `(comparison, must be true)`.
+struct LeafPath {
+    tree: usize,
+    weights: Vec<(usize, f64)>,
+    path: Vec<(Outcome, bool)>,
+}
+
+/// A branch's comparison after quantization.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// Index of a shared comparison lookup.
+    Lookup(usize),
+    /// No grid value changes it.
+    Constant(bool),
+}
+
+impl Lowering<'_> {
+    pub(crate) fn tree_ensemble(
+        &mut self,
+        name: &str,
+        x: QValue,
+        e: &TreeEnsemble,
+        shape: Vec<usize>,
+    ) -> Result<QValue, QuantError> {
+        debug_assert_eq!(shape.iter().product::<usize>(), e.outputs);
+        let x = if x.narrow && x.pending.is_empty() {
+            x
+        } else {
+            self.requantize(name, x)?
+        };
+        let levels = 1i64 << bits_for_range(self.circuit.node(x.node).range).max(1);
+        // 1. comparisons, shared by (feature, table)
+        let mut shared: HashMap<(usize, Vec<i64>), usize> = HashMap::new();
+        let mut lookups: Vec<(usize, Vec<i64>)> = Vec::new();
+        let mut leaves: Vec<LeafPath> = Vec::new();
+        for (ti, tree) in e.trees.iter().enumerate() {
+            let mut stack = vec![(0usize, Vec::new())];
+            while let Some((i, path)) = stack.pop() {
+                match &tree.nodes[i] {
+                    TreeNode::Leaf { weights } => leaves.push(LeafPath {
+                        tree: ti,
+                        weights: weights.clone(),
+                        path,
+                    }),
+                    TreeNode::Branch {
+                        feature,
+                        mode,
+                        threshold,
+                        if_true,
+                        if_false,
+                    } => {
+                        let table: Vec<i64> = (0..levels)
+                            .map(|q| {
+                                let v = x.float(*feature, q as f64) as f32 as f64;
+                                mode.holds(v, *threshold as f32 as f64) as i64
+                            })
+                            .collect();
+                        let outcome = if table.iter().all(|&b| b == table[0]) {
+                            Outcome::Constant(table[0] == 1)
+                        } else {
+                            let next = lookups.len();
+                            let k = *shared.entry((*feature, table.clone())).or_insert(next);
+                            if k == next {
+                                lookups.push((*feature, table));
+                            }
+                            Outcome::Lookup(k)
+                        };
+                        let mut t = path.clone();
+                        t.push((outcome, true));
+                        let mut f = path;
+                        f.push((outcome, false));
+                        stack.push((*if_false, f));
+                        stack.push((*if_true, t));
+                    }
+                }
+            }
+        }
+        let samples = x.calib.len();
+        let mut last = x.node;
+        let mut decisions: Vec<Vec<i64>> = vec![vec![]; samples];
+        let mut decision_node = None;
+        if !lookups.is_empty() {
+            // gather the compared features, one element per comparison
+            let rows: Vec<(Vec<Term>, i64)> = lookups
+                .iter()
+                .map(|(f, _)| {
+                    (
+                        vec![Term {
+                            operand: 0,
+                            index: *f as u32,
+                            weight: 1,
+                        }],
+                        0,
+                    )
+                })
+                .collect();
+            let range = self.circuit.node(x.node).range;
+            let gathered = self.exact_affine(format!("{name}/features"), &[x.node], rows, range);
+            let calib: Vec<Vec<i64>> = x
+                .calib
+                .iter()
+                .map(|q| lookups.iter().map(|(f, _)| q[*f]).collect())
+                .collect();
+            let input = self.lut_input(name, name, gathered, &calib)?;
+            // an operand wider than the rounding threshold is read through its top bits:
+            // index `a` stands for the feature value a·2^drop (clamped to the grid)
+            let out = self.lut(format!("{name}/compare"), &input, |c, a| {
+                let t = &lookups[c].1;
+                t[(a as usize).min(t.len() - 1)]
+            });
+            decisions = out.calib;
+            decision_node = Some(out.node);
+            last = out.node;
+        }
+        // 2. path sums: S_l = Σ (D or 1 − D) + constants that hold
+        let depth: Vec<i64> = leaves.iter().map(|l| l.path.len() as i64).collect();
+        let rows: Vec<(Vec<Term>, i64)> = leaves
+            .iter()
+            .map(|l| {
+                let mut terms = Vec::new();
+                let mut bias = 0;
+                for &(o, want) in &l.path {
+                    match o {
+                        Outcome::Constant(v) => bias += (v == want) as i64,
+                        Outcome::Lookup(k) => {
+                            terms.push(Term {
+                                operand: 0,
+                                index: k as u32,
+                                weight: if want { 1 } else { -1 },
+                            });
+                            bias += (!want) as i64;
+                        }
+                    }
+                }
+                (terms, bias)
+            })
+            .collect();
+        let path_calib: Vec<Vec<i64>> = decisions
+            .iter()
+            .map(|d| {
+                rows.iter()
+                    .map(|(terms, bias)| {
+                        terms
+                            .iter()
+                            .fold(*bias, |a, t| a + t.weight * d[t.index as usize])
+                    })
+                    .collect()
+            })
+            .collect();
+        let deepest = depth.iter().copied().max().unwrap_or(0);
+        let sums = self.exact_affine(
+            format!("{name}/paths"),
+            &[decision_node.unwrap_or(last)],
+            rows,
+            Range::new(0, deepest.max(1)),
+        );
+        // 3. leaf indicators
+        let input = self.lut_input(name, name, sums, &path_calib)?;
+        let hit = self.lut(format!("{name}/leaves"), &input, |l, s| {
+            (s == depth[l]) as i64
+        });
+        // 4. scores: Σ_l [l reached]·wq[l, o], one symmetric scale per output
+        let levels_w = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
+        let step: Vec<f64> = (0..e.outputs)
+            .map(|o| {
+                let m = leaves
+                    .iter()
+                    .flat_map(|l| l.weights.iter().filter(|w| w.0 == o))
+                    .fold(0.0f64, |m, w| m.max(w.1.abs()));
+                if m > 0.0 {
+                    m / levels_w
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let wq = |l: &LeafPath, o: usize| -> i64 {
+            let w: f64 = l.weights.iter().filter(|w| w.0 == o).map(|w| w.1).sum();
+            (w / step[o]).round() as i64
+        };
+        // exactly one leaf per tree: each tree adds between its smallest and largest leaf
+        let mut lo = vec![0i64; e.outputs];
+        let mut hi = vec![0i64; e.outputs];
+        for t in 0..e.trees.len() {
+            for o in 0..e.outputs {
+                let vals = leaves.iter().filter(|l| l.tree == t).map(|l| wq(l, o));
+                let (a, b) = vals.fold((i64::MAX, i64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+                lo[o] += a;
+                hi[o] += b;
+            }
+        }
+        let rows: Vec<(Vec<Term>, i64)> = (0..e.outputs)
+            .map(|o| {
+                let terms = leaves
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| wq(l, o) != 0)
+                    .map(|(li, l)| Term {
+                        operand: 0,
+                        index: li as u32,
+                        weight: wq(l, o),
+                    })
+                    .collect();
+                (terms, -lo[o])
+            })
+            .collect();
+        let top = (0..e.outputs).map(|o| hi[o] - lo[o]).max().unwrap_or(0);
+        let bits = bits_for_range(Range::new(0, top));
+        if bits > fhec_ir::MAX_BITS {
+            return Err(QuantError::EnsembleTooWide {
+                node: name.to_string(),
+                trees: e.trees.len(),
+                bits,
+            });
+        }
+        let calib: Vec<Vec<i64>> = hit
+            .calib
+            .iter()
+            .map(|h| {
+                rows.iter()
+                    .map(|(terms, bias)| {
+                        terms
+                            .iter()
+                            .fold(*bias, |a, t| a + t.weight * h[t.index as usize])
+                    })
+                    .collect()
+            })
+            .collect();
+        let node = self.exact_affine(name.to_string(), &[hit.node], rows, Range::new(0, top));
+        let sound: Vec<(i64, i64)> = (0..e.outputs).map(|o| (0, hi[o] - lo[o])).collect();
+        Ok(QValue {
+            node,
+            scale: step.clone(),
+            offset: (0..e.outputs)
+                .map(|o| e.base_values[o] + step[o] * lo[o] as f64)
+                .collect(),
+            pending: vec![],
+            narrow: false,
+            calib,
+            design: Some(sound.clone()),
+            sound,
+        })
+    }
+
+    /// An Affine node whose range is given (it holds for every input, not just the
+    /// inputset: path sums and one-leaf-per-tree sums are bounded by construction).
+    fn exact_affine(
+        &mut self,
+        name: String,
+        operands: &[NodeId],
+        rows: Vec<(Vec<Term>, i64)>,
+        range: Range,
+    ) -> NodeId {
+        let mut row_start = vec![0u32];
+        let mut terms = Vec::new();
+        let mut bias = Vec::with_capacity(rows.len());
+        for (t, b) in rows {
+            terms.extend(t);
+            row_start.push(terms.len() as u32);
+            bias.push(b);
+        }
+        let n = bias.len();
+        self.circuit.add(
+            Node {
+                name,
+                op: IntOp::Affine {
+                    row_start,
+                    terms,
+                    bias,
+                },
+                shape: vec![1, n],
+                status: Status::Encrypted,
+                range,
+            },
+            operands,
+        )
+    }
+}

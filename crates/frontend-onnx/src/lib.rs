@@ -262,6 +262,12 @@ impl NodeCtx<'_> {
             .map(|s| s.as_str())
             .filter(|s| !s.is_empty())
     }
+    /// The name of output slot `i`, which the op needs.
+    pub(crate) fn required_output(&self, i: usize) -> Result<String, ImportError> {
+        self.output_name(i)
+            .map(str::to_string)
+            .ok_or_else(|| self.err("missing output"))
+    }
     pub(crate) fn node_name(&self) -> &str {
         &self.name
     }

@@ -225,6 +225,16 @@ pub(crate) fn asymmetric(lo: f64, hi: f64, bits: u32) -> (f64, i64) {
     (scale, zero)
 }
 
+/// The step of a symmetric `bits`-bit signed grid for values up to `max_abs` in
+/// magnitude (1 when they are all zero).
+pub(crate) fn symmetric_step(max_abs: f64, bits: u32) -> f64 {
+    if max_abs > 0.0 {
+        max_abs / ((1i64 << (bits - 1)) - 1) as f64
+    } else {
+        1.0
+    }
+}
+
 pub(crate) fn min_max(values: impl Iterator<Item = f64>) -> (f64, f64) {
     values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
@@ -506,20 +516,13 @@ impl Lowering<'_> {
             Some(steps) => steps.clone(),
             // one symmetric scale per output row (per channel): each row's integers use
             // all `weight_bits` levels
-            None => {
-                let levels = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
-                weight
-                    .chunks(k)
-                    .map(|row| {
-                        let wmax = row.iter().fold(0f64, |m, w| m.max(w.abs()));
-                        if wmax > 0.0 {
-                            wmax / levels
-                        } else {
-                            1.0
-                        }
-                    })
-                    .collect()
-            }
+            None => weight
+                .chunks(k)
+                .map(|row| {
+                    let wmax = row.iter().fold(0f64, |m, w| m.max(w.abs()));
+                    symmetric_step(wmax, self.cfg.weight_bits)
+                })
+                .collect(),
         };
         let wq: Vec<i64> = weight
             .iter()

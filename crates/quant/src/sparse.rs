@@ -151,7 +151,6 @@ impl Lowering<'_> {
         }
         let exact = row_exactness(&xs, map);
         let constant = |x: &QValue, i: usize| x.sound[i] == (0, 0);
-        let levels = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
         // one symmetric scale per quantized row (per output element, so finer than per
         // channel): a row's integer weights use all `weight_bits` levels
         let row_step = |j: usize| {
@@ -160,11 +159,7 @@ impl Lowering<'_> {
                 .iter()
                 .map(|t| (t.weight * xs[t.slot as usize].scale[t.index as usize]).abs())
                 .fold(0.0f64, f64::max);
-            if m > 0.0 {
-                m / levels
-            } else {
-                1.0
-            }
+            crate::builder::symmetric_step(m, self.cfg.weight_bits)
         };
         let mut rows = Vec::with_capacity(map.rows());
         let mut scale = Vec::with_capacity(map.rows());

@@ -96,10 +96,8 @@ impl Lowering<'_> {
                 }
             }
         }
-        let samples = x.calib.len();
-        let mut last = x.node;
-        let mut decisions: Vec<Vec<i64>> = vec![vec![]; samples];
-        let mut decision_node = None;
+        // without comparisons the path sums are constants: any operand will do
+        let (mut decision_node, mut decisions) = (x.node, x.calib.clone());
         if !lookups.is_empty() {
             // gather the compared features, one element per comparison
             let rows: Vec<(Vec<Term>, i64)> = lookups
@@ -116,12 +114,8 @@ impl Lowering<'_> {
                 })
                 .collect();
             let range = self.circuit.node(x.node).range;
-            let gathered = self.exact_affine(format!("{name}/features"), &[x.node], rows, range);
-            let calib: Vec<Vec<i64>> = x
-                .calib
-                .iter()
-                .map(|q| lookups.iter().map(|(f, _)| q[*f]).collect())
-                .collect();
+            let (gathered, calib) =
+                self.exact_affine(format!("{name}/features"), (x.node, &x.calib), rows, range);
             let input = self.lut_input(name, name, gathered, &calib)?;
             // an operand wider than the rounding threshold is read through its top bits:
             // index `a` stands for the feature value a·2^drop (clamped to the grid)
@@ -129,9 +123,7 @@ impl Lowering<'_> {
                 let t = &lookups[c].1;
                 t[(a as usize).min(t.len() - 1)]
             });
-            decisions = out.calib;
-            decision_node = Some(out.node);
-            last = out.node;
+            (decision_node, decisions) = (out.node, out.calib);
         }
         // 2. path sums: S_l = Σ (D or 1 − D) + constants that hold
         let depth: Vec<i64> = leaves.iter().map(|l| l.path.len() as i64).collect();
@@ -156,22 +148,10 @@ impl Lowering<'_> {
                 (terms, bias)
             })
             .collect();
-        let path_calib: Vec<Vec<i64>> = decisions
-            .iter()
-            .map(|d| {
-                rows.iter()
-                    .map(|(terms, bias)| {
-                        terms
-                            .iter()
-                            .fold(*bias, |a, t| a + t.weight * d[t.index as usize])
-                    })
-                    .collect()
-            })
-            .collect();
         let deepest = depth.iter().copied().max().unwrap_or(0);
-        let sums = self.exact_affine(
+        let (sums, path_calib) = self.exact_affine(
             format!("{name}/paths"),
-            &[decision_node.unwrap_or(last)],
+            (decision_node, &decisions),
             rows,
             Range::new(0, deepest.max(1)),
         );
@@ -181,30 +161,37 @@ impl Lowering<'_> {
             (s == depth[l]) as i64
         });
         // 4. scores: Σ_l [l reached]·wq[l, o], one symmetric scale per output
-        let levels_w = ((1i64 << (self.cfg.weight_bits - 1)) - 1) as f64;
         let step: Vec<f64> = (0..e.outputs)
             .map(|o| {
                 let m = leaves
                     .iter()
                     .flat_map(|l| l.weights.iter().filter(|w| w.0 == o))
                     .fold(0.0f64, |m, w| m.max(w.1.abs()));
-                if m > 0.0 {
-                    m / levels_w
-                } else {
-                    1.0
-                }
+                crate::builder::symmetric_step(m, self.cfg.weight_bits)
             })
             .collect();
-        let wq = |l: &LeafPath, o: usize| -> i64 {
-            let w: f64 = l.weights.iter().filter(|w| w.0 == o).map(|w| w.1).sum();
-            (w / step[o]).round() as i64
-        };
+        // wq[l][o]: leaf l's quantized value for output o
+        let wq: Vec<Vec<i64>> = leaves
+            .iter()
+            .map(|l| {
+                let mut w = vec![0.0; e.outputs];
+                for &(o, v) in &l.weights {
+                    w[o] += v;
+                }
+                w.iter()
+                    .zip(&step)
+                    .map(|(v, s)| (v / s).round() as i64)
+                    .collect()
+            })
+            .collect();
         // exactly one leaf per tree: each tree adds between its smallest and largest leaf
         let mut lo = vec![0i64; e.outputs];
         let mut hi = vec![0i64; e.outputs];
         for t in 0..e.trees.len() {
             for o in 0..e.outputs {
-                let vals = leaves.iter().filter(|l| l.tree == t).map(|l| wq(l, o));
+                let vals = (0..leaves.len())
+                    .filter(|&l| leaves[l].tree == t)
+                    .map(|l| wq[l][o]);
                 let (a, b) = vals.fold((i64::MAX, i64::MIN), |(a, b), v| (a.min(v), b.max(v)));
                 lo[o] += a;
                 hi[o] += b;
@@ -212,14 +199,12 @@ impl Lowering<'_> {
         }
         let rows: Vec<(Vec<Term>, i64)> = (0..e.outputs)
             .map(|o| {
-                let terms = leaves
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, l)| wq(l, o) != 0)
-                    .map(|(li, l)| Term {
+                let terms = (0..leaves.len())
+                    .filter(|&l| wq[l][o] != 0)
+                    .map(|l| Term {
                         operand: 0,
-                        index: li as u32,
-                        weight: wq(l, o),
+                        index: l as u32,
+                        weight: wq[l][o],
                     })
                     .collect();
                 (terms, -lo[o])
@@ -234,20 +219,12 @@ impl Lowering<'_> {
                 bits,
             });
         }
-        let calib: Vec<Vec<i64>> = hit
-            .calib
-            .iter()
-            .map(|h| {
-                rows.iter()
-                    .map(|(terms, bias)| {
-                        terms
-                            .iter()
-                            .fold(*bias, |a, t| a + t.weight * h[t.index as usize])
-                    })
-                    .collect()
-            })
-            .collect();
-        let node = self.exact_affine(name.to_string(), &[hit.node], rows, Range::new(0, top));
+        let (node, calib) = self.exact_affine(
+            name.to_string(),
+            (hit.node, &hit.calib),
+            rows,
+            Range::new(0, top),
+        );
         let sound: Vec<(i64, i64)> = (0..e.outputs).map(|o| (0, hi[o] - lo[o])).collect();
         Ok(QValue {
             node,
@@ -263,15 +240,17 @@ impl Lowering<'_> {
         })
     }
 
-    /// An Affine node whose range is given (it holds for every input, not just the
-    /// inputset: path sums and one-leaf-per-tree sums are bounded by construction).
+    /// An Affine node over one operand (node, its calibration samples) whose range is
+    /// given: it holds for every input, not just the inputset (path sums and
+    /// one-leaf-per-tree sums are bounded by construction). Returns the node and its
+    /// calibration samples.
     fn exact_affine(
         &mut self,
         name: String,
-        operands: &[NodeId],
+        (operand, operand_calib): (NodeId, &[Vec<i64>]),
         rows: Vec<(Vec<Term>, i64)>,
         range: Range,
-    ) -> NodeId {
+    ) -> (NodeId, Vec<Vec<i64>>) {
         let mut row_start = vec![0u32];
         let mut terms = Vec::new();
         let mut bias = Vec::with_capacity(rows.len());
@@ -281,7 +260,11 @@ impl Lowering<'_> {
             bias.push(b);
         }
         let n = bias.len();
-        self.circuit.add(
+        let calib = operand_calib
+            .iter()
+            .map(|q| fhec_ir::interp::affine(&[q], &row_start, &terms, &bias))
+            .collect();
+        let node = self.circuit.add(
             Node {
                 name,
                 op: IntOp::Affine {
@@ -293,7 +276,8 @@ impl Lowering<'_> {
                 status: Status::Encrypted,
                 range,
             },
-            operands,
-        )
+            &[operand],
+        );
+        (node, calib)
     }
 }

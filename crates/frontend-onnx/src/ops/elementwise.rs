@@ -6,13 +6,6 @@ use super::movement::{broadcast_index, emit_rows, fold_rows, unravel, Row};
 use crate::graph::{broadcast_shapes, broadcast_to, Activation, BinaryKind, Op, Tensor};
 use crate::{ImportError, NodeCtx, ValueId};
 
-fn out_name(ctx: &NodeCtx<'_>) -> Result<String, ImportError> {
-    Ok(ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string())
-}
-
 fn binary_kind(op: &str) -> Option<BinaryKind> {
     use BinaryKind::*;
     Some(match op {
@@ -53,7 +46,7 @@ fn with_constant(
     } else {
         ctx.info(x).dtype
     };
-    let out = out_name(ctx)?;
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::BinaryConst {
             kind,
@@ -146,7 +139,7 @@ fn two_varying(
             } else {
                 ctx.info(a).dtype
             };
-            let out = out_name(ctx)?;
+            let out = ctx.required_output(0)?;
             ctx.add_node(
                 Op::Pairwise { kind, left, right },
                 vec![a, b],
@@ -236,7 +229,7 @@ pub(crate) fn activation(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         let data = t.data.iter().map(|&v| act.apply(v)).collect();
         return ctx.set_constant(0, Tensor::new(t.shape, data, t.dtype));
     }
-    let out = out_name(ctx)?;
+    let out = ctx.required_output(0)?;
     let shape = ctx.info(x).shape.clone();
     let dtype = if act == Activation::Not {
         crate::DType::Bool
@@ -302,7 +295,7 @@ pub(crate) fn where_(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
                 vec![c],
                 vec![(format!("{}/select", ctx.node_name()), shape.clone(), dtype)],
             );
-            let out = out_name(ctx)?;
+            let out = ctx.required_output(0)?;
             ctx.add_node(
                 Op::BinaryConst {
                     kind: BinaryKind::Add,
@@ -427,7 +420,7 @@ pub(crate) fn batch_norm(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         vec![x],
         vec![(name, shape.clone(), dtype)],
     );
-    let out = out_name(ctx)?;
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::BinaryConst {
             kind: BinaryKind::Add,

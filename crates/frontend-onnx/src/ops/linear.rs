@@ -67,10 +67,7 @@ pub(crate) fn gemm(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             row.into_iter().map(|v| beta * v).collect()
         }
     };
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     let dtype = ctx.info(a).dtype;
     ctx.add_node(
         Op::Dense {
@@ -117,10 +114,7 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         }
     }
     *shape.last_mut().unwrap() = n;
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     let dtype = ctx.info(a).dtype;
     ctx.add_node(
         Op::Dense {
@@ -182,7 +176,7 @@ fn dense_from_coefficients(
     Ok((rows, coef, bias))
 }
 
-fn features_of(ctx: &NodeCtx<'_>, x: crate::ValueId) -> Result<usize, ImportError> {
+pub(crate) fn features_of(ctx: &NodeCtx<'_>, x: crate::ValueId) -> Result<usize, ImportError> {
     match ctx.info(x).shape.as_slice() {
         [1, f] => Ok(*f),
         s => Err(ctx.err(format!("input must be [batch, features], got {s:?}"))),
@@ -250,10 +244,7 @@ pub(crate) fn linear_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError>
     if post_transform(ctx)? != PostTransform::None {
         return Err(ctx.err("LinearRegressor post_transform other than NONE is not supported"));
     }
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::Dense {
             inputs: features,
@@ -319,10 +310,7 @@ fn matmul_varying(
     }
     let mut shape = sa.clone();
     shape[r - 1] = n;
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(Op::Sparse(map), vec![p], vec![(out, shape, dtype)]);
     Ok(())
 }

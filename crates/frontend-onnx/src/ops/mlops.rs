@@ -17,10 +17,7 @@ pub(crate) fn softmax(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let shape = ctx.info(x).shape.clone();
     let axis = crate::ops::axis(ctx, ctx.attr_i("axis", -1), shape.len())?;
     batch_axis_guard(ctx, axis)?;
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     let dtype = ctx.info(x).dtype;
     let op = if ctx.node.op_type == "LogSoftmax" {
         Op::LogSoftmax { axis }
@@ -43,10 +40,7 @@ pub(crate) fn argmax(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     } else {
         shape.remove(axis);
     }
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::ArgMax {
             axis,
@@ -65,10 +59,7 @@ pub(crate) fn zipmap(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         return Err(ctx.err("ZipMap with string class labels is not supported"));
     }
     let shape = ctx.info(x).shape.clone();
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(Op::ZipMap, vec![x], vec![(out, shape, DType::F32)]);
     Ok(())
 }
@@ -82,10 +73,7 @@ pub(crate) fn normalizer(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         other => return Err(ctx.err(format!("unknown norm '{other}'"))),
     };
     let shape = ctx.info(x).shape.clone();
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::Normalizer { norm },
         vec![x],

@@ -85,10 +85,7 @@ pub(crate) fn emit_rows(
         return ctx.set_constant(0, Tensor::new(shape, map.bias, dtype));
     }
     let dtype = ctx.info(varying[0]).dtype;
-    let name = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let name = ctx.required_output(0)?;
     ctx.add_node(Op::Sparse(map), varying, vec![(name, shape, dtype)]);
     Ok(())
 }
@@ -528,12 +525,7 @@ pub(crate) fn reduce(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             .into_iter()
             .map(|g| g.into_iter().map(|i| i as u32).collect())
             .collect();
-        let (name, dtype) = (
-            ctx.output_name(0)
-                .ok_or_else(|| ctx.err("missing output"))?
-                .to_string(),
-            ctx.info(x).dtype,
-        );
+        let (name, dtype) = (ctx.required_output(0)?, ctx.info(x).dtype);
         ctx.add_node(
             Op::GroupMax {
                 groups,

@@ -147,10 +147,7 @@ pub(crate) fn quantize_linear(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> 
         return ctx.set_typed_constant(0, Tensor::new(t.shape, data, DType::I64), Some(elem));
     }
     let (scale, zero_point) = p.scalar(ctx)?;
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::Quantize {
             scale,
@@ -179,10 +176,7 @@ pub(crate) fn dequantize_linear(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError
         return ctx.set_constant(0, Tensor::new(t.shape, data, DType::F32));
     }
     let (scale, zero_point) = p.scalar(ctx)?;
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::Dequantize { scale, zero_point },
         vec![x],
@@ -215,10 +209,8 @@ pub(crate) fn narrow_quantize(
     if !integral(min) || !integral(max) {
         return Ok(false);
     }
-    let (lo, hi) = (
-        qmin.max(min.max(i64::MIN as f64) as i64),
-        qmax.min(max.min(i64::MAX as f64) as i64),
-    );
+    // `as` saturates: an absent (infinite) bound keeps the type's limit
+    let (lo, hi) = (qmin.max(min as i64), qmax.min(max as i64));
     if lo >= hi {
         return Err(ctx.err(format!(
             "clipping the quantized range [{qmin}, {qmax}] to [{min}, {max}] leaves at most one value"
@@ -226,10 +218,7 @@ pub(crate) fn narrow_quantize(
     }
     let source = producer.inputs[0];
     let shape = ctx.info(x).shape.clone();
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::Quantize {
             scale,
@@ -318,18 +307,19 @@ pub(crate) fn quant(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         return Err(ctx.err("a scale is not a positive finite number"));
     }
     if let Some(t) = ctx.constant(x).cloned() {
-        let at = |p: &Tensor, e: usize| p.data[broadcast_index(&t.shape, &p.shape, e)];
-        for p in [&scale, &zero] {
-            if !broadcasts_to(&p.shape, &t.shape) {
-                return Err(ctx.err(format!(
+        // numpy-broadcast per-channel parameters
+        let full = |p: &Tensor| {
+            crate::graph::broadcast_to(p, &t.shape).ok_or_else(|| {
+                ctx.err(format!(
                     "a parameter of shape {:?} does not broadcast to {:?}",
                     p.shape, t.shape
-                )));
-            }
-        }
+                ))
+            })
+        };
+        let (scales, zeros) = (full(&scale)?, full(&zero)?);
         let data = (0..t.numel())
             .map(|e| {
-                let (s, z) = (at(&scale, e) as f32, at(&zero, e) as f32);
+                let (s, z) = (scales.data[e] as f32, zeros.data[e] as f32);
                 let q = (t.data[e] as f32 / s + z).clamp(qmin as f32, qmax as f32);
                 ((mode.apply(q) - z) * s) as f64
             })
@@ -352,10 +342,7 @@ pub(crate) fn quant(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             "rounding_mode '{mode_name}' on an encrypted tensor is not supported (ROUND only)"
         )));
     }
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     let zero_point = zero.data[0] as i64;
     let q = ctx.add_sub_node(
         "int",
@@ -377,33 +364,6 @@ pub(crate) fn quant(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         vec![(out, shape, DType::F32)],
     );
     Ok(())
-}
-
-/// Whether a parameter of shape `p` broadcasts (numpy rules) to `shape`.
-fn broadcasts_to(p: &[usize], shape: &[usize]) -> bool {
-    p.len() <= shape.len()
-        && p.iter()
-            .rev()
-            .zip(shape.iter().rev())
-            .all(|(&a, &b)| a == 1 || a == b)
-}
-
-/// The element of a broadcast parameter of shape `p` read at element `e` of `shape`.
-fn broadcast_index(shape: &[usize], p: &[usize], e: usize) -> usize {
-    let (mut rest, mut index, mut stride) = (e, 0, 1);
-    for (k, &d) in shape.iter().enumerate().rev() {
-        let i = rest % d;
-        rest /= d;
-        let pk = k as isize - (shape.len() - p.len()) as isize;
-        if pk >= 0 {
-            let pd = p[pk as usize];
-            if pd != 1 {
-                index += i * stride;
-            }
-            stride *= pd;
-        }
-    }
-    index
 }
 
 #[cfg(test)]
@@ -437,6 +397,19 @@ mod tests {
             }
         }
         assert!(RoundingMode::parse("STOCHASTIC").is_none());
+    }
+
+    fn broadcasts_to(p: &[usize], shape: &[usize]) -> bool {
+        let n = p.iter().product();
+        crate::graph::broadcast_to(&Tensor::new(p.to_vec(), vec![0.0; n], DType::F32), shape)
+            .is_some()
+    }
+
+    /// The element of a parameter of shape `p` that element `e` of `shape` reads.
+    fn broadcast_index(shape: &[usize], p: &[usize], e: usize) -> usize {
+        let n: usize = p.iter().product();
+        let indices = Tensor::new(p.to_vec(), (0..n).map(|i| i as f64).collect(), DType::F32);
+        crate::graph::broadcast_to(&indices, shape).unwrap().data[e] as usize
     }
 
     #[test]

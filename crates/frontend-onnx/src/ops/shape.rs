@@ -6,10 +6,7 @@ use crate::{ImportError, NodeCtx};
 
 pub(crate) fn reshape_to(ctx: &mut NodeCtx<'_>, shape: Vec<usize>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     if let Some(t) = ctx.constant(x).cloned() {
         return ctx.set_constant(0, Tensor::new(shape, t.data, t.dtype));
     }
@@ -134,10 +131,7 @@ pub(crate) fn cast(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let to =
         dtype_of(ctx.attr_i("to", 1) as i32).ok_or_else(|| ctx.err("unsupported target type"))?;
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     if let Some(t) = ctx.constant(x).cloned() {
         let data = t
             .data

@@ -159,13 +159,6 @@ fn nc_shape(ctx: &NodeCtx<'_>, x: crate::ValueId) -> Result<(usize, Vec<usize>),
     Ok((shape[1], shape[2..].to_vec()))
 }
 
-fn out_name(ctx: &NodeCtx<'_>, i: usize) -> Result<String, ImportError> {
-    Ok(ctx
-        .output_name(i)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string())
-}
-
 pub(crate) fn conv(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     if ctx.constant(x).is_some() {
@@ -240,7 +233,7 @@ pub(crate) fn conv(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
     let mut shape = vec![1, m];
     shape.extend(&g.out_sp);
-    let (name, dtype) = (out_name(ctx, 0)?, ctx.info(x).dtype);
+    let (name, dtype) = (ctx.required_output(0)?, ctx.info(x).dtype);
     ctx.add_node(Op::Sparse(map), vec![x], vec![(name, shape, dtype)]);
     Ok(())
 }
@@ -285,7 +278,7 @@ pub(crate) fn pool(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let windows: Vec<Window> = (0..g.out_count()).map(|o| g.window(o)).collect();
     let mut shape = vec![1, c];
     shape.extend(&g.out_sp);
-    let (name, dtype) = (out_name(ctx, 0)?, ctx.info(x).dtype);
+    let (name, dtype) = (ctx.required_output(0)?, ctx.info(x).dtype);
     if op.ends_with("MaxPool") {
         let mut groups = Vec::with_capacity(c * windows.len());
         for ch in 0..c {

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use super::linear::{features_of, post_transform};
 use crate::graph::{BranchMode, DType, Op, PostTransform, Tree, TreeEnsemble, TreeNode};
 use crate::{ImportError, NodeCtx};
 
@@ -180,13 +181,6 @@ fn average(trees: &mut [Tree]) {
     }
 }
 
-fn features_of(ctx: &NodeCtx<'_>, x: crate::ValueId) -> Result<usize, ImportError> {
-    match ctx.info(x).shape.as_slice() {
-        [1, f] => Ok(*f),
-        s => Err(ctx.err(format!("input must be [batch, features], got {s:?}"))),
-    }
-}
-
 pub(crate) fn regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let features = features_of(ctx, x)?;
@@ -213,10 +207,7 @@ pub(crate) fn regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         n if n == outputs => base,
         n => return Err(ctx.err(format!("{n} base_values for {outputs} targets"))),
     };
-    let out = ctx
-        .output_name(0)
-        .ok_or_else(|| ctx.err("missing output"))?
-        .to_string();
+    let out = ctx.required_output(0)?;
     ctx.add_node(
         Op::TreeEnsemble(TreeEnsemble {
             features,
@@ -242,7 +233,7 @@ pub(crate) fn classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
     let classes = labels.len();
     let mut trees = read_trees(ctx, features, "class", classes)?;
-    let pt = super::linear::post_transform(ctx)?;
+    let pt = post_transform(ctx)?;
     if pt == PostTransform::Probit {
         return Err(ctx.err("post_transform PROBIT is not supported"));
     }

@@ -129,6 +129,13 @@ struct QuantArgs {
     /// bootstraps, bit-exact).
     #[arg(long, value_enum, default_value_t = RoundingMode::Approximate)]
     rounding: RoundingMode,
+    /// Tree comparisons read this many most significant bits of their feature, shifted
+    /// so the threshold falls on a rounding boundary (with approximate rounding; default:
+    /// the whole feature, exactly). Cheaper bootstraps, but noise flips comparisons of
+    /// features within about a grid step of the threshold; simulate draws them
+    /// (docs/TREES.md).
+    #[arg(long)]
+    comparison_bits: Option<u32>,
     /// Headroom of accumulator ranges beyond the inputset, as a fraction of their width (default 0.25).
     #[arg(long)]
     range_margin: Option<f64>,
@@ -163,6 +170,9 @@ impl QuantArgs {
             c.rounding_bits = None;
         }
         c.rounding_approximate = self.rounding == RoundingMode::Approximate;
+        if let Some(b) = self.comparison_bits {
+            c.comparison_bits = Some(b);
+        }
         if let Some(m) = self.range_margin {
             c.range_margin = m;
         }
@@ -328,6 +338,9 @@ fn compile(
     );
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
+    if let Some(naive) = fhec::report::naive_tree_pbs(&a.client.graph) {
+        println!("tree ensembles: {} PBS, naive lowering {naive} (one per internal node and leaf)", r.pbs_per_sample);
+    }
     print!(
         "{}",
         params_line(&a.server.params, r.predicted_latency.as_ref())
@@ -365,6 +378,7 @@ fn inspect(
             params,
             l.quantized.client.origins.clone(),
         )
+        .with_trees_of(&l.graph)
     } else {
         let (a, info) = Artifact::load(path)?;
         Report::new(
@@ -374,6 +388,7 @@ fn inspect(
             Some(a.server.params.clone()),
             a.client.spec.origins.clone(),
         )
+        .with_trees_of(&a.client.graph)
     };
     match format {
         Format::Text => print!("{}", report.text()),
@@ -540,8 +555,11 @@ fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -
     let threads = rayon::current_num_threads();
     let predicted = fhec_backend_tfhe::predicted_latency_ms(&a.server.circuit, info, p, threads);
     let (bsk, ksk) = p.eval_key_bytes();
+    let naive = fhec::report::naive_tree_pbs(&a.client.graph)
+        .map(|n| format!(" (naive tree lowering {n})"))
+        .unwrap_or_default();
     println!(
-        "{:<40} compile {:>6.2} s | keygen {:>6.2} s | eval key {:>7.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>8.1} ms/sample over {} (predicted {:.0} ms on {threads} threads, {:.0} ms on 1 core) | PBS {:>4} | fhe!=simulate {}",
+        "{:<40} compile {:>6.2} s | keygen {:>6.2} s | eval key {:>7.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>8.1} ms/sample over {} (predicted {:.0} ms on {threads} threads, {:.0} ms on 1 core) | PBS {:>4}{naive} | fhe!=simulate {}",
         model.display(),
         compiled.elapsed.as_secs_f64(),
         keygen,

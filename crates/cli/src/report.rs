@@ -44,6 +44,8 @@ pub struct Report {
     pub predicted_latency: Option<PredictedLatency>,
     /// Each quantization grid and whether it came from the model (QAT) or calibration.
     pub quantization: Vec<fhec_quant::QuantOrigin>,
+    /// With tree ensembles: the bootstraps of the obvious lowering, for comparison.
+    pub naive_tree_pbs: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -139,7 +141,14 @@ impl Report {
             }),
             params,
             quantization,
+            naive_tree_pbs: None,
         }
+    }
+
+    /// Records the model's naive tree-lowering count ([`naive_tree_pbs`]).
+    pub fn with_trees_of(mut self, graph: &fhec_frontend_onnx::FloatGraph) -> Self {
+        self.naive_tree_pbs = naive_tree_pbs(graph);
+        self
     }
 
     pub fn text(&self) -> String {
@@ -173,6 +182,12 @@ impl Report {
             "per sample: {} TLUs + {} rounding bootstraps = {} PBS; max TLU precision {} bits; widest value {} bits (encoding {} bits)\n",
             self.tlu_count, self.rounding_pbs, self.pbs_per_sample, self.max_tlu_bits, self.max_bits, self.encoding_bits
         );
+        if let Some(naive) = self.naive_tree_pbs {
+            s += &format!(
+                "tree ensembles: {} PBS, naive lowering {naive} (one per internal node and leaf)\n",
+                self.pbs_per_sample
+            );
+        }
         let rounded: Vec<&NodeRow> = self
             .nodes
             .iter()
@@ -287,6 +302,26 @@ fn truncate(s: &str, n: usize) -> String {
                 .collect::<String>()
         )
     }
+}
+
+/// The bootstraps the obvious lowering of the model's tree ensembles would take: one per
+/// internal node and one per leaf (docs/TREES.md); `None` without a tree ensemble.
+pub fn naive_tree_pbs(graph: &fhec_frontend_onnx::FloatGraph) -> Option<usize> {
+    let ensembles: Vec<&fhec_frontend_onnx::TreeEnsemble> = graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            fhec_frontend_onnx::Op::TreeEnsemble(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    (!ensembles.is_empty()).then(|| {
+        ensembles
+            .iter()
+            .flat_map(|e| e.trees.iter())
+            .map(|t| t.nodes.len())
+            .sum()
+    })
 }
 
 pub fn params_text(p: &CryptoParams) -> String {

@@ -289,6 +289,36 @@ fn tree_ensembles_simulate_close_to_the_float_model() {
     }
 }
 
+/// `--comparison-bits 4` reads 4 bits of the feature shifted so its threshold lies on a
+/// rounding boundary: without noise it decides exactly as the full-precision table
+/// does, on every test sample, at fewer bits per bootstrap.
+#[test]
+fn threshold_aligned_comparisons_are_exact_without_noise() {
+    for &(name, _) in TREES {
+        let aligned = fhec_quant::QuantConfig {
+            comparison_bits: Some(4),
+            ..Default::default()
+        };
+        let (approx, approx_info) = compile(name, Some(aligned));
+        let (exact, exact_info) = compile(name, None);
+        assert!(
+            approx_info.max_tlu_bits < exact_info.max_tlu_bits,
+            "{name}: aligned comparisons read {} bits, full tables {}",
+            approx_info.max_tlu_bits,
+            exact_info.max_tlu_bits
+        );
+        assert_eq!(approx_info.pbs_per_sample, exact_info.pbs_per_sample, "{name}");
+        let samples = test_samples(name, &approx);
+        for (i, s) in samples.iter().enumerate() {
+            let a = fhec::run::simulate(&approx, &approx_info, s).unwrap();
+            let e = fhec::run::simulate(&exact, &exact_info, s).unwrap();
+            for (x, y) in a.outputs.iter().zip(&e.outputs) {
+                assert_eq!(x.data, y.data, "{name} sample {i}");
+            }
+        }
+    }
+}
+
 /// Trees compare features on per-feature grids, share equal comparisons across trees,
 /// and cost fewer bootstraps than one per internal node and leaf.
 #[test]
@@ -308,18 +338,7 @@ fn tree_ensembles_share_comparisons_and_use_per_feature_grids() {
             scales.len() > features / 2,
             "{name}: grids differ per feature"
         );
-        let naive: usize = a
-            .client
-            .graph
-            .nodes
-            .iter()
-            .filter_map(|n| match &n.op {
-                fhec_frontend_onnx::Op::TreeEnsemble(e) => Some(e),
-                _ => None,
-            })
-            .flat_map(|e| e.trees.iter())
-            .map(|t| t.nodes.len())
-            .sum();
+        let naive = fhec::report::naive_tree_pbs(&a.client.graph).expect("a tree ensemble");
         let trees = a
             .client
             .graph

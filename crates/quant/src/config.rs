@@ -15,6 +15,13 @@ pub struct QuantConfig {
     /// `false` rounds exactly with extra bootstraps.
     #[serde(default)]
     pub rounding_approximate: bool,
+    /// Tree comparisons (docs/TREES.md): with approximate rounding, a comparison reads
+    /// this many most significant bits of its feature shifted so the threshold falls on
+    /// a rounding boundary (cheaper bootstraps; noise flips comparisons of features
+    /// within about a grid step of the threshold). `None` (the default), or exact
+    /// rounding, reads the whole feature exactly.
+    #[serde(default)]
+    pub comparison_bits: Option<u32>,
     /// Accumulators are built for their calibrated range widened by this fraction of its
     /// width on each side (clipped to the sound range), so held-out data slightly beyond
     /// the inputset does not wrap around.
@@ -29,6 +36,7 @@ impl Default for QuantConfig {
             activation_bits: 6,
             rounding_bits: Some(6),
             rounding_approximate: true,
+            comparison_bits: None,
             range_margin: 0.25,
         }
     }
@@ -54,6 +62,13 @@ impl QuantConfig {
             return Err(crate::QuantError::Config(
                 "the range margin must be between 0 and 4".into(),
             ));
+        }
+        if let Some(c) = self.comparison_bits {
+            if !(2..=16).contains(&c) {
+                return Err(crate::QuantError::Config(
+                    "comparison bits must be between 2 and 16".into(),
+                ));
+            }
         }
         if let Some(r) = self.rounding_bits {
             if !(1..=16).contains(&r) {

@@ -72,32 +72,36 @@ impl Lowering<'_> {
         );
         let hi = operand.range.hi.max(0);
         let width = bits_for_range(Range::new(0, hi));
-        let (mut node, mut calib, mut drop) = (x, calib.to_vec(), 0u32);
+        let mut drop = 0u32;
         if let Some(r) = self.cfg.rounding_bits.filter(|&r| width > r) {
-            let approximate = self.cfg.rounding_approximate;
             drop = width - r;
-            let fits = |drop: u32| {
-                let top = if approximate {
-                    // off by one upwards must still stay below 2^r (else the negacyclic half)
-                    (hi >> drop) + 1
-                } else {
-                    (hi + (1 << (drop - 1))) >> drop
-                };
-                bits_for_range(Range::new(0, top)) <= r
-            };
-            while !fits(drop) {
+            while !rounded_fits(hi, drop, r, self.cfg.rounding_approximate) {
                 drop += 1; // rounding up the largest value would not fit R bits
             }
+        }
+        self.rounded(name, consumer, x, calib, drop, self.cfg.rounding_approximate)
+    }
+
+    /// Integer node `x` (non-negative) rounded by `drop` bits (none when 0), exactly or
+    /// approximately, as a table operand.
+    pub(crate) fn rounded(
+        &mut self,
+        name: &str,
+        consumer: &str,
+        x: NodeId,
+        calib: &[Vec<i64>],
+        drop: u32,
+        approximate: bool,
+    ) -> Result<LutInput, QuantError> {
+        let operand = self.circuit.node(x).clone();
+        let hi = operand.range.hi.max(0);
+        let (mut node, mut calib) = (x, calib.to_vec());
+        if drop > 0 {
             let half = 1i64 << (drop - 1);
             calib = calib
                 .iter()
                 .map(|q| q.iter().map(|v| (v + half) >> drop).collect())
                 .collect();
-            let top = if approximate {
-                (hi >> drop) + 1
-            } else {
-                (hi + half) >> drop
-            };
             node = self.circuit.add(
                 Node {
                     name: format!("{name}/round"),
@@ -107,7 +111,7 @@ impl Lowering<'_> {
                     },
                     shape: operand.shape.clone(),
                     status: Status::Encrypted,
-                    range: Range::new(0, top),
+                    range: Range::new(0, rounded_top(hi, drop, approximate)),
                 },
                 &[node],
             );
@@ -322,4 +326,22 @@ impl Lowering<'_> {
         x.design = Some(design);
         x
     }
+}
+
+/// The largest index a rounding of `[0, hi]` by `drop` bits can produce: an approximate
+/// one may land one above round-to-nearest.
+pub(crate) fn rounded_top(hi: i64, drop: u32, approximate: bool) -> i64 {
+    if drop == 0 {
+        hi
+    } else if approximate {
+        (hi >> drop) + 1
+    } else {
+        (hi + (1 << (drop - 1))) >> drop
+    }
+}
+
+/// Whether `[0, hi]` rounded by `drop` bits fits `r` bits; an approximate rounding's
+/// upward error must still stay below `2^r` (else it reads the negacyclic half).
+pub(crate) fn rounded_fits(hi: i64, drop: u32, r: u32, approximate: bool) -> bool {
+    bits_for_range(Range::new(0, rounded_top(hi, drop, approximate))) <= r
 }

@@ -97,21 +97,60 @@ impl Lowering<'_> {
             }
         }
         // without comparisons the path sums are constants: any operand will do
-        let (mut decision_node, mut decisions) = (x.node, x.calib.clone());
-        if !lookups.is_empty() {
-            // gather the compared features, one element per comparison
-            let rows: Vec<(Vec<Term>, i64)> = lookups
+        let mut decisions: Vec<(NodeId, Vec<Vec<i64>>)> = Vec::new();
+        let mut at = vec![(0u32, 0u32); lookups.len()];
+        if lookups.is_empty() {
+            decisions.push((x.node, x.calib.clone()));
+        }
+        let aligned = self.aligned_drop(levels);
+        let (steps, others): (Vec<usize>, Vec<usize>) =
+            (0..lookups.len()).partition(|&k| aligned.is_some() && step_of(&lookups[k].1).is_some());
+        if let (Some(drop), false) = (aligned, steps.is_empty()) {
+            // v = q + b with b = K·2^drop − 2^(drop−1) − s ≥ 0: the rounding of v is
+            // K + ⌊(q − s)/2^drop⌋, at least K exactly when q ≥ s (the table's step)
+            let half = 1i64 << (drop - 1);
+            let shift: Vec<(i64, i64)> = steps
                 .iter()
-                .map(|(f, _)| {
-                    (
-                        vec![Term {
-                            operand: 0,
-                            index: *f as u32,
-                            weight: 1,
-                        }],
-                        0,
-                    )
+                .map(|&k| {
+                    let s = step_of(&lookups[k].1).unwrap_or(0) as i64;
+                    let kk = (s + half + (1 << drop) - 1) >> drop;
+                    (kk, (kk << drop) - half - s)
                 })
+                .collect();
+            let rows = steps
+                .iter()
+                .zip(&shift)
+                .map(|(&k, &(_, b))| (vec![feature_term(lookups[k].0)], b))
+                .collect();
+            let (lo, hi) = shift
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &(_, b)| (lo.min(b), hi.max(b)));
+            let (shifted, calib) = self.exact_affine(
+                format!("{name}/aligned"),
+                (x.node, &x.calib),
+                rows,
+                Range::new(lo, levels - 1 + hi),
+            );
+            let input = self.rounded(name, name, shifted, &calib, drop, true)?;
+            let out = self.lut(format!("{name}/compare_rounded"), &input, |c, v| {
+                let (table, k) = (&lookups[steps[c]].1, shift[c].0);
+                let s = step_of(table).unwrap_or(0);
+                if v >> drop >= k {
+                    table[s]
+                } else {
+                    table[0]
+                }
+            });
+            for (c, &k) in steps.iter().enumerate() {
+                at[k] = (decisions.len() as u32, c as u32);
+            }
+            decisions.push((out.node, out.calib));
+        }
+        if !others.is_empty() {
+            // gather the compared features, one element per comparison
+            let rows = others
+                .iter()
+                .map(|&k| (vec![feature_term(lookups[k].0)], 0))
                 .collect();
             let range = self.circuit.node(x.node).range;
             let (gathered, calib) =
@@ -120,10 +159,13 @@ impl Lowering<'_> {
             // an operand wider than the rounding threshold is read through its top bits:
             // index `a` stands for the feature value a·2^drop (clamped to the grid)
             let out = self.lut(format!("{name}/compare"), &input, |c, a| {
-                let t = &lookups[c].1;
+                let t = &lookups[others[c]].1;
                 t[(a as usize).min(t.len() - 1)]
             });
-            (decision_node, decisions) = (out.node, out.calib);
+            for (c, &k) in others.iter().enumerate() {
+                at[k] = (decisions.len() as u32, c as u32);
+            }
+            decisions.push((out.node, out.calib));
         }
         // 2. path sums: S_l = Σ (D or 1 − D) + constants that hold
         let depth: Vec<i64> = leaves.iter().map(|l| l.path.len() as i64).collect();
@@ -137,8 +179,8 @@ impl Lowering<'_> {
                         Outcome::Constant(v) => bias += (v == want) as i64,
                         Outcome::Lookup(k) => {
                             terms.push(Term {
-                                operand: 0,
-                                index: k as u32,
+                                operand: at[k].0,
+                                index: at[k].1,
                                 weight: if want { 1 } else { -1 },
                             });
                             bias += (!want) as i64;
@@ -149,9 +191,9 @@ impl Lowering<'_> {
             })
             .collect();
         let deepest = depth.iter().copied().max().unwrap_or(0);
-        let (sums, path_calib) = self.exact_affine(
+        let (sums, path_calib) = self.exact_affine_of(
             format!("{name}/paths"),
-            (decision_node, &decisions),
+            &decisions,
             rows,
             Range::new(0, deepest.max(1)),
         );
@@ -251,6 +293,17 @@ impl Lowering<'_> {
         rows: Vec<(Vec<Term>, i64)>,
         range: Range,
     ) -> (NodeId, Vec<Vec<i64>>) {
+        self.exact_affine_of(name, &[(operand, operand_calib.to_vec())], rows, range)
+    }
+
+    /// [`exact_affine`](Self::exact_affine) over several operands.
+    fn exact_affine_of(
+        &mut self,
+        name: String,
+        operands: &[(NodeId, Vec<Vec<i64>>)],
+        rows: Vec<(Vec<Term>, i64)>,
+        range: Range,
+    ) -> (NodeId, Vec<Vec<i64>>) {
         let mut row_start = vec![0u32];
         let mut terms = Vec::new();
         let mut bias = Vec::with_capacity(rows.len());
@@ -260,9 +313,12 @@ impl Lowering<'_> {
             bias.push(b);
         }
         let n = bias.len();
-        let calib = operand_calib
-            .iter()
-            .map(|q| fhec_ir::interp::affine(&[q], &row_start, &terms, &bias))
+        let samples = operands.first().map_or(0, |o| o.1.len());
+        let calib = (0..samples)
+            .map(|i| {
+                let args: Vec<&Vec<i64>> = operands.iter().map(|o| &o.1[i]).collect();
+                fhec_ir::interp::affine(&args, &row_start, &terms, &bias)
+            })
             .collect();
         let node = self.circuit.add(
             Node {
@@ -276,8 +332,38 @@ impl Lowering<'_> {
                 status: Status::Encrypted,
                 range,
             },
-            &[operand],
+            &operands.iter().map(|o| o.0).collect::<Vec<_>>(),
         );
         (node, calib)
+    }
+}
+
+impl Lowering<'_> {
+    /// The bits a threshold-aligned comparison drops from a feature of `levels` grid
+    /// values so its table reads `comparison_bits` bits; `None` (compare the whole
+    /// feature) with exact rounding or when dropping saves nothing.
+    fn aligned_drop(&self, levels: i64) -> Option<u32> {
+        let c = self.cfg.comparison_bits.filter(|_| self.cfg.rounding_approximate)?;
+        // v < levels + 2^drop; the smallest drop whose rounded range fits c bits
+        (1..16).find(|&d| crate::tlu::rounded_fits(levels - 1 + (1 << d) - 1, d, c, true))
+            .filter(|&d| {
+                bits_for_range(Range::new(0, crate::tlu::rounded_top(levels - 1 + (1 << d) - 1, d, true)))
+                    < bits_for_range(Range::new(0, levels - 1))
+            })
+    }
+}
+
+/// The first grid index where a table that changes exactly once changes.
+fn step_of(table: &[i64]) -> Option<usize> {
+    let s = table.iter().position(|&b| b != table[0])?;
+    table[s..].iter().all(|&b| b == table[s]).then_some(s)
+}
+
+/// Element `f` of the feature vector, weight 1.
+fn feature_term(f: usize) -> Term {
+    Term {
+        operand: 0,
+        index: f as u32,
+        weight: 1,
     }
 }

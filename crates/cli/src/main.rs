@@ -339,7 +339,10 @@ fn compile(
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
     if let Some(naive) = fhec::report::naive_tree_pbs(&a.client.graph) {
-        println!("tree ensembles: {} PBS, naive lowering {naive} (one per internal node and leaf)", r.pbs_per_sample);
+        println!(
+            "tree ensembles: {} PBS, naive lowering {naive} (one per internal node and leaf)",
+            r.pbs_per_sample
+        );
     }
     print!(
         "{}",

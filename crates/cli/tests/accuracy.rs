@@ -307,7 +307,10 @@ fn threshold_aligned_comparisons_are_exact_without_noise() {
             approx_info.max_tlu_bits,
             exact_info.max_tlu_bits
         );
-        assert_eq!(approx_info.pbs_per_sample, exact_info.pbs_per_sample, "{name}");
+        assert_eq!(
+            approx_info.pbs_per_sample, exact_info.pbs_per_sample,
+            "{name}"
+        );
         let samples = test_samples(name, &approx);
         for (i, s) in samples.iter().enumerate() {
             let a = fhec::run::simulate(&approx, &approx_info, s).unwrap();

@@ -92,7 +92,11 @@ fn one_op_sigmoid_fhe_equals_simulate() {
 /// expected value must be a plausible binomial draw around the simulated mean, and a
 /// classifier's FHE class must be one that some simulation also predicts. Returns the
 /// elements FHE got off the expected value.
-fn fhe_agrees_with_noisy_simulate(name: &str, cfg: Option<fhec_quant::QuantConfig>, samples: usize) -> usize {
+fn fhe_agrees_with_noisy_simulate(
+    name: &str,
+    cfg: Option<fhec_quant::QuantConfig>,
+    samples: usize,
+) -> usize {
     const DRAWS: u64 = 32;
     let (a, info) = compile(name, cfg);
     assert!(
@@ -121,7 +125,10 @@ fn fhe_agrees_with_noisy_simulate(name: &str, cfg: Option<fhec_quant::QuantConfi
             let noisy = sim.run_seeded(seed, i, s).unwrap();
             sim_off +=
                 fhec::run::differing(&noisy.circuit_outputs, &expected) as f64 / DRAWS as f64;
-            for (d, (x, y)) in spread.iter_mut().zip(noisy.circuit_outputs.iter().zip(&expected)) {
+            for (d, (x, y)) in spread
+                .iter_mut()
+                .zip(noisy.circuit_outputs.iter().zip(&expected))
+            {
                 for (d, (x, y)) in d.iter_mut().zip(x.iter().zip(y)) {
                     *d = (*d).max((x - y).abs());
                 }

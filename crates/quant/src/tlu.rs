@@ -79,7 +79,14 @@ impl Lowering<'_> {
                 drop += 1; // rounding up the largest value would not fit R bits
             }
         }
-        self.rounded(name, consumer, x, calib, drop, self.cfg.rounding_approximate)
+        self.rounded(
+            name,
+            consumer,
+            x,
+            calib,
+            drop,
+            self.cfg.rounding_approximate,
+        )
     }
 
     /// Integer node `x` (non-negative) rounded by `drop` bits (none when 0), exactly or

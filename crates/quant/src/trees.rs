@@ -103,8 +103,8 @@ impl Lowering<'_> {
             decisions.push((x.node, x.calib.clone()));
         }
         let aligned = self.aligned_drop(levels);
-        let (steps, others): (Vec<usize>, Vec<usize>) =
-            (0..lookups.len()).partition(|&k| aligned.is_some() && step_of(&lookups[k].1).is_some());
+        let (steps, others): (Vec<usize>, Vec<usize>) = (0..lookups.len())
+            .partition(|&k| aligned.is_some() && step_of(&lookups[k].1).is_some());
         if let (Some(drop), false) = (aligned, steps.is_empty()) {
             // v = q + b with b = K·2^drop − 2^(drop−1) − s ≥ 0: the rounding of v is
             // K + ⌊(q − s)/2^drop⌋, at least K exactly when q ≥ s (the table's step)
@@ -124,7 +124,9 @@ impl Lowering<'_> {
                 .collect();
             let (lo, hi) = shift
                 .iter()
-                .fold((i64::MAX, i64::MIN), |(lo, hi), &(_, b)| (lo.min(b), hi.max(b)));
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &(_, b)| {
+                    (lo.min(b), hi.max(b))
+                });
             let (shifted, calib) = self.exact_affine(
                 format!("{name}/aligned"),
                 (x.node, &x.calib),
@@ -343,12 +345,18 @@ impl Lowering<'_> {
     /// values so its table reads `comparison_bits` bits; `None` (compare the whole
     /// feature) with exact rounding or when dropping saves nothing.
     fn aligned_drop(&self, levels: i64) -> Option<u32> {
-        let c = self.cfg.comparison_bits.filter(|_| self.cfg.rounding_approximate)?;
+        let c = self
+            .cfg
+            .comparison_bits
+            .filter(|_| self.cfg.rounding_approximate)?;
         // v < levels + 2^drop; the smallest drop whose rounded range fits c bits
-        (1..16).find(|&d| crate::tlu::rounded_fits(levels - 1 + (1 << d) - 1, d, c, true))
+        (1..16)
+            .find(|&d| crate::tlu::rounded_fits(levels - 1 + (1 << d) - 1, d, c, true))
             .filter(|&d| {
-                bits_for_range(Range::new(0, crate::tlu::rounded_top(levels - 1 + (1 << d) - 1, d, true)))
-                    < bits_for_range(Range::new(0, levels - 1))
+                bits_for_range(Range::new(
+                    0,
+                    crate::tlu::rounded_top(levels - 1 + (1 << d) - 1, d, true),
+                )) < bits_for_range(Range::new(0, levels - 1))
             })
     }
 }

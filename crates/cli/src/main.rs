@@ -368,12 +368,7 @@ fn inspect(
                 path.display()
             )
         };
-        let mut l = pipeline::lower(path, inputset, &q.config())?;
-        let params = if l.info.violations.is_empty() {
-            Some(pipeline::choose(&mut l, q.target())?.0)
-        } else {
-            None
-        };
+        let (l, params, _) = pipeline::lower_and_choose(path, inputset, &q.config(), q.target())?;
         Report::new(
             &l.source,
             &l.quantized.circuit,

@@ -109,6 +109,43 @@ pub fn choose(l: &mut Lowered, target: PErrorTarget) -> Result<(ParamChoice, Noi
     }
 }
 
+/// Lowers the model and chooses its parameters (`None` when a value exceeds 16 bits).
+/// With tree ensembles it also lowers without sibling-leaf pairs and keeps the lowering
+/// predicted cheaper: pairs save lookups but add noise to the path sums, which can cost
+/// the comparisons a decomposition level (docs/TREES.md). Returns the configuration kept.
+pub fn lower_and_choose(
+    model: &Path,
+    inputset: &Path,
+    cfg: &QuantConfig,
+    target: PErrorTarget,
+) -> Result<(Lowered, Option<ParamChoice>, QuantConfig)> {
+    let mut l = lower(model, inputset, cfg)?;
+    if !l.info.violations.is_empty() {
+        return Ok((l, None, cfg.clone()));
+    }
+    let (params, _) = choose(&mut l, target)?;
+    let trees = l
+        .graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, fhec_frontend_onnx::Op::TreeEnsemble(_)));
+    if cfg.sibling_leaves && trees {
+        let alt_cfg = QuantConfig {
+            sibling_leaves: false,
+            ..cfg.clone()
+        };
+        let mut alt = lower(model, inputset, &alt_cfg)?;
+        if alt.info.violations.is_empty() {
+            if let Ok((p, _)) = choose(&mut alt, target) {
+                if p.predicted_ms_per_sample < params.predicted_ms_per_sample {
+                    return Ok((alt, Some(p), alt_cfg));
+                }
+            }
+        }
+    }
+    Ok((l, Some(params), cfg.clone()))
+}
+
 pub struct Compiled {
     pub artifact: Artifact,
     pub info: CircuitInfo,
@@ -122,9 +159,9 @@ pub fn compile(
     target: PErrorTarget,
 ) -> Result<Compiled> {
     let start = Instant::now();
-    let mut l = lower(model, inputset, cfg)?;
+    let (l, params, cfg) = lower_and_choose(model, inputset, cfg, target)?;
     check_violations(&l.info)?;
-    let (params, _) = choose(&mut l, target)?;
+    let params = params.expect("parameters are chosen when nothing exceeds 16 bits");
     let artifact = Artifact {
         fhec_version: env!("CARGO_PKG_VERSION").into(),
         source: l.source,

@@ -22,6 +22,10 @@ pub struct QuantConfig {
     /// rounding, reads the whole feature exactly.
     #[serde(default)]
     pub comparison_bits: Option<u32>,
+    /// Tree ensembles with one independent score per leaf: two sibling leaves share one
+    /// lookup (docs/TREES.md). `fhec compile` also tries without and keeps the cheaper.
+    #[serde(default = "enabled")]
+    pub sibling_leaves: bool,
     /// Accumulators are built for their calibrated range widened by this fraction of its
     /// width on each side (clipped to the sound range), so held-out data slightly beyond
     /// the inputset does not wrap around.
@@ -37,9 +41,14 @@ impl Default for QuantConfig {
             rounding_bits: Some(6),
             rounding_approximate: true,
             comparison_bits: None,
+            sibling_leaves: true,
             range_margin: 0.25,
         }
     }
+}
+
+fn enabled() -> bool {
+    true
 }
 
 impl QuantConfig {

@@ -27,7 +27,7 @@ struct LeafPath {
 }
 
 /// A branch's comparison after quantization.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Outcome {
     /// Index of a shared comparison lookup.
     Lookup(usize),
@@ -168,6 +168,9 @@ impl Lowering<'_> {
                 at[k] = (decisions.len() as u32, c as u32);
             }
             decisions.push((out.node, out.calib));
+        }
+        if let Some(basis) = single_basis(e, &leaves).filter(|_| self.cfg.sibling_leaves) {
+            return self.leaf_values(name, e, &leaves, &decisions, &at, basis);
         }
         // 2. path sums: S_l = Σ (D or 1 − D) + constants that hold
         let depth: Vec<i64> = leaves.iter().map(|l| l.path.len() as i64).collect();
@@ -373,5 +376,236 @@ fn feature_term(f: usize) -> Term {
         operand: 0,
         index: f as u32,
         weight: 1,
+    }
+}
+
+/// The output every leaf's scores follow from: `derived` is the other output and the sum
+/// of the per-tree constants `c_t = w_0 + w_1` (two-class probabilities, XGBoost's
+/// `[−s, s]`).
+struct Basis {
+    output: usize,
+    derived: Option<(usize, f64)>,
+}
+
+/// A one-output ensemble, or a two-output one whose leaves all score `w_0 + w_1 = c_t`
+/// within each tree, has one independent score per leaf.
+fn single_basis(e: &TreeEnsemble, leaves: &[LeafPath]) -> Option<Basis> {
+    match e.outputs {
+        1 => Some(Basis {
+            output: 0,
+            derived: None,
+        }),
+        2 => {
+            let scale = leaves
+                .iter()
+                .map(|l| leaf_value(l, 0).abs().max(leaf_value(l, 1).abs()))
+                .fold(f64::MIN_POSITIVE, f64::max);
+            let mut c: Vec<Option<f64>> = vec![None; e.trees.len()];
+            for l in leaves {
+                let s = leaf_value(l, 0) + leaf_value(l, 1);
+                match c[l.tree] {
+                    None => c[l.tree] = Some(s),
+                    Some(t) if (t - s).abs() <= 1e-9 * scale => {}
+                    Some(_) => return None,
+                }
+            }
+            Some(Basis {
+                output: 1,
+                derived: Some((0, c.iter().flatten().sum())),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn leaf_value(l: &LeafPath, o: usize) -> f64 {
+    l.weights.iter().filter(|w| w.0 == o).map(|w| w.1).sum()
+}
+
+/// Σ over a path's branches of (D or 1 − D), times `scale`: terms and bias.
+fn path_row(path: &[(Outcome, bool)], at: &[(u32, u32)], scale: i64) -> (Vec<Term>, i64) {
+    let mut terms = Vec::new();
+    let mut bias = 0;
+    for &(o, want) in path {
+        match o {
+            Outcome::Constant(v) => bias += scale * (v == want) as i64,
+            Outcome::Lookup(k) => {
+                terms.push(Term {
+                    operand: at[k].0,
+                    index: at[k].1,
+                    weight: if want { scale } else { -scale },
+                });
+                bias += scale * (!want) as i64;
+            }
+        }
+    }
+    (terms, bias)
+}
+
+/// One table lookup of the leaf stage: a pair of sibling leaves under a compared
+/// parent, or a single leaf.
+enum LeafLookup {
+    /// Reads `2·P + D`: `P` the parent's path sum (reached iff `P = depth`), `D` its
+    /// decision; yields the true or the false leaf's value.
+    Pair {
+        on_true: usize,
+        on_false: usize,
+        depth: i64,
+    },
+    /// Reads the path sum `S`; yields the leaf's value iff `S = depth`.
+    Single { leaf: usize, depth: i64 },
+}
+
+impl Lowering<'_> {
+    /// Steps 3–4 for an ensemble with one independent score per leaf: the leaf lookups
+    /// yield the leaf's quantized value (less its tree's smallest) instead of an
+    /// indicator, so two sibling leaves share one lookup, and the scores are plain sums
+    /// (docs/TREES.md).
+    fn leaf_values(
+        &mut self,
+        name: &str,
+        e: &TreeEnsemble,
+        leaves: &[LeafPath],
+        decisions: &[(NodeId, Vec<Vec<i64>>)],
+        at: &[(u32, u32)],
+        basis: Basis,
+    ) -> Result<QValue, QuantError> {
+        let b = basis.output;
+        let m = leaves
+            .iter()
+            .fold(0.0f64, |m, l| m.max(leaf_value(l, b).abs()));
+        let step = crate::builder::symmetric_step(m, self.cfg.weight_bits);
+        let wq: Vec<i64> = leaves
+            .iter()
+            .map(|l| (leaf_value(l, b) / step).round() as i64)
+            .collect();
+        // each tree reaches one leaf: its lookups yield wq − (the tree's smallest) ≥ 0
+        let mut low = vec![i64::MAX; e.trees.len()];
+        let mut high = vec![i64::MIN; e.trees.len()];
+        for (l, &w) in leaves.iter().zip(&wq) {
+            low[l.tree] = low[l.tree].min(w);
+            high[l.tree] = high[l.tree].max(w);
+        }
+        let value = |l: usize| wq[l] - low[leaves[l].tree];
+        // sibling leaves: the same tree and path up to a parent whose comparison is a lookup
+        let mut siblings: HashMap<(usize, &[(Outcome, bool)]), [Option<usize>; 2]> = HashMap::new();
+        for (i, l) in leaves.iter().enumerate() {
+            if let Some((&(Outcome::Lookup(_), taken), prefix)) = l.path.split_last() {
+                siblings.entry((l.tree, prefix)).or_default()[taken as usize] = Some(i);
+            }
+        }
+        let mut lookups = Vec::new();
+        let mut rows = Vec::new();
+        let mut done = vec![false; leaves.len()];
+        for (i, l) in leaves.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let pair = l
+                .path
+                .split_last()
+                .and_then(|(_, prefix)| siblings.get(&(l.tree, prefix)))
+                .and_then(|s| Some((s[1]?, s[0]?)));
+            match pair {
+                Some((on_true, on_false)) => {
+                    let (parent, prefix) = l.path.split_last().expect("a paired leaf has a parent");
+                    let (mut terms, bias) = path_row(prefix, at, 2);
+                    let Outcome::Lookup(k) = parent.0 else {
+                        unreachable!("pairs hang under compared parents")
+                    };
+                    terms.push(Term {
+                        operand: at[k].0,
+                        index: at[k].1,
+                        weight: 1,
+                    });
+                    rows.push((terms, bias));
+                    lookups.push(LeafLookup::Pair {
+                        on_true,
+                        on_false,
+                        depth: prefix.len() as i64,
+                    });
+                    done[on_true] = true;
+                    done[on_false] = true;
+                }
+                None => {
+                    rows.push(path_row(&l.path, at, 1));
+                    lookups.push(LeafLookup::Single {
+                        leaf: i,
+                        depth: l.path.len() as i64,
+                    });
+                    done[i] = true;
+                }
+            }
+        }
+        let widest = lookups
+            .iter()
+            .map(|k| match *k {
+                LeafLookup::Pair { depth, .. } => 2 * depth + 1,
+                LeafLookup::Single { depth, .. } => depth,
+            })
+            .max()
+            .unwrap_or(0);
+        let (sums, calib) = self.exact_affine_of(
+            format!("{name}/paths"),
+            decisions,
+            rows,
+            Range::new(0, widest.max(1)),
+        );
+        // path sums are small: read whole, never rounded
+        let input = self.rounded(name, name, sums, &calib, 0, false)?;
+        let hit = self.lut(format!("{name}/leaves"), &input, |i, y| match lookups[i] {
+            LeafLookup::Pair {
+                on_true,
+                on_false,
+                depth,
+            } if y >> 1 == depth => value(if y & 1 == 1 { on_true } else { on_false }),
+            LeafLookup::Single { leaf, depth } if y == depth => value(leaf),
+            _ => 0,
+        });
+        let top: i64 = low.iter().zip(&high).map(|(l, h)| h - l).sum();
+        let bits = bits_for_range(Range::new(0, top));
+        if bits > fhec_ir::MAX_BITS {
+            return Err(QuantError::EnsembleTooWide {
+                node: name.to_string(),
+                trees: e.trees.len(),
+                bits,
+            });
+        }
+        let lo: i64 = low.iter().sum();
+        let all = |weight: i64| -> Vec<Term> {
+            (0..lookups.len())
+                .map(|i| Term {
+                    operand: 0,
+                    index: i as u32,
+                    weight,
+                })
+                .collect()
+        };
+        let mut rows = vec![(Vec::new(), 0); e.outputs];
+        let mut offset = vec![0.0; e.outputs];
+        rows[b] = (all(1), 0);
+        offset[b] = e.base_values[b] + step * lo as f64;
+        if let Some((o, c)) = basis.derived {
+            // output o = Σ c_t − output b, carried as top − q_b
+            rows[o] = (all(-1), top);
+            offset[o] = e.base_values[o] + c - step * (top + lo) as f64;
+        }
+        let (node, calib) = self.exact_affine(
+            name.to_string(),
+            (hit.node, &hit.calib),
+            rows,
+            Range::new(0, top),
+        );
+        let sound = vec![(0, top); e.outputs];
+        Ok(QValue {
+            node,
+            scale: vec![step; e.outputs],
+            offset,
+            pending: vec![],
+            narrow: false,
+            calib,
+            design: Some(sound.clone()),
+            sound,
+        })
     }
 }

@@ -116,6 +116,7 @@ const TREES: &[(&str, f64)] = &[
     ("dt_breast", 0.015),
     ("rf_breast", 0.01),
     ("gbr_diabetes", 0.02),
+    ("gbr5_diabetes", 0.02),
     ("xgb_breast", 0.01),
 ];
 

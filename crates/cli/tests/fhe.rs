@@ -82,6 +82,16 @@ fn xgboost_fhe_equals_simulate() {
 }
 
 #[test]
+fn random_forest_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("rf_breast", 3) > 0);
+}
+
+#[test]
+fn gradient_boosting_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("gbr_diabetes", 3) > 0);
+}
+
+#[test]
 fn one_op_sigmoid_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("op_sigmoid", 3) > 0);
 }

@@ -442,6 +442,9 @@ fn path_row(path: &[(Outcome, bool)], at: &[(u32, u32)], scale: i64) -> (Vec<Ter
     (terms, bias)
 }
 
+/// A leaf's parent: its tree and the branch outcomes on the path to it.
+type ParentKey<'a> = (usize, &'a [(Outcome, bool)]);
+
 /// One table lookup of the leaf stage: a pair of sibling leaves under a compared
 /// parent, or a single leaf.
 enum LeafLookup {
@@ -488,7 +491,7 @@ impl Lowering<'_> {
         }
         let value = |l: usize| wq[l] - low[leaves[l].tree];
         // sibling leaves: the same tree and path up to a parent whose comparison is a lookup
-        let mut siblings: HashMap<(usize, &[(Outcome, bool)]), [Option<usize>; 2]> = HashMap::new();
+        let mut siblings: HashMap<ParentKey, [Option<usize>; 2]> = HashMap::new();
         for (i, l) in leaves.iter().enumerate() {
             if let Some((&(Outcome::Lookup(_), taken), prefix)) = l.path.split_last() {
                 siblings.entry((l.tree, prefix)).or_default()[taken as usize] = Some(i);

@@ -7,6 +7,7 @@ mod movement;
 mod qdq;
 mod shape;
 mod spatial;
+mod tree_ensemble5;
 mod trees;
 
 use crate::{ImportError, NodeCtx};
@@ -58,6 +59,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
             "Normalizer" => mlops::normalizer,
             "TreeEnsembleClassifier" => trees::classifier,
             "TreeEnsembleRegressor" => trees::regressor,
+            "TreeEnsemble" => tree_ensemble5::tree_ensemble,
             _ => return None,
         },
         ("qonnx.custom_op.general" | "onnx.brevitas" | "finn.custom_op.general", op) => match op {

@@ -168,7 +168,7 @@ fn check_acyclic(ctx: &NodeCtx<'_>, tree: i64, nodes: &[TreeNode]) -> Result<(),
 }
 
 /// Divides every leaf weight by the tree count (aggregate_function AVERAGE).
-fn average(trees: &mut [Tree]) {
+pub(super) fn average(trees: &mut [Tree]) {
     let k = trees.len() as f64;
     for t in trees {
         for n in &mut t.nodes {

@@ -413,3 +413,53 @@ fn files_the_user_wrote_are_not_overwritten() {
         assert_eq!(code, 0, "{err}");
     }
 }
+
+/// gbr5_diabetes's TreeEnsemble (ai.onnx.ml 5) with one attribute changed.
+fn tree_ensemble5_model(change: impl Fn(&mut pb::AttributeProto)) -> Vec<u8> {
+    let bytes = std::fs::read(fixture("gbr5_diabetes").join("model.onnx")).unwrap();
+    let mut m = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "TreeEnsemble")
+        .unwrap();
+    node.name = "the_trees".into();
+    node.attribute.iter_mut().for_each(change);
+    m.encode_to_vec()
+}
+
+#[test]
+fn tree_ensemble5_set_membership_and_min_aggregation_are_refused() {
+    let d = tmp("tree5");
+    let inputset = fixture("gbr5_diabetes").join("train.npy");
+    let member = tree_ensemble5_model(|a| {
+        if a.name == "nodes_modes" {
+            let t = a.t.as_mut().unwrap();
+            t.raw_data[0] = 6; // BRANCH_MEMBER
+        }
+    });
+    let min = tree_ensemble5_model(|a| {
+        if a.name == "aggregate_function" {
+            a.i = 2; // MIN
+        }
+    });
+    for (file, bytes, needles) in [
+        ("member.onnx", member, ["the_trees", "set membership"]),
+        ("min.onnx", min, ["the_trees", "aggregate_function 2"]),
+    ] {
+        let p = d.join(file);
+        std::fs::write(&p, bytes).unwrap();
+        assert_fails(
+            &[
+                "compile",
+                s(&p),
+                "--inputset",
+                s(&inputset),
+                "-o",
+                s(&d.join("m.fhe")),
+            ],
+            &needles,
+        );
+    }
+}

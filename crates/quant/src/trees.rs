@@ -10,6 +10,12 @@
 //! 3. **Leaves.** One table per leaf turns `S_l` into the indicator `[S_l = depth_l]`.
 //! 4. **Scores.** A clear matrix product sums the reached leaves' quantized values; each
 //!    tree contributes exactly one leaf, which bounds the accumulator.
+//!
+//! With `comparison_bits`, a step-shaped comparison reads its feature shifted so the
+//! threshold lies on a rounding boundary, through an approximate rounding (fewer bits
+//! per bootstrap, exact without noise). When each leaf has one independent score,
+//! steps 3–4 become `Lowering::leaf_values`: tables yield leaf values, and two
+//! sibling leaves share one table.
 
 use std::collections::HashMap;
 

@@ -264,14 +264,7 @@ impl Lowering<'_> {
             })
             .collect();
         let top = (0..e.outputs).map(|o| hi[o] - lo[o]).max().unwrap_or(0);
-        let bits = bits_for_range(Range::new(0, top));
-        if bits > fhec_ir::MAX_BITS {
-            return Err(QuantError::EnsembleTooWide {
-                node: name.to_string(),
-                trees: e.trees.len(),
-                bits,
-            });
-        }
+        check_width(name, e, top)?;
         let (node, calib) = self.exact_affine(
             name.to_string(),
             (hit.node, &hit.calib),
@@ -368,6 +361,19 @@ impl Lowering<'_> {
                 )) < bits_for_range(Range::new(0, levels - 1))
             })
     }
+}
+
+/// Refuses a score sum of `[0, top]` wider than the accumulator limit.
+fn check_width(name: &str, e: &TreeEnsemble, top: i64) -> Result<(), QuantError> {
+    let bits = bits_for_range(Range::new(0, top));
+    if bits > fhec_ir::MAX_BITS {
+        return Err(QuantError::EnsembleTooWide {
+            node: name.to_string(),
+            trees: e.trees.len(),
+            bits,
+        });
+    }
+    Ok(())
 }
 
 /// The first grid index where a table that changes exactly once changes.
@@ -572,14 +578,7 @@ impl Lowering<'_> {
             _ => 0,
         });
         let top: i64 = low.iter().zip(&high).map(|(l, h)| h - l).sum();
-        let bits = bits_for_range(Range::new(0, top));
-        if bits > fhec_ir::MAX_BITS {
-            return Err(QuantError::EnsembleTooWide {
-                node: name.to_string(),
-                trees: e.trees.len(),
-                bits,
-            });
-        }
+        check_width(name, e, top)?;
         let lo: i64 = low.iter().sum();
         let all = |weight: i64| -> Vec<Term> {
             (0..lookups.len())

@@ -6,7 +6,7 @@
 //! It becomes the same [`Op::TreeEnsemble`] as the older ops, so the lowering is shared.
 
 use super::linear::features_of;
-use crate::graph::{BranchMode, DType, Op, Tree, TreeEnsemble, TreeNode};
+use crate::graph::{BranchMode, Tree, TreeEnsemble, TreeNode};
 use crate::{ImportError, NodeCtx};
 
 /// Values of a tensor attribute (floats, doubles or integers), empty when absent.
@@ -216,16 +216,14 @@ pub(crate) fn tree_ensemble(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         }
     }
     // nodes_missing_value_tracks_true only routes NaN features, which fhec refuses
-    let out = ctx.required_output(0)?;
-    ctx.add_node(
-        Op::TreeEnsemble(TreeEnsemble {
+    super::trees::add_scores(
+        ctx,
+        x,
+        TreeEnsemble {
             features,
             outputs,
             trees,
             base_values: vec![0.0; outputs],
-        }),
-        vec![x],
-        vec![(out, vec![1, outputs], DType::F32)],
-    );
-    Ok(())
+        },
+    )
 }

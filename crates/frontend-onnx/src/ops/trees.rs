@@ -207,14 +207,28 @@ pub(crate) fn regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         n if n == outputs => base,
         n => return Err(ctx.err(format!("{n} base_values for {outputs} targets"))),
     };
-    let out = ctx.required_output(0)?;
-    ctx.add_node(
-        Op::TreeEnsemble(TreeEnsemble {
+    add_scores(
+        ctx,
+        x,
+        TreeEnsemble {
             features,
             outputs,
             trees,
             base_values,
-        }),
+        },
+    )
+}
+
+/// The ensemble's node, writing its scores `[1, outputs]` to output 0.
+pub(super) fn add_scores(
+    ctx: &mut NodeCtx<'_>,
+    x: crate::graph::ValueId,
+    e: TreeEnsemble,
+) -> Result<(), ImportError> {
+    let out = ctx.required_output(0)?;
+    let outputs = e.outputs;
+    ctx.add_node(
+        Op::TreeEnsemble(e),
         vec![x],
         vec![(out, vec![1, outputs], DType::F32)],
     );

@@ -323,7 +323,8 @@ fn compile(
         &compiled.info,
         Some(a.server.params.clone()),
         a.client.spec.origins.clone(),
-    );
+    )
+    .with_trees_of(&a.client.graph);
     let ops: Vec<String> = r
         .op_counts
         .iter()
@@ -338,7 +339,7 @@ fn compile(
     );
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
-    if let Some(naive) = fhec::report::naive_tree_pbs(&a.client.graph) {
+    if let Some(naive) = r.naive_tree_pbs {
         println!(
             "tree ensembles: {} PBS, naive lowering {naive} (one per internal node and leaf)",
             r.pbs_per_sample

@@ -65,12 +65,12 @@ impl Lowering<'_> {
         x: NodeId,
         calib: &[Vec<i64>],
     ) -> Result<LutInput, QuantError> {
-        let operand = self.circuit.node(x).clone();
+        let range = self.circuit.node(x).range;
         debug_assert!(
-            operand.range.lo >= 0,
+            range.lo >= 0,
             "table operands are non-negative by construction"
         );
-        let hi = operand.range.hi.max(0);
+        let hi = range.hi.max(0);
         let width = bits_for_range(Range::new(0, hi));
         let mut drop = 0u32;
         if let Some(r) = self.cfg.rounding_bits.filter(|&r| width > r) {
@@ -349,6 +349,6 @@ pub(crate) fn rounded_top(hi: i64, drop: u32, approximate: bool) -> i64 {
 
 /// Whether `[0, hi]` rounded by `drop` bits fits `r` bits; an approximate rounding's
 /// upward error must still stay below `2^r` (else it reads the negacyclic half).
-pub(crate) fn rounded_fits(hi: i64, drop: u32, r: u32, approximate: bool) -> bool {
+fn rounded_fits(hi: i64, drop: u32, r: u32, approximate: bool) -> bool {
     bits_for_range(Range::new(0, rounded_top(hi, drop, approximate))) <= r
 }

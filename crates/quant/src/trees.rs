@@ -109,16 +109,23 @@ impl Lowering<'_> {
             decisions.push((x.node, x.calib.clone()));
         }
         let aligned = self.aligned_drop(levels);
-        let (steps, others): (Vec<usize>, Vec<usize>) = (0..lookups.len())
-            .partition(|&k| aligned.is_some() && step_of(&lookups[k].1).is_some());
+        // (comparison, grid index of its table's step) for aligned reads; the rest whole
+        let mut steps: Vec<(usize, usize)> = Vec::new();
+        let mut others: Vec<usize> = Vec::new();
+        for (k, (_, table)) in lookups.iter().enumerate() {
+            match aligned.and(step_of(table)) {
+                Some(s) => steps.push((k, s)),
+                None => others.push(k),
+            }
+        }
         if let (Some(drop), false) = (aligned, steps.is_empty()) {
             // v = q + b with b = K·2^drop − 2^(drop−1) − s ≥ 0: the rounding of v is
             // K + ⌊(q − s)/2^drop⌋, at least K exactly when q ≥ s (the table's step)
             let half = 1i64 << (drop - 1);
             let shift: Vec<(i64, i64)> = steps
                 .iter()
-                .map(|&k| {
-                    let s = step_of(&lookups[k].1).unwrap_or(0) as i64;
+                .map(|&(_, s)| {
+                    let s = s as i64;
                     let kk = (s + half + (1 << drop) - 1) >> drop;
                     (kk, (kk << drop) - half - s)
                 })
@@ -126,7 +133,7 @@ impl Lowering<'_> {
             let rows = steps
                 .iter()
                 .zip(&shift)
-                .map(|(&k, &(_, b))| (vec![feature_term(lookups[k].0)], b))
+                .map(|(&(k, _), &(_, b))| (vec![feature_term(lookups[k].0)], b))
                 .collect();
             let (lo, hi) = shift
                 .iter()
@@ -141,15 +148,15 @@ impl Lowering<'_> {
             );
             let input = self.rounded(name, name, shifted, &calib, drop, true)?;
             let out = self.lut(format!("{name}/compare_rounded"), &input, |c, v| {
-                let (table, k) = (&lookups[steps[c]].1, shift[c].0);
-                let s = step_of(table).unwrap_or(0);
-                if v >> drop >= k {
+                let (k, s) = steps[c];
+                let table = &lookups[k].1;
+                if v >> drop >= shift[c].0 {
                     table[s]
                 } else {
                     table[0]
                 }
             });
-            for (c, &k) in steps.iter().enumerate() {
+            for (c, &(k, _)) in steps.iter().enumerate() {
                 at[k] = (decisions.len() as u32, c as u32);
             }
             decisions.push((out.node, out.calib));
@@ -180,31 +187,11 @@ impl Lowering<'_> {
         }
         // 2. path sums: S_l = Σ (D or 1 − D) + constants that hold
         let depth: Vec<i64> = leaves.iter().map(|l| l.path.len() as i64).collect();
-        let rows: Vec<(Vec<Term>, i64)> = leaves
-            .iter()
-            .map(|l| {
-                let mut terms = Vec::new();
-                let mut bias = 0;
-                for &(o, want) in &l.path {
-                    match o {
-                        Outcome::Constant(v) => bias += (v == want) as i64,
-                        Outcome::Lookup(k) => {
-                            terms.push(Term {
-                                operand: at[k].0,
-                                index: at[k].1,
-                                weight: if want { 1 } else { -1 },
-                            });
-                            bias += (!want) as i64;
-                        }
-                    }
-                }
-                (terms, bias)
-            })
-            .collect();
+        let rows = leaves.iter().map(|l| path_row(&l.path, &at, 1)).collect();
         let deepest = depth.iter().copied().max().unwrap_or(0);
         let (sums, path_calib) = self.exact_affine_of(
             format!("{name}/paths"),
-            &decisions,
+            &by_ref(&decisions),
             rows,
             Range::new(0, deepest.max(1)),
         );
@@ -227,13 +214,9 @@ impl Lowering<'_> {
         let wq: Vec<Vec<i64>> = leaves
             .iter()
             .map(|l| {
-                let mut w = vec![0.0; e.outputs];
-                for &(o, v) in &l.weights {
-                    w[o] += v;
-                }
-                w.iter()
-                    .zip(&step)
-                    .map(|(v, s)| (v / s).round() as i64)
+                step.iter()
+                    .enumerate()
+                    .map(|(o, s)| (leaf_value(l, o) / s).round() as i64)
                     .collect()
             })
             .collect();
@@ -297,14 +280,14 @@ impl Lowering<'_> {
         rows: Vec<(Vec<Term>, i64)>,
         range: Range,
     ) -> (NodeId, Vec<Vec<i64>>) {
-        self.exact_affine_of(name, &[(operand, operand_calib.to_vec())], rows, range)
+        self.exact_affine_of(name, &[(operand, operand_calib)], rows, range)
     }
 
     /// [`exact_affine`](Self::exact_affine) over several operands.
     fn exact_affine_of(
         &mut self,
         name: String,
-        operands: &[(NodeId, Vec<Vec<i64>>)],
+        operands: &[(NodeId, &[Vec<i64>])],
         rows: Vec<(Vec<Term>, i64)>,
         range: Range,
     ) -> (NodeId, Vec<Vec<i64>>) {
@@ -352,14 +335,17 @@ impl Lowering<'_> {
             .comparison_bits
             .filter(|_| self.cfg.rounding_approximate)?;
         // v < levels + 2^drop; the smallest drop whose rounded range fits c bits
+        let bits = |top: i64| bits_for_range(Range::new(0, top));
         (1..16)
-            .find(|&d| crate::tlu::rounded_fits(levels - 1 + (1 << d) - 1, d, c, true))
-            .filter(|&d| {
-                bits_for_range(Range::new(
-                    0,
+            .map(|d| {
+                (
+                    d,
                     crate::tlu::rounded_top(levels - 1 + (1 << d) - 1, d, true),
-                )) < bits_for_range(Range::new(0, levels - 1))
+                )
             })
+            .find(|&(_, top)| bits(top) <= c)
+            .filter(|&(_, top)| bits(top) < bits(levels - 1))
+            .map(|(d, _)| d)
     }
 }
 
@@ -380,6 +366,11 @@ fn check_width(name: &str, e: &TreeEnsemble, top: i64) -> Result<(), QuantError>
 fn step_of(table: &[i64]) -> Option<usize> {
     let s = table.iter().position(|&b| b != table[0])?;
     table[s..].iter().all(|&b| b == table[s]).then_some(s)
+}
+
+/// Operands with their calibration samples, borrowed.
+fn by_ref(operands: &[(NodeId, Vec<Vec<i64>>)]) -> Vec<(NodeId, &[Vec<i64>])> {
+    operands.iter().map(|(n, c)| (*n, c.as_slice())).collect()
 }
 
 /// Element `f` of the feature vector, weight 1.
@@ -562,7 +553,7 @@ impl Lowering<'_> {
             .unwrap_or(0);
         let (sums, calib) = self.exact_affine_of(
             format!("{name}/paths"),
-            decisions,
+            &by_ref(decisions),
             rows,
             Range::new(0, widest.max(1)),
         );

@@ -6,6 +6,7 @@
 //! It becomes the same [`Op::TreeEnsemble`] as the older ops, so the lowering is shared.
 
 use super::linear::features_of;
+use super::trees::index_below;
 use crate::graph::{BranchMode, Tree, TreeEnsemble, TreeNode};
 use crate::{ImportError, NodeCtx};
 
@@ -89,25 +90,18 @@ impl Tuples {
         outputs: usize,
     ) -> Result<Tree, ImportError> {
         let interior = |i: i64| {
-            usize::try_from(i)
-                .ok()
-                .filter(|&i| i < self.features.len())
+            index_below(i, self.features.len())
                 .ok_or_else(|| ctx.err(format!("interior node {i} does not exist")))
         };
         let leaf = |i: i64| -> Result<TreeNode, ImportError> {
-            let l = usize::try_from(i)
-                .ok()
-                .filter(|&l| l < self.leaf_weights.len())
+            let l = index_below(i, self.leaf_weights.len())
                 .ok_or_else(|| ctx.err(format!("leaf {i} does not exist")))?;
-            let target = usize::try_from(self.leaf_targets[l])
-                .ok()
-                .filter(|&o| o < outputs)
-                .ok_or_else(|| {
-                    ctx.err(format!(
-                        "leaf {l} targets {} of {outputs} targets",
-                        self.leaf_targets[l]
-                    ))
-                })?;
+            let target = index_below(self.leaf_targets[l], outputs).ok_or_else(|| {
+                ctx.err(format!(
+                    "leaf {l} targets {} of {outputs} targets",
+                    self.leaf_targets[l]
+                ))
+            })?;
             Ok(TreeNode::Leaf {
                 weights: vec![(target, self.leaf_weights[l])],
             })
@@ -133,15 +127,12 @@ impl Tuples {
                 )));
             }
             let at = nodes.len();
-            let feature = usize::try_from(self.features[i])
-                .ok()
-                .filter(|&f| f < features)
-                .ok_or_else(|| {
-                    ctx.err(format!(
-                        "node {i} reads feature {} of {features}",
-                        self.features[i]
-                    ))
-                })?;
+            let feature = index_below(self.features[i], features).ok_or_else(|| {
+                ctx.err(format!(
+                    "node {i} reads feature {} of {features}",
+                    self.features[i]
+                ))
+            })?;
             nodes.push(TreeNode::Branch {
                 feature,
                 mode: mode_of(ctx, i, self.modes[i])?,

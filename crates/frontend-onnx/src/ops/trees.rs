@@ -12,6 +12,11 @@ use super::linear::{features_of, post_transform};
 use crate::graph::{BranchMode, DType, Op, PostTransform, Tree, TreeEnsemble, TreeNode};
 use crate::{ImportError, NodeCtx};
 
+/// `v` as an index into `len` entries, if it is one.
+pub(super) fn index_below(v: i64, len: usize) -> Option<usize> {
+    usize::try_from(v).ok().filter(|&i| i < len)
+}
+
 /// Floats of `name`, or of `name_as_tensor` (doubles).
 fn floats(ctx: &NodeCtx<'_>, name: &str) -> Result<Vec<f64>, ImportError> {
     let f = ctx.attr_floats(name);
@@ -91,9 +96,7 @@ fn read_trees(
     }
     let mut leaf_weights: BTreeMap<(i64, i64), Vec<(usize, f64)>> = BTreeMap::new();
     for k in 0..w_tree.len() {
-        let o = usize::try_from(w_id[k])
-            .ok()
-            .filter(|&o| o < outputs)
+        let o = index_below(w_id[k], outputs)
             .ok_or_else(|| ctx.err(format!("{prefix}_ids entry {} out of range", w_id[k])))?;
         leaf_weights
             .entry((w_tree[k], w_node[k]))
@@ -118,15 +121,12 @@ fn read_trees(
                     weights: leaf_weights.remove(&(tree, id)).unwrap_or_default(),
                 },
                 Some(mode) => {
-                    let feature = usize::try_from(feature_ids[i])
-                        .ok()
-                        .filter(|&f| f < features)
-                        .ok_or_else(|| {
-                            ctx.err(format!(
-                                "tree {tree} node {id} reads feature {} of {features}",
-                                feature_ids[i]
-                            ))
-                        })?;
+                    let feature = index_below(feature_ids[i], features).ok_or_else(|| {
+                        ctx.err(format!(
+                            "tree {tree} node {id} reads feature {} of {features}",
+                            feature_ids[i]
+                        ))
+                    })?;
                     TreeNode::Branch {
                         feature,
                         mode,

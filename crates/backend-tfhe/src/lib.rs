@@ -8,6 +8,7 @@
 //! its partition's small key and bootstraps with the table as accumulator. Bootstraps of
 //! different precisions run in different partitions, each with its own parameters.
 
+pub mod bench;
 mod engine;
 mod keys;
 mod latency;
@@ -15,12 +16,16 @@ pub mod noise;
 mod params;
 
 pub use engine::Evaluator;
-pub use keys::{generate_keys, Ciphertext, ClientKey, ServerKey};
+pub use keys::{
+    compress_output, decompress_output, expand_inputs, generate_keys, random_u128, raw_key_lengths,
+    Ciphertext, ClientKey, RawPartitionKey, SeededInputs, ServerKey,
+};
 pub use latency::predicted_latency_ms;
 pub use noise::{rounding_sigmas, NoiseBudget};
 pub use params::{
-    choose_params, predicted_variances, CryptoParams, KeyParams, PErrorTarget, ParamChoice,
-    ParamError, PartitionKeyParams, PartitionParams,
+    choose_params, output_rounding_variance, predicted_variances, sources_dimension, CryptoParams,
+    KeyParams, PErrorTarget, ParamChoice, ParamError, PartitionKeyParams, PartitionParams,
+    MAX_EVALUATION_KEY_BYTES,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -255,6 +255,9 @@ pub struct NoiseBudget {
     pub output: Option<NoiseTerms>,
     /// Decrypted output elements per sample.
     pub output_count: usize,
+    /// Per circuit output, the keys its ciphertexts' masks span (its widest element's):
+    /// with a key set, the dimension its ciphertexts have ([`crate::sources_dimension`]).
+    pub output_sources: Vec<KeySources>,
     /// Table lookups reading an approximate rounding: where the bootstrap noise decides
     /// the rounded value near a boundary (see [`rounding_sigmas`]).
     pub approximate_reads: Vec<ApproximateRead>,
@@ -418,6 +421,11 @@ impl NoiseBudget {
                 a
             });
         let output_count = c.outputs.iter().map(|o| c.node(*o).numel()).sum();
+        let output_sources = c
+            .outputs
+            .iter()
+            .map(|o| terms_of[o.index()].iter().fold(0, |s, t| s | t.sources))
+            .collect();
         let partitions = precisions
             .iter()
             .enumerate()
@@ -436,6 +444,7 @@ impl NoiseBudget {
             sites,
             output,
             output_count,
+            output_sources,
             approximate_reads,
         }
     }

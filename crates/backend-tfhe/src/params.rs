@@ -129,7 +129,95 @@ pub struct KeyParams {
     pub partitions: Vec<PartitionKeyParams>,
 }
 
+/// Bounds on key parameters read from a file ([`KeyParams::check`]).
+pub const MAX_KEY_DIMENSION: usize = 1 << 17;
+pub const MAX_LWE_DIMENSION: usize = 4096;
+pub const MAX_KEY_PARTITIONS: usize = 8;
+/// Largest seeded evaluation key a client agrees to generate, in bytes.
+pub const MAX_EVALUATION_KEY_BYTES: usize = 16 << 30;
+
 impl KeyParams {
+    /// Checks parameters that came from a file, before any key is generated or used:
+    /// every key dimension within the security curve's range (its noise is derived from
+    /// the dimension, so each key is at 128-bit security), polynomial sizes powers of
+    /// two, decompositions within the 64-bit torus, key switches starting from a prefix
+    /// the other keys define, and the evaluation key within a size a client can hold.
+    /// Returns what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let dim_ok = |d: usize| (MIN_SECURE_DIMENSION..=MAX_KEY_DIMENSION).contains(&d);
+        if !dim_ok(self.input_dimension) {
+            return Err(format!(
+                "input key dimension {} is outside [{MIN_SECURE_DIMENSION}, {MAX_KEY_DIMENSION}]: below {MIN_SECURE_DIMENSION} no noise keeps it 128-bit secure",
+                self.input_dimension
+            ));
+        }
+        if self.partitions.len() > MAX_KEY_PARTITIONS {
+            return Err(format!(
+                "{} partitions (at most {MAX_KEY_PARTITIONS})",
+                self.partitions.len()
+            ));
+        }
+        let big_dims: Vec<usize> = self
+            .partitions
+            .iter()
+            .map(|p| {
+                p.params
+                    .glwe_dimension
+                    .saturating_mul(p.params.polynomial_size)
+            })
+            .collect();
+        let mut bytes = 0usize;
+        for (i, part) in self.partitions.iter().enumerate() {
+            let p = &part.params;
+            let bad = |what: String| Err(format!("partition {i}: {what}"));
+            if !(1..=16).contains(&part.precision) {
+                return bad(format!("precision {} bits", part.precision));
+            }
+            if !(MIN_SECURE_DIMENSION..=MAX_LWE_DIMENSION).contains(&p.lwe_dimension) {
+                return bad(format!(
+                    "LWE dimension {} is outside [{MIN_SECURE_DIMENSION}, {MAX_LWE_DIMENSION}]",
+                    p.lwe_dimension
+                ));
+            }
+            if !p.polynomial_size.is_power_of_two()
+                || !(256..=MAX_KEY_DIMENSION).contains(&p.polynomial_size)
+                || !(1..=8).contains(&p.glwe_dimension)
+                || !dim_ok(big_dims[i])
+            {
+                return bad(format!(
+                    "GLWE dimension {} × polynomial size {}: need a power of two from 256, k ≤ 8 and k·N in [{MIN_SECURE_DIMENSION}, {MAX_KEY_DIMENSION}]",
+                    p.glwe_dimension, p.polynomial_size
+                ));
+            }
+            for (name, base, level) in [
+                ("bootstrap", p.pbs_base_log, p.pbs_level),
+                ("key-switch", p.ks_base_log, p.ks_level),
+            ] {
+                if base == 0 || level == 0 || base.saturating_mul(level) > 64 {
+                    return bad(format!(
+                        "{name} decomposition 2^{base} × {level} does not fit the 64-bit torus"
+                    ));
+                }
+            }
+            let d = part.ks_input_dimension;
+            if d != self.input_dimension && !big_dims.contains(&d) {
+                return bad(format!(
+                    "key switch from a {d}-dimensional key, which no other key defines"
+                ));
+            }
+            let (ks, bsk) = crate::keys::raw_key_lengths(part);
+            bytes = bytes.saturating_add(ks.saturating_add(bsk).saturating_mul(8));
+        }
+        if bytes > MAX_EVALUATION_KEY_BYTES {
+            return Err(format!(
+                "an evaluation key of {:.1} GiB (at most {} GiB)",
+                bytes as f64 / (1u64 << 30) as f64,
+                MAX_EVALUATION_KEY_BYTES >> 30
+            ));
+        }
+        Ok(())
+    }
+
     /// Dimension of the master LWE key every big key is a prefix of.
     pub fn master_dimension(&self) -> usize {
         self.partitions
@@ -155,6 +243,10 @@ pub struct ParamChoice {
     pub predicted_ms_per_sample: f64,
     /// The bound requested.
     pub p_error_target: PErrorTarget,
+    /// Bits kept of each coefficient of an output ciphertext on the wire: the server
+    /// rounds outputs to this modulus, the fewest bits whose rounding noise keeps
+    /// `p_error_output` within the target (docs/DEPLOYMENT.md).
+    pub output_bits: u32,
 }
 
 impl ParamChoice {
@@ -347,8 +439,9 @@ pub fn choose_params(
             p_error_circuit: 0.0,
             predicted_ms_per_sample: 0.0,
             p_error_target: target,
+            output_bits: 64,
         };
-        fill_error_probabilities(budget, &mut choice);
+        fill_error_probabilities(budget, &mut choice, z);
         return Ok(choice);
     }
 
@@ -529,8 +622,9 @@ pub fn choose_params(
         p_error_circuit: 0.0,
         predicted_ms_per_sample: cost,
         p_error_target: target,
+        output_bits: 64,
     };
-    fill_error_probabilities(budget, &mut choice);
+    fill_error_probabilities(budget, &mut choice, z);
     Ok(choice)
 }
 
@@ -568,8 +662,43 @@ pub fn predicted_variances(keys: &KeyParams) -> (f64, Vec<f64>, Vec<f64>) {
     (fresh, pbs, input)
 }
 
-fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice) {
+/// Dimension of the master-key prefix a ciphertext whose mask spans `sources` is under.
+pub fn sources_dimension(sources: KeySources, keys: &KeyParams) -> usize {
+    let mut d = if sources & crate::noise::FRESH_SOURCE != 0 {
+        keys.input_dimension
+    } else {
+        0
+    };
+    for (p, part) in keys.partitions.iter().enumerate() {
+        if sources & crate::noise::partition_source(p) != 0 {
+            d = d.max(part.params.big_dimension());
+        }
+    }
+    d
+}
+
+/// Variance the rounding of an output ciphertext of `dimension` to `bits` bits per
+/// coefficient adds to its phase: the body's rounding error, and the mask's weighted by
+/// the binary key (half its coefficients are 1 on average).
+pub fn output_rounding_variance(dimension: usize, bits: u32) -> f64 {
+    if bits >= 64 {
+        return 0.0;
+    }
+    (1.0 + dimension as f64 / 2.0) * (-2.0 * bits as f64).exp2() / 12.0
+}
+
+/// Fills the error probabilities of `choice` and picks its output modulus: the fewest
+/// bits per output coefficient whose rounding keeps each decrypted output within the
+/// `z`-sigma margin the search held it to.
+fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice, z: f64) {
     let (fresh, pbs, input) = predicted_variances(&choice.keys);
+    if let Some(o) = &budget.output {
+        let dim = sources_dimension(o.sources, &choice.keys);
+        let limit = (output_margin(budget.encoding_bits) / z).powi(2) - o.variance(fresh, &pbs);
+        choice.output_bits = (budget.encoding_bits + 2..64)
+            .find(|&b| output_rounding_variance(dim, b) <= limit)
+            .unwrap_or(64);
+    }
     let mut total = 0.0;
     for s in &budget.sites {
         let v = site_variance(s, fresh, &pbs, input[s.partition]);
@@ -580,7 +709,8 @@ fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice) {
         choice.p_error_per_pbs = choice.p_error_per_pbs.max(p);
     }
     if let Some(o) = &budget.output {
-        let v = o.variance(fresh, &pbs);
+        let dim = sources_dimension(o.sources, &choice.keys);
+        let v = o.variance(fresh, &pbs) + output_rounding_variance(dim, choice.output_bits);
         choice.p_error_output = p_error_of(output_margin(budget.encoding_bits), v.sqrt());
         total += choice.p_error_output * budget.output_count as f64;
     }

@@ -61,11 +61,15 @@ fn measured_pbs_variance(params: &CryptoParams, samples: usize) -> f64 {
         .iter()
         .zip(&values)
         .map(|(ct, &v)| {
-            (client.phase(ct).wrapping_sub((v as u64 * delta) as i64)) as f64 / 2f64.powi(64)
+            (client
+                .phase(ct)
+                .unwrap()
+                .wrapping_sub((v as u64 * delta) as i64)) as f64
+                / 2f64.powi(64)
         })
         .collect();
     assert_eq!(
-        client.decrypt(&out[0], info.encoding_bits),
+        client.decrypt(&out[0], info.encoding_bits).unwrap(),
         values,
         "identity bootstrap decoded wrong values"
     );
@@ -234,7 +238,7 @@ fn approximate_rounding_error_rate_matches_the_model() {
     let out = ev
         .run(vec![client.encrypt(&values, info.encoding_bits)], &|_| {})
         .unwrap();
-    let fhe = client.decrypt(&out[0], info.encoding_bits);
+    let fhe = client.decrypt(&out[0], info.encoding_bits).unwrap();
     let measured = off(&fhe);
     println!(
         "σ = {:.3} operand units; off by one: FHE {measured}/{N}, simulate {simulated:.1}/{N}",

@@ -1,10 +1,7 @@
 //! The `fhec` command line: library half (so tests drive exactly what the binary runs).
-//! Only this crate parses arguments and prints to the terminal.
+//! Only this crate parses arguments, reads and writes files and prints to the terminal;
+//! compiling and running live in `fhec-compiler` and `fhec-runtime`.
 
-pub mod artifact;
-pub mod data;
-pub mod keystore;
+pub mod files;
+pub mod keydir;
 pub mod npy;
-pub mod pipeline;
-pub mod report;
-pub mod run;

@@ -1,17 +1,23 @@
-//! `fhec`: compile ONNX models to TFHE circuits, inspect them, run them.
+//! `fhec`: compile ONNX models to TFHE circuits, inspect them, run them, deploy them as
+//! a client and a server.
 
-use std::io::IsTerminal;
+mod bench;
+mod deploy;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+#[cfg(feature = "mlir-verify")]
+use anyhow::Context;
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fhec::artifact::Artifact;
-use fhec::report::{params_line, Report};
-use fhec::{data, keystore, npy, pipeline, run};
+use fhec::files::{self, guard_fhec_file, guard_overwrite, part_paths};
+use fhec::npy;
 use fhec_backend_tfhe::PErrorTarget;
+use fhec_compiler::report::{params_line, Report};
 use fhec_quant::QuantConfig;
+use fhec_runtime::{frame, Kind};
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Quantize, analyse, lower and pick crypto parameters; writes MODEL.fhe and MODEL.mlir.
+    /// Quantize, analyse, lower and pick crypto parameters; writes MODEL.fhe (developer
+    /// artifact), MODEL.client.fhe and MODEL.server.fhe (the deployment parts) and MODEL.mlir.
     Compile {
         model: PathBuf,
         #[arg(long)]
@@ -47,7 +54,7 @@ enum Command {
     },
     /// List nodes, bit-widths, TLU and bootstrap counts; exit 1 if a value exceeds 16 bits.
     Inspect {
-        /// A compiled artifact (.fhe), or an ONNX model together with --inputset.
+        /// A compiled model, a client or server part (.fhe), or an ONNX model with --inputset.
         path: PathBuf,
         #[arg(long)]
         inputset: Option<PathBuf>,
@@ -75,6 +82,57 @@ enum Command {
         /// Seed of the approximate-rounding error model in `--mode simulate`.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Client: generate keys for a client part: DIR/client.key (secret, mode 0600) and
+    /// DIR/evaluation.key (for the server).
+    Keygen {
+        /// The client part (MODEL.client.fhe).
+        client: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Client: quantize and encrypt samples under the secret key in DIR.
+    Encrypt {
+        client: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Encrypted inputs, for the server.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Only the first N samples.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Server: evaluate encrypted inputs with an evaluation key (no secret key needed or accepted).
+    Run {
+        /// The server part (MODEL.server.fhe).
+        server: PathBuf,
+        #[arg(long)]
+        evaluation_key: PathBuf,
+        /// Encrypted inputs (from `fhec encrypt`).
+        inputs: PathBuf,
+        /// Encrypted outputs, for the client.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Client: decrypt a server's outputs, dequantize, post-process; writes outputs like `predict`.
+    Decrypt {
+        client: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        /// Encrypted outputs (from `fhec run`).
+        outputs: PathBuf,
+        /// Outputs (keyed by ONNX output name) as .npz.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
         #[arg(long)]
         force: bool,
     },
@@ -255,26 +313,38 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             seed,
             force,
         ),
+        Command::Keygen { client, keys } => deploy::keygen(&client, &keys),
+        Command::Encrypt {
+            client,
+            keys,
+            input,
+            output,
+            limit,
+            force,
+        } => deploy::encrypt(&client, &keys, &input, &output, limit, force),
+        Command::Run {
+            server,
+            evaluation_key,
+            inputs,
+            output,
+            force,
+        } => deploy::run(&server, &evaluation_key, &inputs, &output, force),
+        Command::Decrypt {
+            client,
+            keys,
+            outputs,
+            output,
+            force,
+        } => deploy::decrypt(&client, &keys, &outputs, output.as_deref(), force),
         Command::Bench {
             model,
             inputset,
             input,
             samples,
             q,
-        } => bench(&model, &inputset, &input, samples, &q),
-        Command::BenchParams { count } => bench_params(count),
+        } => bench::bench(&model, &inputset, &input, samples, &q.config(), q.target()),
+        Command::BenchParams { count } => bench::bench_params(count),
     }
-}
-
-/// Refuses to replace a file fhec did not write, unless forced.
-fn guard_overwrite(path: &Path, ours: bool, force: bool) -> Result<()> {
-    if path.exists() && !ours && !force {
-        bail!(
-            "{}: exists and was not written by fhec; refusing to overwrite (use --force)",
-            path.display()
-        );
-    }
-    Ok(())
 }
 
 fn compile(
@@ -295,14 +365,17 @@ fn compile(
         );
     }
     let mlir_path = out.with_extension("mlir");
-    guard_overwrite(&out, Artifact::is_artifact_file(&out), force)?;
+    let vectors_path = out.with_extension("vectors.npz");
+    let (client_path, server_path) = part_paths(&out);
+    for p in [&out, &client_path, &server_path] {
+        guard_fhec_file(p, force)?;
+    }
     let mlir_ours = std::fs::read_to_string(&mlir_path)
         .map(|s| s.starts_with("// fhec"))
         .unwrap_or(false);
     guard_overwrite(&mlir_path, mlir_ours, force)?;
-    let vectors_path = out.with_extension("vectors.npz");
     guard_overwrite(&vectors_path, npy::is_fhec_npz(&vectors_path), force)?;
-    let compiled = pipeline::compile(model, inputset, &q.config(), q.target())?;
+    let (compiled, samples) = files::compile(model, inputset, &q.config(), q.target())?;
     let a = &compiled.artifact;
     let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
     #[cfg(feature = "mlir-verify")]
@@ -310,30 +383,24 @@ fn compile(
         fhec_mlir_emit::verify_with_mlir(&mlir)
             .with_context(|| format!("{}: MLIR verifier", mlir_path.display()))?;
     }
-    let samples = data::load_samples(inputset, &a.client.graph)?;
-    let vectors = pipeline::test_vectors(a, &compiled.info, &samples, 3)?;
-    std::fs::write(&out, a.to_bytes()?)
-        .with_context(|| format!("{}: cannot write", out.display()))?;
-    std::fs::write(&mlir_path, mlir)
-        .with_context(|| format!("{}: cannot write", mlir_path.display()))?;
+    let vectors = fhec_compiler::test_vectors(a, &compiled.info, &samples, 3)?;
+    files::write_atomic(&out, &a.to_bytes(), false)?;
+    files::write_atomic(&client_path, &a.client.to_bytes(), false)?;
+    files::write_atomic(&server_path, &a.server.to_bytes(), false)?;
+    files::write_atomic(&mlir_path, mlir.as_bytes(), false)?;
     npy::write_npz(&vectors_path, &vectors)?;
-    let r = Report::new(
-        &a.source,
-        &a.server.circuit,
-        &compiled.info,
-        Some(a.server.params.clone()),
-        a.client.spec.origins.clone(),
-    )
-    .with_trees_of(&a.client.graph);
+    let r = report_of(a, &compiled.info);
     let ops: Vec<String> = r
         .op_counts
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     println!(
-        "compiled {} -> {} (+ {}, {})",
+        "compiled {} -> {} (+ {}, {}, {}, {})",
         model.display(),
         out.display(),
+        client_path.display(),
+        server_path.display(),
         mlir_path.display(),
         vectors_path.display()
     );
@@ -349,8 +416,27 @@ fn compile(
         "{}",
         params_line(&a.server.params, r.predicted_latency.as_ref())
     );
+    if let Some(d) = &r.deployment {
+        print!("{}", d.text());
+    }
+    if let Some(c) = &r.client {
+        print!("{}", c.text());
+    }
     println!("compile time: {:.2} s", compiled.elapsed.as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The report of a compiled model: circuit, parameters, sizes, client part.
+fn report_of(a: &fhec_runtime::Artifact, info: &fhec_ir::CircuitInfo) -> Report {
+    Report::new(
+        &a.source,
+        &a.server.circuit,
+        info,
+        Some(a.server.params.clone()),
+        a.quantization.clone(),
+    )
+    .with_trees_of(&a.graph)
+    .with_client(&a.client)
 }
 
 fn inspect(
@@ -369,25 +455,44 @@ fn inspect(
                 path.display()
             )
         };
-        let (l, params, _) = pipeline::lower_and_choose(path, inputset, &q.config(), q.target())?;
+        let (graph, samples) = files::import_with_inputset(path, inputset)?;
+        let (l, params, _) =
+            fhec_compiler::lower_and_choose(&graph, &samples, &q.config(), q.target())
+                .map_err(|e| files::compile_error(path, e))?;
         Report::new(
-            &l.source,
+            &files::source_name(path),
             &l.quantized.circuit,
             &l.info,
             params,
             l.quantized.client.origins.clone(),
         )
-        .with_trees_of(&l.graph)
+        .with_trees_of(&graph)
     } else {
-        let (a, info) = Artifact::load(path)?;
-        Report::new(
-            &a.source,
-            &a.server.circuit,
-            &info,
-            Some(a.server.params.clone()),
-            a.client.spec.origins.clone(),
-        )
-        .with_trees_of(&a.client.graph)
+        let bytes = files::read_limited(path, files::MAX_PART_BYTES, "a compiled model")?;
+        match frame::peek(&bytes).map_err(files::about(path))?.kind {
+            Kind::Client => {
+                let client =
+                    fhec_runtime::Client::from_bytes(&bytes).map_err(files::about(path))?;
+                return inspect_client(client.part(), format);
+            }
+            Kind::Server => {
+                let server =
+                    fhec_runtime::Server::from_bytes(&bytes).map_err(files::about(path))?;
+                let p = server.part();
+                Report::new(
+                    &p.source,
+                    &p.circuit,
+                    server.info(),
+                    Some(p.params.clone()),
+                    Vec::new(),
+                )
+            }
+            _ => {
+                let (a, info) =
+                    fhec_runtime::Artifact::from_bytes(&bytes).map_err(files::about(path))?;
+                report_of(&a, &info)
+            }
+        }
     };
     match format {
         Format::Text => print!("{}", report.text()),
@@ -398,6 +503,40 @@ fn inspect(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What a client part holds: its keys' parameters and what it reveals of the model.
+fn inspect_client(part: &fhec_runtime::ClientPart, format: Format) -> Result<ExitCode> {
+    let summary = fhec_compiler::report::ClientSummary::of(part);
+    match format {
+        Format::Text => {
+            println!("client part of {} (model {})", part.source, part.model_id);
+            println!(
+                "keys: master key of {} dimensions, inputs under its first {}, {} bootstrap partition(s); evaluation key {:.1} MB (seeded)",
+                part.keys.master_dimension(),
+                part.keys.input_dimension,
+                part.keys.partitions.len(),
+                fhec_runtime::EvaluationKey::body_bytes(&part.keys) as f64 / 1e6
+            );
+            println!(
+                "encoding {} bits; outputs arrive with {}-bit coefficients",
+                part.encoding_bits, part.output_bits
+            );
+            print!("{}", summary.text());
+        }
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "model_id": part.model_id.to_string(),
+                "source": part.source,
+                "keys": part.keys,
+                "encoding_bits": part.encoding_bits,
+                "output_bits": part.output_bits,
+                "client": summary,
+            }))?
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -414,8 +553,8 @@ fn predict(
     if let Some(o) = output {
         guard_overwrite(o, npy::is_fhec_npz(o), force)?;
     }
-    let (a, info) = Artifact::load(model)?;
-    let mut samples = data::load_samples(input, &a.client.graph)?;
+    let (a, info) = files::load_artifact(model)?;
+    let mut samples = files::load_samples(input, &a.graph)?;
     if let Some(n) = limit {
         if n == 0 {
             bail!("--limit must be at least 1");
@@ -424,9 +563,11 @@ fn predict(
     }
     let mut start = Instant::now();
     let outputs: Vec<_> = match mode {
-        Mode::Clear => run::clear(&a.client.graph, &samples)?,
+        Mode::Clear => {
+            fhec_runtime::samples::clear(&a.graph, &samples).map_err(files::about(model))?
+        }
         Mode::Simulate => {
-            let sim = run::Simulator::new(&a, &info, seed);
+            let sim = fhec_runtime::simulate::Simulator::new(&a, &info, seed);
             if sim.is_statistical() {
                 eprintln!("simulate: approximate roundings drawn from the parameters' error model (seed {seed})");
             }
@@ -434,218 +575,36 @@ fn predict(
                 .iter()
                 .enumerate()
                 .map(|(i, s)| sim.run(i, s).map(|r| r.outputs))
-                .collect::<Result<_>>()?
+                .collect::<Result<_, _>>()
+                .map_err(files::about(model))?
         }
         Mode::Fhe => {
-            let t = Instant::now();
-            let (client, server) = match keys {
-                Some(dir) => {
-                    let (c, s, generated) = keystore::load_or_generate(dir, &a.client.params.keys)?;
-                    eprintln!(
-                        "keys: {} {} in {:.1} s",
-                        if generated {
-                            "generated and saved to"
-                        } else {
-                            "loaded from"
-                        },
-                        dir.display(),
-                        t.elapsed().as_secs_f64()
-                    );
-                    (c, s)
-                }
-                None => {
-                    let k = run::keys(&a);
-                    eprintln!("keys: generated in {:.1} s", t.elapsed().as_secs_f64());
-                    k
-                }
-            };
-            let evaluator = run::evaluator(&a, &info, &server)?;
+            let client =
+                fhec_runtime::Client::new(a.client.clone()).map_err(files::about(model))?;
+            let server =
+                fhec_runtime::Server::new(a.server.clone()).map_err(files::about(model))?;
+            let (secret, evaluation) = deploy::keys_for_predict(&client, &server, keys)?;
+            let prepared = deploy::prepare(&server, &evaluation)?;
             start = Instant::now(); // per-sample figures exclude key setup
-            let total = samples.len();
-            let tty = std::io::stderr().is_terminal();
-            let mut outs = Vec::with_capacity(total);
-            for (i, s) in samples.iter().enumerate() {
-                let t = Instant::now();
-                let progress = |done: usize| {
-                    if tty && info.pbs_per_sample > 0 {
-                        eprint!(
-                            "\rfhe: sample {}/{total}: {done}/{} PBS",
-                            i + 1,
-                            info.pbs_per_sample
-                        );
-                    }
-                };
-                outs.push(run::fhe(&a, &info, &client, &evaluator, s, &progress)?.outputs);
-                eprintln!(
-                    "{}fhe: sample {}/{total} done in {:.2} s ({} PBS)",
-                    if tty { "\r" } else { "" },
-                    i + 1,
-                    t.elapsed().as_secs_f64(),
-                    info.pbs_per_sample
-                );
-            }
-            outs
+            let encrypted = client
+                .encrypt(&secret, &samples)
+                .map_err(files::about(input))?;
+            let results = deploy::run_with_progress(&server, &prepared, &encrypted)?;
+            client
+                .decrypt(&secret, &results)
+                .map_err(files::about(model))?
+                .into_iter()
+                .map(|r| r.outputs)
+                .collect()
         }
     };
     let elapsed = start.elapsed().as_secs_f64();
-    let stacked = data::stack_outputs(&a.client.graph, &outputs);
     eprintln!(
         "{} samples in {:.2} s ({:.1} ms/sample)",
         samples.len(),
         elapsed,
         1e3 * elapsed / samples.len() as f64
     );
-    for (name, arr) in &stacked {
-        let preview: Vec<String> = arr.data.iter().take(8).map(|v| format!("{v:.4}")).collect();
-        println!(
-            "{name} {:?} {}: {}{}",
-            arr.shape,
-            arr.dtype,
-            preview.join(" "),
-            if arr.data.len() > 8 { " …" } else { "" }
-        );
-    }
-    if let Some(o) = output {
-        npy::write_npz(o, &stacked)?;
-        eprintln!("wrote {}", o.display());
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench(model: &Path, inputset: &Path, input: &Path, n: usize, q: &QuantArgs) -> Result<ExitCode> {
-    let compiled = pipeline::compile(model, inputset, &q.config(), q.target())?;
-    let (a, info) = (&compiled.artifact, &compiled.info);
-    let samples: Vec<_> = data::load_samples(input, &a.client.graph)?
-        .into_iter()
-        .take(n)
-        .collect();
-    let t = Instant::now();
-    let (client, server) = run::keys(a);
-    let keygen = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let evaluator = run::evaluator(a, info, &server)?;
-    let prepare = t.elapsed().as_secs_f64();
-    let mut latencies = Vec::new();
-    let mut mismatches = 0;
-    // approximate rounding: output elements off the expected value, in FHE and in the
-    // simulated error model (averaged over DRAWS seeds)
-    const DRAWS: usize = 16;
-    let sim = run::Simulator::new(a, info, 0);
-    let (mut elements, mut fhe_off, mut sim_off) = (0usize, 0usize, 0usize);
-    for (i, s) in samples.iter().enumerate() {
-        let t = Instant::now();
-        let r = run::fhe(a, info, &client, &evaluator, s, &|_| {})?;
-        latencies.push(t.elapsed().as_secs_f64());
-        let expected = run::simulate(a, info, s)?.circuit_outputs;
-        if r.circuit_outputs != expected {
-            mismatches += 1;
-        }
-        elements += expected.iter().map(Vec::len).sum::<usize>();
-        fhe_off += run::differing(&r.circuit_outputs, &expected);
-        if sim.is_statistical() {
-            for d in 0..DRAWS {
-                let noisy = sim.run_seeded(d as u64, i, s)?;
-                sim_off += run::differing(&noisy.circuit_outputs, &expected);
-            }
-        }
-    }
-    let mean = latencies.iter().sum::<f64>() / latencies.len().max(1) as f64;
-    let p = &a.server.params;
-    let threads = rayon::current_num_threads();
-    let predicted = fhec_backend_tfhe::predicted_latency_ms(&a.server.circuit, info, p, threads);
-    let (bsk, ksk) = p.eval_key_bytes();
-    let naive = fhec::report::naive_tree_pbs(&a.client.graph)
-        .map(|n| format!(" (naive tree lowering {n})"))
-        .unwrap_or_default();
-    println!(
-        "{:<40} compile {:>6.2} s | keygen {:>6.2} s | eval key {:>7.1} MiB seeded, {:>7.1} MiB in memory | prepare {:>5.2} s | FHE {:>8.1} ms/sample over {} (predicted {:.0} ms on {threads} threads, {:.0} ms on 1 core) | PBS {:>4}{naive} | fhe!=simulate {}",
-        model.display(),
-        compiled.elapsed.as_secs_f64(),
-        keygen,
-        server.size_bytes() as f64 / (1 << 20) as f64,
-        (bsk + ksk) as f64 / (1 << 20) as f64,
-        prepare,
-        mean * 1e3,
-        latencies.len(),
-        predicted,
-        p.predicted_ms_per_sample,
-        info.pbs_per_sample,
-        mismatches
-    );
-    // Σ over bootstraps of one KS + PBS timed alone on one core, per partition
-    let mut serial_sum = 0.0;
-    for (i, part) in p.partitions.iter().enumerate() {
-        let (_, single) = run::time_bootstrap(&part.params, part.ks_input_dimension, 4)?;
-        serial_sum += single * part.pbs_per_sample as f64;
-        println!(
-            "  partition {i}: {} PBS/sample, {} | KS from {} dims | one KS+PBS on 1 core: measured {:.1} ms, predicted {:.1} ms",
-            part.pbs_per_sample,
-            fhec::report::params_text(&part.params),
-            part.ks_input_dimension,
-            single,
-            part.cost_ms
-        );
-    }
-    if serial_sum > 0.0 {
-        println!(
-            "  measured latency / Σ single-bootstrap times = {:.0} / {:.0} ms = {:.2} ({threads} threads)",
-            mean * 1e3,
-            serial_sum,
-            mean * 1e3 / serial_sum
-        );
-    }
-    if sim.is_statistical() && elements > 0 {
-        println!(
-            "  approximate rounding: output elements off the expected value: FHE {fhe_off}/{elements} ({:.1}%), simulate {:.1}% (mean of {DRAWS} seeds)",
-            100.0 * fhe_off as f64 / elements as f64,
-            100.0 * sim_off as f64 / (DRAWS * elements) as f64
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Parameter sets spanning what the search picks: the rounding partitions (N = 2048,
-/// two levels) and table partitions (N = 8192, four levels) of the fixture MLPs, and
-/// neighbours in N and ℓ.
-fn bench_params(count: usize) -> Result<ExitCode> {
-    use fhec_backend_tfhe::CryptoParams;
-    // (n, k, N, PBS base log, levels, KS base log, levels)
-    let sets = [
-        (742, 1, 2048, 23, 1, 3, 5),
-        (730, 1, 2048, 16, 2, 3, 5),
-        (810, 2, 1024, 16, 2, 5, 3),
-        (810, 2, 2048, 12, 3, 5, 3),
-        (900, 1, 2048, 11, 3, 3, 6),
-        (900, 1, 4096, 15, 2, 3, 6),
-        (850, 1, 8192, 23, 1, 2, 9),
-        (850, 1, 8192, 9, 4, 2, 9),
-        (914, 1, 8192, 9, 4, 3, 6),
-    ]
-    .map(|(n, k, big_n, pb, pl, kb, kl)| CryptoParams {
-        lwe_dimension: n,
-        glwe_dimension: k,
-        polynomial_size: big_n,
-        pbs_base_log: pb,
-        pbs_level: pl,
-        ks_base_log: kb,
-        ks_level: kl,
-    });
-    println!(
-        "{:<44} {:>10} {:>12} {:>12} {:>7}",
-        "parameters", "keygen s", "predicted ms", "measured ms", "ratio"
-    );
-    for p in sets {
-        let (keygen, ms) = run::time_bootstrap(&p, p.big_dimension(), count)?;
-        let predicted = p.pbs_cost_ms() + p.ks_cost_ms(p.big_dimension());
-        let name = fhec::report::params_text(&p);
-        println!(
-            "{:<44} {:>10.1} {:>12.1} {:>12.1} {:>7.2}",
-            name.split(" (").next().unwrap_or_default(),
-            keygen,
-            predicted,
-            ms,
-            ms / predicted
-        );
-    }
+    deploy::emit_outputs(&a.graph, &outputs, output)?;
     Ok(ExitCode::SUCCESS)
 }

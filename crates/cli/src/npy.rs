@@ -5,14 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// An array read from or written to NumPy files. Values are held as f64 (every integer
-/// type fhec reads fits exactly); `dtype` is the NumPy descr to write back.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Array {
-    pub shape: Vec<usize>,
-    pub data: Vec<f64>,
-    pub dtype: &'static str,
-}
+pub use fhec_runtime::Array;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -191,20 +184,23 @@ pub fn is_fhec_npz(path: &Path) -> bool {
         .is_some_and(|z| z.comment() == NPZ_MARK.as_bytes())
 }
 
-/// Writes named arrays as an uncompressed `.npz`, marked as fhec's.
+/// Writes named arrays as an uncompressed `.npz`, marked as fhec's; the file appears
+/// whole or not at all.
 pub fn write_npz(path: &Path, arrays: &[(String, Array)]) -> Result<()> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("{}: cannot create", path.display()))?;
-    let mut zip = zip::ZipWriter::new(file);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     zip.set_comment(NPZ_MARK);
     let opts =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut names = std::collections::HashSet::new();
     for (name, a) in arrays {
+        if !names.insert(name) {
+            bail!("{}: two outputs are named '{name}'", path.display());
+        }
         zip.start_file(format!("{name}.npy"), opts)?;
         zip.write_all(&npy_bytes(a))?;
     }
-    zip.finish()?;
-    Ok(())
+    let bytes = zip.finish()?.into_inner();
+    crate::files::write_atomic(path, &bytes, false)
 }
 
 #[cfg(test)]

@@ -141,10 +141,11 @@ fn float_reference_matches_onnxruntime() {
         .chain(NETWORKS)
         .chain(TREES.iter().map(|t| &t.0))
     {
-        let graph = fhec::pipeline::import_model(&fixture(name).join("model.onnx")).unwrap();
-        let samples = fhec::data::load_samples(&fixture(name).join("test_x.npy"), &graph).unwrap();
-        let outputs = fhec::run::clear(&graph, &samples).unwrap();
-        let stacked = fhec::data::stack_outputs(&graph, &outputs);
+        let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
+        let graph = fhec_compiler::import(&bytes).unwrap();
+        let samples = fhec::files::load_samples(&fixture(name).join("test_x.npy"), &graph).unwrap();
+        let outputs = fhec_runtime::samples::clear(&graph, &samples).unwrap();
+        let stacked = fhec_runtime::stack_outputs(&graph, &outputs);
         let reference = fhec::npy::read_arrays(&fixture(name).join("reference.npz")).unwrap();
         for (out_name, ours) in &stacked {
             let (_, theirs) = reference
@@ -183,13 +184,13 @@ fn qat_model_keeps_its_scales_and_integer_weights() {
     }
     // a float model's grids are all calibrated
     let (a, _) = compile("mlp_iris", None);
-    assert!(a.client.spec.origins.iter().all(|o| !o.from_model));
+    assert!(a.quantization.iter().all(|o| !o.from_model));
 }
 
 fn keeps_the_model_grids(name: &str, activation_bits: u32) {
     use fhec_frontend_onnx::Op;
     let (a, _) = compile(name, None);
-    let g = &a.client.graph;
+    let g = &a.graph;
     let grids: Vec<(f64, i64)> = g
         .nodes
         .iter()
@@ -208,7 +209,7 @@ fn keeps_the_model_grids(name: &str, activation_bits: u32) {
         (grids[0].0, grids[0].1, activation_bits),
         "{name}"
     );
-    let origins = &a.client.spec.origins;
+    let origins = &a.quantization;
     assert!(origins.iter().all(|o| o.from_model), "{name}: {origins:?}");
     assert!(
         origins
@@ -320,8 +321,8 @@ fn threshold_aligned_comparisons_are_exact_without_noise() {
         );
         let samples = test_samples(name, &approx);
         for (i, s) in samples.iter().enumerate() {
-            let a = fhec::run::simulate(&approx, &approx_info, s).unwrap();
-            let e = fhec::run::simulate(&exact, &exact_info, s).unwrap();
+            let a = fhec_runtime::simulate::simulate(&approx, &approx_info, s).unwrap();
+            let e = fhec_runtime::simulate::simulate(&exact, &exact_info, s).unwrap();
             for (x, y) in a.outputs.iter().zip(&e.outputs) {
                 assert_eq!(x.data, y.data, "{name} sample {i}");
             }
@@ -349,7 +350,7 @@ fn tree_ensembles_share_comparisons_and_use_per_feature_grids() {
             scales.len() > features / 2,
             "{name}: grids differ per feature"
         );
-        let naive = fhec::report::naive_tree_pbs(&a.client.graph).expect("a tree ensemble");
+        let naive = fhec_compiler::report::naive_tree_pbs(&a.graph).expect("a tree ensemble");
         let trees = a
             .client
             .graph
@@ -390,9 +391,9 @@ fn simulation_close_to_float(models: &[&str], points: f64) {
         let (a, info) = compile(name, Some(config_for(name)));
         let samples = test_samples(name, &a);
         let truth = array(&fixture(name).join("test_y.npy")).data;
-        let float_out = fhec::run::clear(&a.client.graph, &samples).unwrap();
+        let float_out = fhec_runtime::samples::clear(&a.graph, &samples).unwrap();
         // what FHE decrypts: approximate roundings drawn from the error model
-        let sim = fhec::run::Simulator::new(&a, &info, 0);
+        let sim = fhec_runtime::simulate::Simulator::new(&a, &info, 0);
         let sim_out: Vec<_> = samples
             .iter()
             .enumerate()
@@ -444,10 +445,12 @@ fn one_op_fixtures_simulate_close_to_float() {
     for name in OPS.iter().chain(OPS_NN).filter(|n| **n != "op_equal_two") {
         let (a, info) = compile_with(name, Some(cfg.clone()), 0.25);
         let samples = test_samples(name, &a);
-        let float_out = fhec::run::clear(&a.client.graph, &samples).unwrap();
+        let float_out = fhec_runtime::samples::clear(&a.graph, &samples).unwrap();
         let (mut err, mut scale) = (0.0f64, 0.0f64);
         for (s, f) in samples.iter().zip(&float_out) {
-            let sim = fhec::run::simulate(&a, &info, s).unwrap().outputs;
+            let sim = fhec_runtime::simulate::simulate(&a, &info, s)
+                .unwrap()
+                .outputs;
             for (x, y) in sim[0].data.iter().zip(&f[0].data) {
                 err += (x - y).powi(2);
                 scale += y.powi(2);

@@ -53,7 +53,7 @@ fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
     let (inp, outp) = (get("input_0"), get("output_0"));
     assert_eq!((inp.dtype, inp.shape.clone()), ("<i8", vec![3, 1, 4]));
     assert_eq!(outp.shape, vec![3, 1, 3]);
-    let (a, info) = fhec::artifact::Artifact::load(&out).unwrap();
+    let (a, info) = fhec::files::load_artifact(&out).unwrap();
     for s in 0..3 {
         let q: Vec<i64> = inp.data[s * 4..(s + 1) * 4]
             .iter()
@@ -314,16 +314,19 @@ fn keys_are_generated_once_then_loaded_and_checked_against_the_model() {
     let (code, first, err) = run(&iris, &iris_x);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("generated and saved"), "{err}");
-    assert!(keys.join("client.key").exists() && keys.join("server.key").exists());
+    assert!(keys.join("client.key").exists() && keys.join("evaluation.key").exists());
     let (code, second, err) = run(&iris, &iris_x);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("loaded from"), "{err}");
     assert_eq!(first, second, "same keys, same decrypted outputs");
-    // keys made for N=1024 do not fit the breast-cancer model (N=2048)
+    // keys made for another model are refused, naming the file
     let (breast, breast_x) = compile("logreg_breast_zipmap");
     let (code, _, err) = run(&breast, &breast_x);
     assert_eq!(code, 2);
-    assert!(err.contains("other parameters"), "{err}");
+    assert!(
+        err.contains("client.key") && err.contains("not to this model"),
+        "{err}"
+    );
 }
 
 /// `--global-p-error` bounds the whole sample: the union bound over its bootstraps and

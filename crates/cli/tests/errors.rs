@@ -311,11 +311,7 @@ fn an_artifact_from_another_version() {
     let d = tmp("version");
     let p = compiled(&d);
     let text = std::fs::read(&p).unwrap();
-    let patched = [
-        b"FHEC-ARTIFACT 99".as_slice(),
-        &text[b"FHEC-ARTIFACT 1".len()..],
-    ]
-    .concat();
+    let patched = [b"FHEC-MODEL 99".as_slice(), &text[b"FHEC-MODEL 3".len()..]].concat();
     std::fs::write(&p, patched).unwrap();
     assert_fails(&["inspect", s(&p)], &["iris.fhe", "version 99"]);
 }

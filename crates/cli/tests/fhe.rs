@@ -13,12 +13,13 @@ fn fhe_equals_simulate(name: &str, samples: usize) -> usize {
         ..Default::default()
     };
     let (a, info) = compile(name, Some(cfg));
-    let (client, server) = fhec::run::keys(&a);
-    let evaluator = fhec::run::evaluator(&a, &info, &server).unwrap();
+    let (client, server) = parties(&a);
+    let (secret, evaluation) = client.keygen();
+    let key = server.prepare(&evaluation).unwrap();
     let data = test_samples(name, &a);
     for (i, s) in data.iter().take(samples).enumerate() {
-        let fhe = fhec::run::fhe(&a, &info, &client, &evaluator, s, &|_| {}).unwrap();
-        let sim = fhec::run::simulate(&a, &info, s).unwrap();
+        let fhe = fhe_once(&client, &server, &key, &secret, s);
+        let sim = fhec_runtime::simulate::simulate(&a, &info, s).unwrap();
         assert_eq!(
             fhe.circuit_outputs, sim.circuit_outputs,
             "{name} sample {i}: FHE decrypted different integers than simulate"
@@ -119,22 +120,25 @@ fn fhe_agrees_with_noisy_simulate(
         )),
         "{name} rounds approximately"
     );
-    let (client, server) = fhec::run::keys(&a);
-    let evaluator = fhec::run::evaluator(&a, &info, &server).unwrap();
+    let (client, server) = parties(&a);
+    let (secret, evaluation) = client.keygen();
+    let key = server.prepare(&evaluation).unwrap();
     let data = test_samples(name, &a);
-    let sim = fhec::run::Simulator::new(&a, &info, 0);
+    let sim = fhec_runtime::simulate::Simulator::new(&a, &info, 0);
     let argmax = |v: &[i64]| (0..v.len()).max_by_key(|&j| v[j]).unwrap_or(0);
     let classifier = meta(name).argmax;
     let (mut elements, mut fhe_off, mut sim_off) = (0usize, 0usize, 0.0f64);
     for (i, s) in data.iter().take(samples).enumerate() {
-        let fhe = fhec::run::fhe(&a, &info, &client, &evaluator, s, &|_| {}).unwrap();
-        let expected = fhec::run::simulate(&a, &info, s).unwrap().circuit_outputs;
+        let fhe = fhe_once(&client, &server, &key, &secret, s);
+        let expected = fhec_runtime::simulate::simulate(&a, &info, s)
+            .unwrap()
+            .circuit_outputs;
         let mut spread: Vec<Vec<i64>> = expected.iter().map(|o| vec![0; o.len()]).collect();
         let mut classes = std::collections::BTreeSet::from([argmax(&expected[0])]);
         for seed in 0..DRAWS {
             let noisy = sim.run_seeded(seed, i, s).unwrap();
-            sim_off +=
-                fhec::run::differing(&noisy.circuit_outputs, &expected) as f64 / DRAWS as f64;
+            sim_off += fhec_runtime::simulate::differing(&noisy.circuit_outputs, &expected) as f64
+                / DRAWS as f64;
             for (d, (x, y)) in spread
                 .iter_mut()
                 .zip(noisy.circuit_outputs.iter().zip(&expected))
@@ -162,7 +166,7 @@ fn fhe_agrees_with_noisy_simulate(
             );
         }
         elements += expected.iter().map(Vec::len).sum::<usize>();
-        fhe_off += fhec::run::differing(&fhe.circuit_outputs, &expected);
+        fhe_off += fhec_runtime::simulate::differing(&fhe.circuit_outputs, &expected);
     }
     println!(
         "{name}: outputs off the expected value: FHE {fhe_off}/{elements}, simulate {sim_off:.1}"

@@ -467,6 +467,20 @@ impl Op {
         }
     }
 
+    /// How many learned numbers the op holds (weights, biases, constant operands, tree
+    /// thresholds and leaves): what a party holding it learns of the model.
+    pub fn weight_count(&self) -> usize {
+        match self {
+            Op::Dense { weight, bias, .. } => weight.len() + bias.len(),
+            Op::BinaryConst { constant, .. } => constant.data.len(),
+            Op::Sparse(m) => m.terms.len() + m.bias.len(),
+            Op::TreeEnsemble(e) => {
+                e.trees.iter().map(|t| t.nodes.len()).sum::<usize>() + e.base_values.len()
+            }
+            _ => 0,
+        }
+    }
+
     /// True for element-wise operators with one varying input (they fuse into a TLU).
     pub fn is_univariate(&self) -> bool {
         matches!(self, Op::BinaryConst { .. } | Op::Activation(_))
@@ -649,4 +663,97 @@ pub fn broadcast_to(t: &Tensor, shape: &[usize]) -> Option<Tensor> {
         data.push(t.data[off]);
     }
     Some(Tensor::new(shape.to_vec(), data, t.dtype))
+}
+
+impl FloatGraph {
+    /// The graph cut down to the nodes `keep` (indices, in order): the same inputs and
+    /// outputs, those nodes, and only the values they, the inputs and the outputs name
+    /// (renumbered in their original order). Returns it with the map from old to new
+    /// value ids. A kept node's operand that no kept node computes must be supplied by
+    /// the caller before evaluation (the client's decrypted values, for the tail).
+    pub fn subgraph(&self, keep: &[usize]) -> (FloatGraph, Vec<Option<ValueId>>) {
+        let mut used = vec![false; self.values.len()];
+        let nodes = keep.iter().map(|&i| &self.nodes[i]);
+        for v in nodes
+            .clone()
+            .flat_map(|n| n.inputs.iter().chain(&n.outputs))
+            .chain(&self.inputs)
+            .chain(&self.outputs)
+        {
+            used[v.0 as usize] = true;
+        }
+        let mut map = vec![None; self.values.len()];
+        let mut values = Vec::new();
+        for (i, v) in self.values.iter().enumerate() {
+            if used[i] {
+                map[i] = Some(ValueId(values.len() as u32));
+                values.push(v.clone());
+            }
+        }
+        let remap = |ids: &[ValueId]| -> Vec<ValueId> {
+            ids.iter()
+                .map(|v| map[v.0 as usize].expect("every named value is kept"))
+                .collect()
+        };
+        let graph = FloatGraph {
+            nodes: nodes
+                .map(|n| Node {
+                    inputs: remap(&n.inputs),
+                    outputs: remap(&n.outputs),
+                    ..n.clone()
+                })
+                .collect(),
+            inputs: remap(&self.inputs),
+            outputs: remap(&self.outputs),
+            values,
+        };
+        (graph, map)
+    }
+
+    /// Structural checks for a graph read from a file: every value id in range and
+    /// every node operand a graph input, a constant, an earlier node's output or one of
+    /// `supplied`. Returns a description of the first problem.
+    pub fn check_structure(&self, supplied: &[ValueId]) -> Result<(), String> {
+        let n = self.values.len();
+        let in_range = |v: &ValueId| (v.0 as usize) < n;
+        if let Some(v) = self
+            .inputs
+            .iter()
+            .chain(&self.outputs)
+            .find(|v| !in_range(v))
+        {
+            return Err(format!("graph input/output names value #{} of {n}", v.0));
+        }
+        for (i, v) in self.values.iter().enumerate() {
+            if let Some(c) = &v.constant {
+                if c.data.len() != c.shape.iter().product::<usize>() {
+                    return Err(format!("constant '{}' (#{i}) has a wrong size", v.name));
+                }
+            }
+        }
+        let mut ready = vec![false; n];
+        for v in self.inputs.iter().chain(supplied).filter(|v| in_range(v)) {
+            ready[v.0 as usize] = true;
+        }
+        for (i, v) in self.values.iter().enumerate() {
+            ready[i] |= v.constant.is_some();
+        }
+        for node in &self.nodes {
+            for v in &node.inputs {
+                if !in_range(v) || !ready[v.0 as usize] {
+                    return Err(format!(
+                        "node '{}' reads value #{} before it is computed",
+                        node.name, v.0
+                    ));
+                }
+            }
+            for v in &node.outputs {
+                if !in_range(v) {
+                    return Err(format!("node '{}' writes value #{} of {n}", node.name, v.0));
+                }
+                ready[v.0 as usize] = true;
+            }
+        }
+        Ok(())
+    }
 }

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use fhec::artifact::Artifact;
 use fhec::npy::{read_arrays, Array};
 use fhec_frontend_onnx::Tensor;
 use fhec_ir::CircuitInfo;
 use fhec_quant::QuantConfig;
+use fhec_runtime::Artifact;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -43,7 +43,7 @@ pub fn compile(name: &str, cfg: Option<QuantConfig>) -> (Artifact, CircuitInfo) 
 
 pub fn compile_with(name: &str, cfg: Option<QuantConfig>, p_error: f64) -> (Artifact, CircuitInfo) {
     let dir = fixture(name);
-    let c = fhec::pipeline::compile(
+    let (c, _) = fhec::files::compile(
         &dir.join("model.onnx"),
         &dir.join("train.npy"),
         &cfg.unwrap_or_default(),
@@ -54,7 +54,7 @@ pub fn compile_with(name: &str, cfg: Option<QuantConfig>, p_error: f64) -> (Arti
 }
 
 pub fn test_samples(name: &str, a: &Artifact) -> Vec<Vec<Tensor>> {
-    fhec::data::load_samples(&fixture(name).join("test_x.npy"), &a.client.graph).unwrap()
+    fhec::files::load_samples(&fixture(name).join("test_x.npy"), &a.graph).unwrap()
 }
 
 pub fn array(path: &std::path::Path) -> Array {
@@ -64,11 +64,10 @@ pub fn array(path: &std::path::Path) -> Array {
 /// The prediction the metric is computed from: class ids or regression values.
 pub fn predictions(meta: &Meta, a: &Artifact, outputs: &[Vec<Tensor>]) -> Vec<f64> {
     let k = a
-        .client
         .graph
         .outputs
         .iter()
-        .position(|&o| a.client.graph.value(o).name == meta.label_output)
+        .position(|&o| a.graph.value(o).name == meta.label_output)
         .expect("label output exists");
     outputs
         .iter()
@@ -120,4 +119,27 @@ pub fn tmp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The two parties of a compiled model, in memory.
+pub fn parties(a: &Artifact) -> (fhec_runtime::Client, fhec_runtime::Server) {
+    (
+        fhec_runtime::Client::new(a.client.clone()).unwrap(),
+        fhec_runtime::Server::new(a.server.clone()).unwrap(),
+    )
+}
+
+/// One sample through encrypt → run → decrypt, the deployed path.
+pub fn fhe_once(
+    client: &fhec_runtime::Client,
+    server: &fhec_runtime::Server,
+    key: &fhec_runtime::PreparedKey<'_>,
+    secret: &fhec_runtime::SecretKey,
+    sample: &[Tensor],
+) -> fhec_runtime::SampleResult {
+    let inputs = client
+        .encrypt(secret, std::slice::from_ref(&sample.to_vec()))
+        .unwrap();
+    let outputs = server.run(key, &inputs, &|_, _| {}).unwrap();
+    client.decrypt(secret, &outputs).unwrap().remove(0)
 }

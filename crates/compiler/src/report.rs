@@ -1,4 +1,5 @@
-//! What `fhec inspect` and `fhec compile` print about a circuit.
+//! What `fhec inspect` and `fhec compile` report about a compiled model: the circuit,
+//! its parameters, its sizes on the wire and what its client part reveals.
 
 use fhec_backend_tfhe::{predicted_latency_ms, CryptoParams, ParamChoice};
 use fhec_ir::{Circuit, CircuitInfo, IntOp, Status, Violation};
@@ -46,6 +47,10 @@ pub struct Report {
     pub quantization: Vec<fhec_quant::QuantOrigin>,
     /// With tree ensembles: the bootstraps of the obvious lowering, for comparison.
     pub naive_tree_pbs: Option<usize>,
+    /// Sizes on the wire, once parameters are chosen.
+    pub deployment: Option<DeploymentSizes>,
+    /// What the client part reveals (a compiled model only).
+    pub client: Option<ClientSummary>,
 }
 
 #[derive(Serialize)]
@@ -139,10 +144,18 @@ impl Report {
                     ms: predicted_latency_ms(c, info, p, threads),
                 }
             }),
+            deployment: params.as_ref().map(|p| DeploymentSizes::of(c, info, p)),
             params,
             quantization,
             naive_tree_pbs: None,
+            client: None,
         }
+    }
+
+    /// Records what the client part reveals ([`ClientSummary`]).
+    pub fn with_client(mut self, part: &fhec_runtime::ClientPart) -> Self {
+        self.client = Some(ClientSummary::of(part));
+        self
     }
 
     /// Records the model's naive tree-lowering count ([`naive_tree_pbs`]).
@@ -218,6 +231,12 @@ impl Report {
         s += &quantization_text(&self.quantization);
         if let Some(p) = &self.params {
             s += &params_line(p, self.predicted_latency.as_ref());
+        }
+        if let Some(d) = &self.deployment {
+            s += &d.text();
+        }
+        if let Some(c) = &self.client {
+            s += &c.text();
         }
         if self.violations.is_empty() {
             s += &format!(
@@ -393,4 +412,235 @@ pub fn params_line(p: &ParamChoice, latency: Option<&PredictedLatency>) -> Strin
         ksk as f64 / MIB
     );
     s
+}
+
+/// What crosses the wire per sample and once per client, at these parameters
+/// (docs/DEPLOYMENT.md). Frame headers (about 150 bytes per file) not included.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentSizes {
+    /// Seeded input ciphertexts: one 16-byte seed and 8 bytes per input integer.
+    pub input_bytes_per_sample: usize,
+    /// Output ciphertexts, every coefficient rounded to `output_bits` bits.
+    pub output_bytes_per_sample: usize,
+    pub output_bits: u32,
+    /// LWE dimension of each circuit output's ciphertexts.
+    pub output_dimensions: Vec<usize>,
+    /// The seeded evaluation key (0 for a circuit without bootstrap).
+    pub evaluation_key_bytes: usize,
+    /// The client's secret key file, one bit per key coefficient.
+    pub secret_key_bytes: usize,
+}
+
+impl DeploymentSizes {
+    pub fn of(c: &Circuit, info: &CircuitInfo, p: &ParamChoice) -> Self {
+        let budget = fhec_backend_tfhe::NoiseBudget::of(c, info);
+        let output_dimensions: Vec<usize> = budget
+            .output_sources
+            .iter()
+            .map(|&s| fhec_backend_tfhe::sources_dimension(s, &p.keys))
+            .collect();
+        let inputs: usize = c.inputs.iter().map(|&id| c.node(id).numel()).sum();
+        let output_bytes_per_sample = c
+            .outputs
+            .iter()
+            .zip(&output_dimensions)
+            .map(|(&id, &d)| c.node(id).numel() * (((d + 1) * p.output_bits as usize).div_ceil(8)))
+            .sum();
+        let secret_bits: usize = std::iter::once(p.keys.master_dimension())
+            .chain(p.keys.partitions.iter().map(|k| k.params.lwe_dimension))
+            .map(|d| d.div_ceil(8))
+            .sum();
+        DeploymentSizes {
+            input_bytes_per_sample: 16 + 8 * inputs,
+            output_bytes_per_sample,
+            output_bits: p.output_bits,
+            output_dimensions,
+            evaluation_key_bytes: fhec_runtime::EvaluationKey::body_bytes(&p.keys),
+            secret_key_bytes: secret_bits,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "deployment: inputs {} B/sample (seeded), outputs {} B/sample ({}-bit coefficients, dimension {}), evaluation key {}, secret key {} B\n",
+            self.input_bytes_per_sample,
+            self.output_bytes_per_sample,
+            self.output_bits,
+            self.output_dimensions
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("/"),
+            if self.evaluation_key_bytes == 0 {
+                "none (no bootstrap)".to_string()
+            } else {
+                format!("{:.1} MB (seeded)", self.evaluation_key_bytes as f64 / 1e6)
+            },
+            self.secret_key_bytes
+        )
+    }
+}
+
+/// What a client part reveals of the model: the quantizers and every op it runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientSummary {
+    pub inputs: Vec<ClientInput>,
+    pub outputs: Vec<ClientOutput>,
+    /// Float ops the client runs after dequantization, in order.
+    pub tail: Vec<TailOp>,
+    /// Learned numbers of the model the client receives (in tail ops and in
+    /// element-wise ops applied on dequantization); 0 when it holds only quantizers.
+    pub model_constants: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientInput {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub bits: u32,
+    /// Distinct quantization grids (one per feature for tree ensembles).
+    pub grids: usize,
+    pub from_model: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientOutput {
+    /// The value the circuit output becomes on dequantization.
+    pub value: String,
+    pub elements: usize,
+    /// Element-wise ops applied right after dequantization.
+    pub pending: Vec<String>,
+    pub constants: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TailOp {
+    pub node: String,
+    pub op: String,
+    pub constants: usize,
+}
+
+impl ClientSummary {
+    pub fn of(part: &fhec_runtime::ClientPart) -> Self {
+        let g = &part.graph;
+        let inputs = part
+            .spec
+            .inputs
+            .iter()
+            .map(|q| ClientInput {
+                name: q.name.clone(),
+                shape: q.shape.clone(),
+                bits: q.bits,
+                grids: q.per_element.len().max(1),
+                from_model: q.from_model,
+            })
+            .collect();
+        let outputs: Vec<ClientOutput> = part
+            .spec
+            .outputs
+            .iter()
+            .map(|d| ClientOutput {
+                value: g.value(d.value).name.clone(),
+                elements: d.scale.len(),
+                pending: d
+                    .pending
+                    .iter()
+                    .map(|p| match p {
+                        fhec_quant::Pending::Activation(a) => a.name().to_string(),
+                        fhec_quant::Pending::Binary { kind, .. } => kind.name().to_string(),
+                    })
+                    .collect(),
+                constants: d
+                    .pending
+                    .iter()
+                    .map(|p| match p {
+                        fhec_quant::Pending::Binary { constant, .. } => constant.len(),
+                        _ => 0,
+                    })
+                    .sum(),
+            })
+            .collect();
+        let tail: Vec<TailOp> = part
+            .spec
+            .tail
+            .iter()
+            .filter_map(|&i| g.nodes.get(i))
+            .map(|n| TailOp {
+                node: n.name.clone(),
+                op: n.op.kind_name().into(),
+                constants: n.op.weight_count(),
+            })
+            .collect();
+        let model_constants = outputs.iter().map(|o| o.constants).sum::<usize>()
+            + tail.iter().map(|t| t.constants).sum::<usize>();
+        ClientSummary {
+            inputs,
+            outputs,
+            tail,
+            model_constants,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let inputs: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|i| {
+                format!(
+                    "'{}' {:?} {} bits{}",
+                    i.name,
+                    i.shape,
+                    i.bits,
+                    if i.grids > 1 {
+                        format!(", {} per-feature grids", i.grids)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        let mut s = format!(
+            "client part: quantizes inputs {}; dequantizes {} circuit output(s)",
+            inputs.join(", "),
+            self.outputs.len()
+        );
+        let pending: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|o| !o.pending.is_empty())
+            .map(|o| format!("{} on '{}'", o.pending.join("+"), o.value))
+            .collect();
+        if !pending.is_empty() {
+            s += &format!(", then applies {}", pending.join(", "));
+        }
+        s += "\n";
+        if self.tail.is_empty() {
+            s += "  client tail: none\n";
+        } else {
+            let ops: Vec<String> = self
+                .tail
+                .iter()
+                .map(|t| {
+                    if t.constants > 0 {
+                        format!("{} ({} model constants)", t.op, t.constants)
+                    } else {
+                        t.op.clone()
+                    }
+                })
+                .collect();
+            s += &format!(
+                "  client tail (runs in the clear after decryption): {}\n",
+                ops.join(", ")
+            );
+        }
+        if self.model_constants > 0 {
+            s += &format!(
+                "  the client receives {} of the model's learned numbers (ops above); the circuit's weights and tables stay on the server\n",
+                self.model_constants
+            );
+        } else {
+            s += "  the client receives no weight or table of the model, only its quantizers\n";
+        }
+        s
+    }
 }

@@ -1,0 +1,171 @@
+//! Files: reading with a size limit, writing whole-or-nothing, never replacing what the
+//! user wrote, and the compiled model's files read with their path in every message.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use fhec_ir::CircuitInfo;
+use fhec_runtime::{Artifact, Client, Server};
+
+/// Largest model file (artifact, client or server part) fhec reads.
+pub const MAX_PART_BYTES: u64 = 4 << 30;
+
+/// Reads a file of at most `limit` bytes; `what` names what it should be.
+pub fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?
+        .len();
+    if len > limit {
+        bail!(
+            "{}: {len} bytes, more than {what} can take ({limit} bytes)",
+            path.display()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, renamed into
+/// place once complete: a reader never sees a partial file. `private` creates it
+/// readable and writable by its owner only, from the start.
+pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("{}: cannot write: {e}", path.display())
+    })
+}
+
+/// True when `path` holds a file fhec wrote (its header starts with `FHEC-`).
+pub fn is_fhec_file(path: &Path) -> bool {
+    std::fs::File::open(path)
+        .and_then(|mut f| {
+            let mut buf = [0u8; 5];
+            std::io::Read::read_exact(&mut f, &mut buf).map(|_| &buf == b"FHEC-")
+        })
+        .unwrap_or(false)
+}
+
+/// Refuses to replace a file fhec did not write, unless forced.
+pub fn guard_overwrite(path: &Path, ours: bool, force: bool) -> Result<()> {
+    if path.exists() && !ours && !force {
+        bail!(
+            "{}: exists and was not written by fhec; refusing to overwrite (use --force)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// [`guard_overwrite`] for an fhec file.
+pub fn guard_fhec_file(path: &Path, force: bool) -> Result<()> {
+    guard_overwrite(path, is_fhec_file(path), force)
+}
+
+/// Runtime errors about a file, named.
+pub fn about(path: &Path) -> impl Fn(fhec_runtime::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("{}: {e}", path.display())
+}
+
+pub fn load_artifact(path: &Path) -> Result<(Artifact, CircuitInfo)> {
+    let bytes = read_limited(path, MAX_PART_BYTES, "a compiled model")?;
+    Artifact::from_bytes(&bytes).map_err(about(path))
+}
+
+pub fn load_client(path: &Path) -> Result<Client> {
+    let bytes = read_limited(path, MAX_PART_BYTES, "a client part")?;
+    Client::from_bytes(&bytes).map_err(about(path))
+}
+
+pub fn load_server(path: &Path) -> Result<Server> {
+    let bytes = read_limited(path, MAX_PART_BYTES, "a server part")?;
+    Server::from_bytes(&bytes).map_err(about(path))
+}
+
+/// Reads `[samples, ...]` arrays (a `.npy` for a one-input model, or a `.npz` keyed by
+/// input name) as per-sample tensors of `graph`'s inputs.
+pub fn load_samples(
+    path: &Path,
+    graph: &fhec_frontend_onnx::FloatGraph,
+) -> Result<Vec<Vec<fhec_frontend_onnx::Tensor>>> {
+    let arrays = crate::npy::read_arrays(path)?;
+    fhec_runtime::samples_from_arrays(graph, &arrays).map_err(about(path))
+}
+
+/// The deployment parts written beside an artifact: `out/m.fhe` gives
+/// `out/m.client.fhe` and `out/m.server.fhe`.
+pub fn part_paths(artifact: &Path) -> (PathBuf, PathBuf) {
+    (
+        artifact.with_extension("client.fhe"),
+        artifact.with_extension("server.fhe"),
+    )
+}
+
+/// Compiles the model at `model` on the inputset at `inputset`, naming the file at
+/// fault in every error.
+pub fn compile(
+    model: &Path,
+    inputset: &Path,
+    cfg: &fhec_quant::QuantConfig,
+    target: fhec_backend_tfhe::PErrorTarget,
+) -> Result<(
+    fhec_compiler::Compiled,
+    Vec<Vec<fhec_frontend_onnx::Tensor>>,
+)> {
+    let start = std::time::Instant::now();
+    let (graph, samples) = import_with_inputset(model, inputset)?;
+    let compiled =
+        fhec_compiler::compile_graph(graph, &samples, &source_name(model), cfg, target, start)
+            .map_err(|e| compile_error(model, e))?;
+    Ok((compiled, samples))
+}
+
+/// The model's float graph and the inputset's samples.
+pub fn import_with_inputset(
+    model: &Path,
+    inputset: &Path,
+) -> Result<(
+    fhec_frontend_onnx::FloatGraph,
+    Vec<Vec<fhec_frontend_onnx::Tensor>>,
+)> {
+    let bytes =
+        std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
+    let graph = fhec_compiler::import(&bytes).map_err(|e| compile_error(model, e))?;
+    let samples = load_samples(inputset, &graph)?;
+    Ok((graph, samples))
+}
+
+/// The model file's name, as artifacts record it.
+pub fn source_name(model: &Path) -> String {
+    model
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+}
+
+/// A compile error, with the model file named where the model is at fault.
+pub fn compile_error(model: &Path, e: fhec_compiler::CompileError) -> anyhow::Error {
+    use fhec_compiler::CompileError::*;
+    match e {
+        Import(_) | Quant(_) => anyhow::anyhow!("{}: {e}", model.display()),
+        e => e.into(),
+    }
+}

@@ -1,0 +1,340 @@
+//! The compile recipe: ONNX bytes and an inputset in, a compiled [`Artifact`] out.
+//!
+//! ```text
+//! import → samples → quantize → verify → 16-bit check → choose parameters (and the
+//! rounding chunk width; with trees, the cheaper leaf lowering) → split into parts
+//! ```
+//!
+//! Everything is in memory; files are the caller's. The one entry point is
+//! [`compile`]; [`lower`] and [`lower_and_choose`] are its first steps, for `inspect`.
+
+pub mod report;
+
+use std::time::{Duration, Instant};
+
+use fhec_backend_tfhe::{choose_params, NoiseBudget, PErrorTarget, ParamChoice, ParamError};
+use fhec_frontend_onnx::{FloatGraph, ImportError, Tensor};
+use fhec_ir::{CircuitInfo, IntOp};
+use fhec_quant::{ClientSpec, QuantConfig, QuantError, Quantized};
+use fhec_runtime::{Array, Artifact, ClientPart, ModelId, ServerPart};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The ONNX model cannot be imported.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// The inputset does not fit the model.
+    #[error(transparent)]
+    Inputset(fhec_runtime::Error),
+    /// The model cannot be quantized into a circuit.
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    #[error(transparent)]
+    Params(#[from] ParamError),
+    #[error("over the {max}-bit limit: {0}; lower --n-bits or --rounding-threshold-bits", max = fhec_ir::MAX_BITS)]
+    TooWide(String),
+    #[error("internal error, please report: {0}")]
+    Internal(String),
+}
+
+/// A model lowered to a verified circuit (parameters not chosen yet).
+pub struct Lowered {
+    pub quantized: Quantized,
+    pub info: CircuitInfo,
+}
+
+/// The compiled model and what compiling it found.
+pub struct Compiled {
+    pub artifact: Artifact,
+    pub info: CircuitInfo,
+    pub elapsed: Duration,
+}
+
+pub fn import(onnx: &[u8]) -> Result<FloatGraph, CompileError> {
+    Ok(fhec_frontend_onnx::import(onnx)?)
+}
+
+/// The inputset as per-sample tensors of `graph`'s inputs.
+pub fn inputset(
+    graph: &FloatGraph,
+    arrays: &[(Option<String>, Array)],
+) -> Result<Vec<Vec<Tensor>>, CompileError> {
+    fhec_runtime::samples_from_arrays(graph, arrays).map_err(CompileError::Inputset)
+}
+
+fn internal(e: impl std::fmt::Display) -> CompileError {
+    CompileError::Internal(e.to_string())
+}
+
+/// Quantizes and verifies.
+pub fn lower(
+    graph: &FloatGraph,
+    samples: &[Vec<Tensor>],
+    cfg: &QuantConfig,
+) -> Result<Lowered, CompileError> {
+    let quantized = fhec_quant::quantize(graph, samples, cfg)?;
+    let info = fhec_ir::verify(&quantized.circuit).map_err(internal)?;
+    Ok(Lowered { quantized, info })
+}
+
+/// Refuses circuits with values over the 16-bit limit, naming each.
+pub fn check_violations(info: &CircuitInfo) -> Result<(), CompileError> {
+    if info.violations.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = info
+        .violations
+        .iter()
+        .map(|v| {
+            format!(
+                "node '{}' ({}) needs {} bits (range [{}, {}])",
+                v.node, v.op, v.bits, v.range.lo, v.range.hi
+            )
+        })
+        .collect();
+    Err(CompileError::TooWide(list.join("; ")))
+}
+
+/// Chooses the crypto parameters and, with them, the width of exact-rounding chunks: a
+/// chunk of c bits costs two bootstraps of precision c − 1, so wider chunks mean fewer
+/// but dearer bootstraps. Every width from 1 to the widest table precision + 1 is tried
+/// and the cheapest by predicted cost is kept (it is stored in the circuit).
+pub fn choose(
+    l: &mut Lowered,
+    target: PErrorTarget,
+) -> Result<(ParamChoice, NoiseBudget), CompileError> {
+    let c = &mut l.quantized.circuit;
+    let rounds = c.ids().any(|id| {
+        matches!(c.node(id).op, IntOp::Round { drop_bits, approximate: false } if drop_bits > 0)
+    });
+    let widths: Vec<Option<u32>> = if rounds {
+        (1..=l.info.max_tlu_bits + 1).map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let mut best: Option<(ParamChoice, NoiseBudget, Option<u32>, CircuitInfo)> = None;
+    let mut first_error = None;
+    for width in widths {
+        c.rounding_chunk_bits = width;
+        let info = fhec_ir::verify(c).map_err(internal)?;
+        let budget = NoiseBudget::of(c, &info);
+        match choose_params(&budget, target) {
+            Ok(choice) => {
+                if best.as_ref().is_none_or(|(b, ..)| {
+                    choice.predicted_ms_per_sample < b.predicted_ms_per_sample
+                }) {
+                    best = Some((choice, budget, width, info));
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match best {
+        Some((choice, budget, width, info)) => {
+            c.rounding_chunk_bits = width;
+            l.info = info;
+            Ok((choice, budget))
+        }
+        None => Err(first_error
+            .map(CompileError::from)
+            .unwrap_or_else(|| internal("no rounding width was tried"))),
+    }
+}
+
+/// Lowers the model and chooses its parameters (`None` when a value exceeds 16 bits).
+/// With tree ensembles it also lowers without sibling-leaf pairs and keeps the lowering
+/// predicted cheaper: pairs save lookups but add noise to the path sums, which can cost
+/// the comparisons a decomposition level (docs/TREES.md). Returns the configuration kept.
+pub fn lower_and_choose(
+    graph: &FloatGraph,
+    samples: &[Vec<Tensor>],
+    cfg: &QuantConfig,
+    target: PErrorTarget,
+) -> Result<(Lowered, Option<ParamChoice>, QuantConfig), CompileError> {
+    let mut l = lower(graph, samples, cfg)?;
+    if !l.info.violations.is_empty() {
+        return Ok((l, None, cfg.clone()));
+    }
+    let (params, _) = choose(&mut l, target)?;
+    let trees = graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, fhec_frontend_onnx::Op::TreeEnsemble(_)));
+    if cfg.sibling_leaves && trees {
+        let alt_cfg = QuantConfig {
+            sibling_leaves: false,
+            ..cfg.clone()
+        };
+        let mut alt = lower(graph, samples, &alt_cfg)?;
+        if alt.info.violations.is_empty() {
+            if let Ok((p, _)) = choose(&mut alt, target) {
+                if p.predicted_ms_per_sample < params.predicted_ms_per_sample {
+                    return Ok((alt, Some(p), alt_cfg));
+                }
+            }
+        }
+    }
+    Ok((l, Some(params), cfg.clone()))
+}
+
+/// Compiles an ONNX model (`source` names it in messages and files) on an inputset.
+pub fn compile(
+    onnx: &[u8],
+    source: &str,
+    inputset_arrays: &[(Option<String>, Array)],
+    cfg: &QuantConfig,
+    target: PErrorTarget,
+) -> Result<Compiled, CompileError> {
+    let start = Instant::now();
+    let graph = import(onnx)?;
+    let samples = inputset(&graph, inputset_arrays)?;
+    compile_graph(graph, &samples, source, cfg, target, start)
+}
+
+/// [`compile`] from an imported graph and its inputset samples.
+pub fn compile_graph(
+    graph: FloatGraph,
+    samples: &[Vec<Tensor>],
+    source: &str,
+    cfg: &QuantConfig,
+    target: PErrorTarget,
+    start: Instant,
+) -> Result<Compiled, CompileError> {
+    let (l, params, cfg) = lower_and_choose(&graph, samples, cfg, target)?;
+    check_violations(&l.info)?;
+    let params = params.ok_or_else(|| internal("no parameters chosen for a valid circuit"))?;
+    let artifact = split(graph, l.quantized, params, &l.info, source, cfg)?;
+    Ok(Compiled {
+        artifact,
+        info: l.info,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Splits a quantized model into its server part and its client part (the float tail
+/// cut out of the whole graph), and gives both the model's identity.
+pub fn split(
+    graph: FloatGraph,
+    quantized: Quantized,
+    params: ParamChoice,
+    info: &CircuitInfo,
+    source: &str,
+    quant: QuantConfig,
+) -> Result<Artifact, CompileError> {
+    let Quantized { circuit, client } = quantized;
+    let (tail_graph, mut spec) = client_tail(&graph, client)?;
+    // the client learns where its input grids came from, nothing about the layers
+    let quantization = std::mem::take(&mut spec.origins);
+    spec.origins = quantization
+        .iter()
+        .filter(|o| o.kind == fhec_quant::OriginKind::Input)
+        .cloned()
+        .collect();
+    let mut server = ServerPart {
+        model_id: ModelId::default(),
+        source: source.into(),
+        circuit,
+        params,
+    };
+    let mut client = ClientPart {
+        model_id: ModelId::default(),
+        source: source.into(),
+        keys: server.params.keys.clone(),
+        encoding_bits: info.encoding_bits,
+        output_bits: server.params.output_bits,
+        spec,
+        graph: tail_graph,
+    };
+    // the id digests everything both parts hold (ids still zero)
+    let content = serde_json::to_vec(&(&server, &client)).map_err(internal)?;
+    let id = ModelId::digest_of(&content);
+    server.model_id = id;
+    client.model_id = id;
+    let artifact = Artifact {
+        fhec_version: env!("CARGO_PKG_VERSION").into(),
+        source: source.into(),
+        quant,
+        quantization,
+        graph,
+        server,
+        client,
+    };
+    artifact.check().map_err(internal)?;
+    Ok(artifact)
+}
+
+/// The client's graph (model inputs and outputs, tail nodes only) and the client spec
+/// renumbered onto it.
+fn client_tail(
+    graph: &FloatGraph,
+    mut spec: ClientSpec,
+) -> Result<(FloatGraph, ClientSpec), CompileError> {
+    let (tail, map) = graph.subgraph(&spec.tail);
+    let remap = |v: fhec_frontend_onnx::ValueId| {
+        map[v.0 as usize].ok_or_else(|| {
+            internal(format!(
+                "value #{} crosses to the client but is not in its graph",
+                v.0
+            ))
+        })
+    };
+    for q in &mut spec.inputs {
+        q.value = remap(q.value)?;
+    }
+    for d in &mut spec.outputs {
+        d.value = remap(d.value)?;
+    }
+    spec.tail = (0..tail.nodes.len()).collect();
+    Ok((tail, spec))
+}
+
+/// Test vectors for the emitted MLIR: the circuit inputs of the first `count` inputset
+/// samples (the integers `@main` receives) and the integers the circuit returns for
+/// them, keyed `input_<i>` / `output_<j>`, each stacked as `[samples, ...shape]` int64.
+pub fn test_vectors(
+    a: &Artifact,
+    info: &CircuitInfo,
+    samples: &[Vec<Tensor>],
+    count: usize,
+) -> Result<Vec<(String, Array)>, CompileError> {
+    let c = &a.server.circuit;
+    let take = samples.len().min(count);
+    let mut inputs: Vec<Vec<f64>> = vec![Vec::new(); c.inputs.len()];
+    let mut outputs: Vec<Vec<f64>> = vec![Vec::new(); c.outputs.len()];
+    for s in &samples[..take] {
+        let q = a.client.spec.quantize_inputs(s);
+        let out = fhec_ir::interp::simulate(c, info, &q).map_err(internal)?;
+        for (acc, v) in inputs
+            .iter_mut()
+            .zip(&q)
+            .chain(outputs.iter_mut().zip(&out))
+        {
+            acc.extend(v.iter().map(|&x| x as f64));
+        }
+    }
+    let array = |prefix: &str, i: usize, id: fhec_ir::NodeId, data: Vec<f64>| {
+        let mut shape = vec![take];
+        shape.extend(&c.node(id).shape);
+        (
+            format!("{prefix}_{i}"),
+            Array {
+                shape,
+                data,
+                dtype: "<i8",
+            },
+        )
+    };
+    Ok(inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| array("input", i, c.inputs[i], d))
+        .chain(
+            outputs
+                .into_iter()
+                .enumerate()
+                .map(|(j, d)| array("output", j, c.outputs[j], d)),
+        )
+        .collect())
+}

@@ -1,0 +1,239 @@
+//! Key files: the client's secret key and the evaluation key the server receives.
+//!
+//! Both are binary payloads in the shared frame (docs/FORMATS.md). Their lengths follow
+//! from the model's key parameters, so a reader knows the exact size before parsing and
+//! refuses any other.
+
+use fhec_backend_tfhe::{ClientKey, KeyParams, RawPartitionKey, ServerKey};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{self, KeyId, Kind, ModelId};
+use crate::Error;
+
+/// The client's secret keys for one model. Never leaves the client.
+#[derive(Clone)]
+pub struct SecretKey {
+    pub model_id: ModelId,
+    pub key_id: KeyId,
+    pub(crate) key: ClientKey,
+}
+
+/// The keys a server evaluates one model with, for one client's key set.
+#[derive(Clone)]
+pub struct EvaluationKey {
+    pub model_id: ModelId,
+    pub key_id: KeyId,
+    pub(crate) key: ServerKey,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SecretKeyMeta {
+    /// Dimensions of the master key and of each partition's small key.
+    dimensions: Vec<usize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PartitionKeyMeta {
+    /// Hex of the 128-bit seed of the key-switching key's masks.
+    keyswitch_seed: String,
+    keyswitch_values: usize,
+    bootstrap_seed: String,
+    bootstrap_values: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EvaluationKeyMeta {
+    partitions: Vec<PartitionKeyMeta>,
+}
+
+fn mismatch(what: &str, id: ModelId, expected: ModelId) -> Error {
+    Error::Mismatch(format!(
+        "{what} belongs to model {id}, not to this model ({expected})"
+    ))
+}
+
+pub(crate) fn seed_hex(seed: u128) -> String {
+    format!("{seed:032x}")
+}
+
+pub(crate) fn parse_seed(s: &str) -> Result<u128, Error> {
+    if s.len() != 32 {
+        return Err(Error::Format(format!("corrupted seed '{s}'")));
+    }
+    u128::from_str_radix(s, 16).map_err(|_| Error::Format(format!("corrupted seed '{s}'")))
+}
+
+impl SecretKey {
+    pub(crate) fn new(model_id: ModelId, key_id: KeyId, key: ClientKey) -> Self {
+        SecretKey {
+            model_id,
+            key_id,
+            key,
+        }
+    }
+
+    /// One bit per key coefficient, each key padded to a byte.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let raw = self.key.to_raw();
+        let meta = SecretKeyMeta {
+            dimensions: raw.iter().map(Vec::len).collect(),
+        };
+        let body: usize = raw.iter().map(|k| frame::packed_len(k.len(), 1)).sum();
+        let mut payload = frame::binary_payload(&meta, body);
+        for k in &raw {
+            frame::pack_bits(k, 1, &mut payload);
+        }
+        frame::frame(Kind::SecretKey, self.model_id, Some(self.key_id), &payload)
+    }
+
+    /// Reads a secret key and checks it was generated for the model with `model_id` and
+    /// key parameters `params`.
+    pub fn from_bytes(bytes: &[u8], model_id: ModelId, params: &KeyParams) -> Result<Self, Error> {
+        let (h, payload) = frame::unframe(bytes, Kind::SecretKey)?;
+        if h.model != model_id {
+            return Err(mismatch("this secret key", h.model, model_id));
+        }
+        let key_id = h
+            .key
+            .ok_or_else(|| Error::Format("a secret key without a key id".into()))?;
+        let (meta, body): (SecretKeyMeta, _) = frame::split_binary(payload)?;
+        let expected: Vec<usize> = std::iter::once(params.master_dimension())
+            .chain(params.partitions.iter().map(|p| p.params.lwe_dimension))
+            .collect();
+        if meta.dimensions != expected {
+            return Err(Error::Mismatch(format!(
+                "secret keys of dimensions {:?}, this model's parameters need {expected:?}",
+                meta.dimensions
+            )));
+        }
+        let sizes: Vec<usize> = expected.iter().map(|&d| frame::packed_len(d, 1)).collect();
+        if body.len() != sizes.iter().sum::<usize>() {
+            return Err(Error::Format("corrupted secret key: wrong length".into()));
+        }
+        let mut at = 0;
+        let raw = expected
+            .iter()
+            .zip(&sizes)
+            .map(|(&d, &s)| {
+                let k = frame::unpack_bits(&body[at..at + s], 1, d);
+                at += s;
+                k
+            })
+            .collect();
+        let key = ClientKey::from_raw(params, raw)?;
+        Ok(SecretKey {
+            model_id,
+            key_id,
+            key,
+        })
+    }
+}
+
+impl EvaluationKey {
+    pub(crate) fn new(model_id: ModelId, key_id: KeyId, key: ServerKey) -> Self {
+        EvaluationKey {
+            model_id,
+            key_id,
+            key,
+        }
+    }
+
+    /// Bytes of the seeded keys (what the file holds, less its header).
+    pub fn size_bytes(&self) -> usize {
+        self.key.size_bytes()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let raw = self.key.raw_parts();
+        let meta = EvaluationKeyMeta {
+            partitions: raw
+                .iter()
+                .map(|&(ks_seed, ks, bsk_seed, bsk)| PartitionKeyMeta {
+                    keyswitch_seed: seed_hex(ks_seed),
+                    keyswitch_values: ks.len(),
+                    bootstrap_seed: seed_hex(bsk_seed),
+                    bootstrap_values: bsk.len(),
+                })
+                .collect(),
+        };
+        let mut payload = frame::binary_payload(&meta, self.size_bytes());
+        for &(_, ks, _, bsk) in &raw {
+            frame::pack_bits(ks, 64, &mut payload);
+            frame::pack_bits(bsk, 64, &mut payload);
+        }
+        frame::frame(
+            Kind::EvaluationKey,
+            self.model_id,
+            Some(self.key_id),
+            &payload,
+        )
+    }
+
+    /// Exact size of an evaluation-key payload body for `params` (the frame and JSON
+    /// description come on top): what a reader may accept, at most.
+    pub fn body_bytes(params: &KeyParams) -> usize {
+        params
+            .partitions
+            .iter()
+            .map(|p| {
+                let (ks, bsk) = fhec_backend_tfhe::raw_key_lengths(p);
+                (ks + bsk) * 8
+            })
+            .sum()
+    }
+
+    /// Reads an evaluation key and checks it against the model's id and key parameters.
+    pub fn from_bytes(bytes: &[u8], model_id: ModelId, params: &KeyParams) -> Result<Self, Error> {
+        let h = frame::peek(bytes)?;
+        if h.kind == Kind::SecretKey {
+            return Err(Error::Mismatch(
+                "this is a secret key (FHEC-SECRET-KEY): it must stay with the client; give the server evaluation.key".into(),
+            ));
+        }
+        let (h, payload) = frame::unframe(bytes, Kind::EvaluationKey)?;
+        if h.model != model_id {
+            return Err(mismatch("this evaluation key", h.model, model_id));
+        }
+        let key_id = h
+            .key
+            .ok_or_else(|| Error::Format("an evaluation key without a key id".into()))?;
+        let (meta, body): (EvaluationKeyMeta, _) = frame::split_binary(payload)?;
+        if meta.partitions.len() != params.partitions.len() {
+            return Err(Error::Mismatch(format!(
+                "an evaluation key of {} partitions, this model has {}",
+                meta.partitions.len(),
+                params.partitions.len()
+            )));
+        }
+        let mut at = 0usize;
+        let mut raw = Vec::new();
+        for (i, (m, p)) in meta.partitions.iter().zip(&params.partitions).enumerate() {
+            let (ks, bsk) = fhec_backend_tfhe::raw_key_lengths(p);
+            if (m.keyswitch_values, m.bootstrap_values) != (ks, bsk) {
+                return Err(Error::Mismatch(format!(
+                    "partition {i}: keys of {} and {} values, this model's parameters need {ks} and {bsk}: the key was made for other parameters",
+                    m.keyswitch_values, m.bootstrap_values
+                )));
+            }
+            let (mid, end) = (at + ks * 8, at + (ks + bsk) * 8);
+            if body.len() < end {
+                return Err(Error::Format("corrupted evaluation key: too short".into()));
+            }
+            raw.push(RawPartitionKey {
+                keyswitch_seed: parse_seed(&m.keyswitch_seed)?,
+                keyswitch: frame::unpack_bits(&body[at..mid], 64, ks),
+                bootstrap_seed: parse_seed(&m.bootstrap_seed)?,
+                bootstrap: frame::unpack_bits(&body[mid..end], 64, bsk),
+            });
+            at = end;
+        }
+        if at != body.len() {
+            return Err(Error::Format("corrupted evaluation key: too long".into()));
+        }
+        Ok(EvaluationKey {
+            model_id,
+            key_id,
+            key: ServerKey::from_raw(params, raw)?,
+        })
+    }
+}

@@ -1,0 +1,283 @@
+//! The compiled model in its three files (docs/FORMATS.md, docs/DEPLOYMENT.md):
+//!
+//! * [`ServerPart`]: the integer circuit and its crypto parameters, nothing secret;
+//! * [`ClientPart`]: key parameters, input quantization, output dequantization and the
+//!   float tail the client runs after decryption; no circuit weight, no table;
+//! * [`Artifact`]: the developer's file, both parts plus the whole float model (for
+//!   `predict --mode clear` and simulation).
+//!
+//! None holds a key. Each is JSON inside the shared frame, and each is validated as
+//! soon as it is read: a part may come from someone the reader does not trust.
+
+use fhec_backend_tfhe::{KeyParams, ParamChoice};
+use fhec_frontend_onnx::{FloatGraph, ValueId};
+use fhec_ir::{Circuit, CircuitInfo};
+use fhec_quant::{ClientSpec, Pending, QuantConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::{self, Kind, ModelId};
+use crate::Error;
+
+/// What the server needs: the circuit and the parameters its evaluation keys must have.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerPart {
+    pub model_id: ModelId,
+    /// The ONNX file it was compiled from (file name only).
+    pub source: String,
+    pub circuit: Circuit,
+    pub params: ParamChoice,
+}
+
+/// What the client needs, and all it learns of the model: the key parameters, the
+/// input quantizers, the output dequantizers, and the float tail (`graph`: the model's
+/// inputs and outputs and only the nodes that run after decryption).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientPart {
+    pub model_id: ModelId,
+    pub source: String,
+    pub keys: KeyParams,
+    /// Encoding width W of every ciphertext (`m·2^(63−W)`).
+    pub encoding_bits: u32,
+    /// Bits kept of each output ciphertext coefficient on the wire.
+    pub output_bits: u32,
+    /// Value ids and tail indices refer to `graph`.
+    pub spec: ClientSpec,
+    pub graph: FloatGraph,
+}
+
+/// The developer's artifact: both parts, the whole float model and how it was quantized.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Artifact {
+    pub fhec_version: String,
+    pub source: String,
+    pub quant: QuantConfig,
+    /// Every quantization grid and where it came from (model or calibration).
+    pub quantization: Vec<fhec_quant::QuantOrigin>,
+    /// The whole float model, weights included: never sent to a client.
+    pub graph: FloatGraph,
+    pub server: ServerPart,
+    pub client: ClientPart,
+}
+
+/// Widest encoding a client part may ask for (the circuit limit plus sign and slack).
+const MAX_ENCODING_BITS: u32 = 30;
+
+fn to_framed<T: Serialize>(kind: Kind, model: ModelId, value: &T) -> Vec<u8> {
+    let payload = serde_json::to_vec(value).expect("model parts serialize");
+    frame::frame(kind, model, None, &payload)
+}
+
+fn from_framed<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    kind: Kind,
+) -> Result<(frame::Header, T), Error> {
+    let (h, payload) = frame::unframe(bytes, kind)?;
+    let value = serde_json::from_slice(payload)
+        .map_err(|e| Error::Format(format!("corrupted {}: {e}", kind.describe())))?;
+    Ok((h, value))
+}
+
+fn check_id(header: &frame::Header, id: ModelId, what: &str) -> Result<(), Error> {
+    if header.model != id {
+        return Err(Error::Format(format!(
+            "corrupted {what}: its header names model {}, its content model {id}",
+            header.model
+        )));
+    }
+    Ok(())
+}
+
+impl ServerPart {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        to_framed(Kind::Server, self.model_id, self)
+    }
+
+    /// Reads and validates a server part; returns it with its verified circuit info.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(ServerPart, CircuitInfo), Error> {
+        let (h, part): (_, ServerPart) = from_framed(bytes, Kind::Server)?;
+        check_id(&h, part.model_id, "server part")?;
+        let info = part.check()?;
+        Ok((part, info))
+    }
+
+    /// Verifies the circuit and checks that the parameters are sane and cover every
+    /// bootstrap it makes.
+    pub fn check(&self) -> Result<CircuitInfo, Error> {
+        let info = fhec_ir::verify(&self.circuit)
+            .map_err(|e| Error::Invalid(format!("invalid circuit: {e}")))?;
+        let p = &self.params;
+        p.keys
+            .check()
+            .map_err(|e| Error::Unsafe(format!("server part parameters: {e}")))?;
+        let precisions: Vec<u32> = p.partitions.iter().map(|q| q.precision).collect();
+        let key_precisions: Vec<u32> = p.keys.partitions.iter().map(|q| q.precision).collect();
+        if precisions != key_precisions {
+            return Err(Error::Invalid(
+                "server part parameters: partitions and their keys disagree".into(),
+            ));
+        }
+        let widest = fhec_backend_tfhe::noise::circuit_precisions(&self.circuit, &info)
+            .last()
+            .copied();
+        if let Some(w) = widest.filter(|_| info.pbs_per_sample > 0) {
+            if precisions.last().is_none_or(|&k| k < w) {
+                return Err(Error::Invalid(format!(
+                    "the circuit bootstraps at {w} bits, its parameters reach {:?}",
+                    precisions.last()
+                )));
+            }
+        }
+        if !(info.encoding_bits + 2..=64).contains(&p.output_bits) {
+            return Err(Error::Invalid(format!(
+                "output modulus of {} bits for a {}-bit encoding",
+                p.output_bits, info.encoding_bits
+            )));
+        }
+        Ok(info)
+    }
+}
+
+impl ClientPart {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        to_framed(Kind::Client, self.model_id, self)
+    }
+
+    /// Reads and validates a client part (it may come from a hostile server).
+    pub fn from_bytes(bytes: &[u8]) -> Result<ClientPart, Error> {
+        let (h, part): (_, ClientPart) = from_framed(bytes, Kind::Client)?;
+        check_id(&h, part.model_id, "client part")?;
+        part.check()?;
+        Ok(part)
+    }
+
+    /// Everything a client must know before it generates keys or encrypts under what a
+    /// part asks: keys at 128-bit security with sane dimensions and decompositions
+    /// (`KeyParams::check`), an encoding and output modulus that fit the torus, and
+    /// quantizers and a tail that match the graph they refer to.
+    pub fn check(&self) -> Result<(), Error> {
+        self.keys
+            .check()
+            .map_err(|e| Error::Unsafe(format!("the client part asks for unsafe keys: {e}")))?;
+        let w = self.encoding_bits;
+        if !(1..=MAX_ENCODING_BITS).contains(&w) {
+            return Err(Error::Unsafe(format!(
+                "the client part asks for a {w}-bit encoding (1 to {MAX_ENCODING_BITS})"
+            )));
+        }
+        if !(w + 2..=64).contains(&self.output_bits) {
+            return Err(Error::Invalid(format!(
+                "output modulus of {} bits for a {w}-bit encoding",
+                self.output_bits
+            )));
+        }
+        let g = &self.graph;
+        let bad = |m: String| Err(Error::Invalid(format!("client part: {m}")));
+        let crossing: Vec<ValueId> = self.spec.outputs.iter().map(|d| d.value).collect();
+        g.check_structure(&crossing)
+            .or_else(|e| bad(format!("tail graph: {e}")))?;
+        if self.spec.tail.iter().any(|&i| i >= g.nodes.len()) {
+            return bad("a tail node out of range".into());
+        }
+        let numel = |v: ValueId| -> usize { g.value(v).shape.iter().product() };
+        if self.spec.inputs.len() != g.inputs.len() {
+            return bad(format!(
+                "{} input quantizers for {} model inputs",
+                self.spec.inputs.len(),
+                g.inputs.len()
+            ));
+        }
+        for (q, &v) in self.spec.inputs.iter().zip(&g.inputs) {
+            let n = numel(v);
+            let finite_scale = |s: f64| s.is_finite() && s > 0.0;
+            if q.value != v
+                || q.shape.iter().product::<usize>() != n
+                || !(1..=16).contains(&q.bits)
+                || !finite_scale(q.scale)
+                || q.zero_point.unsigned_abs() > 1 << 17
+                || !(q.per_element.is_empty() || q.per_element.len() == n)
+                || q.per_element
+                    .iter()
+                    .any(|&(s, z)| !finite_scale(s) || z.unsigned_abs() > 1 << 17)
+            {
+                return bad(format!("the quantizer of input '{}' is malformed", q.name));
+            }
+        }
+        for d in &self.spec.outputs {
+            if (d.value.0 as usize) >= g.values.len() {
+                return bad("an output value out of range".into());
+            }
+            let n = numel(d.value);
+            let pending_ok = d.pending.iter().all(|p| match p {
+                Pending::Activation(_) => true,
+                Pending::Binary { constant, .. } => constant.len() == n,
+            });
+            if d.scale.len() != n
+                || d.offset.len() != n
+                || !pending_ok
+                || d.scale.iter().chain(&d.offset).any(|v| !v.is_finite())
+            {
+                return bad(format!(
+                    "the dequantizer of '{}' is malformed",
+                    g.value(d.value).name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Elements of each circuit output, in circuit order.
+    pub fn output_sizes(&self) -> Vec<usize> {
+        self.spec
+            .outputs
+            .iter()
+            .map(|d| self.graph.value(d.value).shape.iter().product())
+            .collect()
+    }
+
+    /// Elements of each circuit input, in circuit order.
+    pub fn input_sizes(&self) -> Vec<usize> {
+        self.spec
+            .inputs
+            .iter()
+            .map(|q| q.shape.iter().product())
+            .collect()
+    }
+}
+
+impl Artifact {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        to_framed(Kind::Model, self.server.model_id, self)
+    }
+
+    /// Reads and validates an artifact: both parts, and that they belong together.
+    pub fn from_bytes(bytes: &[u8]) -> Result<(Artifact, CircuitInfo), Error> {
+        let (h, a): (_, Artifact) = from_framed(bytes, Kind::Model)?;
+        check_id(&h, a.server.model_id, "artifact")?;
+        let info = a.check()?;
+        Ok((a, info))
+    }
+
+    pub fn check(&self) -> Result<CircuitInfo, Error> {
+        let info = self.server.check()?;
+        self.client.check()?;
+        self.graph
+            .check_structure(&[])
+            .map_err(|e| Error::Invalid(format!("float model: {e}")))?;
+        let (c, client) = (&self.server.circuit, &self.client);
+        let circuit_sizes = |ids: &[fhec_ir::NodeId]| -> Vec<usize> {
+            ids.iter().map(|&id| c.node(id).numel()).collect()
+        };
+        let agree = client.model_id == self.server.model_id
+            && client.keys == self.server.params.keys
+            && client.encoding_bits == info.encoding_bits
+            && client.output_bits == self.server.params.output_bits
+            && client.input_sizes() == circuit_sizes(&c.inputs)
+            && client.output_sizes() == circuit_sizes(&c.outputs);
+        if !agree {
+            return Err(Error::Invalid(
+                "inconsistent artifact: client and server parts disagree".into(),
+            ));
+        }
+        Ok(info)
+    }
+}

@@ -1,0 +1,176 @@
+//! The server: evaluates the circuit on a client's encrypted inputs with that client's
+//! evaluation key. It never sees a secret key, a plaintext or the float model.
+
+use fhec_backend_tfhe::{compress_output, expand_inputs, Evaluator};
+use fhec_ir::CircuitInfo;
+
+use crate::ciphertexts::{EncryptedInputs, EncryptedOutputs, OutputLayout};
+use crate::frame::KeyId;
+use crate::keys::EvaluationKey;
+use crate::parts::ServerPart;
+use crate::Error;
+
+/// A validated server part.
+#[derive(Clone, Debug)]
+pub struct Server {
+    part: ServerPart,
+    info: CircuitInfo,
+}
+
+/// An evaluation key made ready for one server: keys decompressed, bootstrap keys in
+/// the Fourier domain, every table encoded. Made once per key, used for many requests.
+pub struct PreparedKey<'a> {
+    key_id: KeyId,
+    evaluator: Evaluator<'a>,
+}
+
+impl PreparedKey<'_> {
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+}
+
+impl Server {
+    pub fn new(part: ServerPart) -> Result<Self, Error> {
+        let info = part.check()?;
+        Ok(Server { part, info })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let (part, info) = ServerPart::from_bytes(bytes)?;
+        Ok(Server { part, info })
+    }
+
+    pub fn part(&self) -> &ServerPart {
+        &self.part
+    }
+
+    pub fn info(&self) -> &CircuitInfo {
+        &self.info
+    }
+
+    /// Reads an evaluation key for this model (and refuses a secret key).
+    pub fn evaluation_key(&self, bytes: &[u8]) -> Result<EvaluationKey, Error> {
+        EvaluationKey::from_bytes(bytes, self.part.model_id, &self.part.params.keys)
+    }
+
+    /// Prepares an evaluation key of this model for evaluation.
+    pub fn prepare(&self, key: &EvaluationKey) -> Result<PreparedKey<'_>, Error> {
+        if key.model_id != self.part.model_id || key.key.params != self.part.params.keys {
+            return Err(Error::Mismatch(format!(
+                "this evaluation key belongs to model {}, not to this model ({})",
+                key.model_id, self.part.model_id
+            )));
+        }
+        Ok(PreparedKey {
+            key_id: key.key_id,
+            evaluator: Evaluator::new(&self.part.circuit, &self.info, &key.key)?,
+        })
+    }
+
+    /// Checks that `inputs` were encrypted for this model and this key.
+    pub fn check_inputs(
+        &self,
+        key: &PreparedKey<'_>,
+        inputs: &EncryptedInputs,
+    ) -> Result<(), Error> {
+        let p = &self.part;
+        if inputs.model_id != p.model_id {
+            return Err(Error::Mismatch(format!(
+                "these inputs were encrypted for model {}, not for this model ({})",
+                inputs.model_id, p.model_id
+            )));
+        }
+        if inputs.key_id != key.key_id {
+            return Err(Error::Mismatch(format!(
+                "these inputs were encrypted under key {}, the evaluation key is {}",
+                inputs.key_id, key.key_id
+            )));
+        }
+        let c = &p.circuit;
+        let elements: Vec<usize> = c.inputs.iter().map(|&id| c.node(id).numel()).collect();
+        if inputs.elements != elements
+            || inputs.input_dimension != p.params.keys.input_dimension
+            || inputs.encoding_bits != self.info.encoding_bits
+        {
+            return Err(Error::Mismatch(format!(
+                "inputs of {:?} integers (dimension {}, {} bits); this model takes {elements:?} (dimension {}, {} bits)",
+                inputs.elements,
+                inputs.input_dimension,
+                inputs.encoding_bits,
+                p.params.keys.input_dimension,
+                self.info.encoding_bits
+            )));
+        }
+        Ok(())
+    }
+
+    /// Evaluates every sample. `progress(sample, bootstraps done)` is called after each
+    /// node of each sample.
+    pub fn run(
+        &self,
+        key: &PreparedKey<'_>,
+        inputs: &EncryptedInputs,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<EncryptedOutputs, Error> {
+        self.check_inputs(key, inputs)?;
+        let p = &self.part;
+        let bits = p.params.output_bits;
+        let mut layouts: Option<Vec<OutputLayout>> = None;
+        let mut samples = Vec::with_capacity(inputs.samples.len());
+        for (i, s) in inputs.samples.iter().enumerate() {
+            let mut flat = expand_inputs(inputs.input_dimension, s).into_iter();
+            let per_input: Vec<Vec<_>> = inputs
+                .elements
+                .iter()
+                .map(|&n| flat.by_ref().take(n).collect())
+                .collect();
+            let outputs = key.evaluator.run(per_input, &|done| progress(i, done))?;
+            let layout: Vec<OutputLayout> = outputs
+                .iter()
+                .map(|cts| OutputLayout {
+                    elements: cts.len(),
+                    dimension: cts
+                        .iter()
+                        .map(|c| c.lwe_size().to_lwe_dimension().0)
+                        .max()
+                        .unwrap_or(0),
+                })
+                .collect();
+            // One dimension per output: a ciphertext under a shorter key prefix is
+            // widened with zero mask coefficients, which decrypts the same.
+            let values = outputs
+                .iter()
+                .zip(&layout)
+                .map(|(cts, l)| {
+                    let mut v = Vec::with_capacity(cts.len() * (l.dimension + 1));
+                    for ct in cts {
+                        let c = compress_output(ct, bits);
+                        let (body, mask) = c.split_last().expect("an LWE ciphertext has a body");
+                        v.extend_from_slice(mask);
+                        v.resize(v.len() + l.dimension - mask.len(), 0);
+                        v.push(*body);
+                    }
+                    v
+                })
+                .collect();
+            match &layouts {
+                Some(l) if *l != layout => {
+                    return Err(Error::Invalid(
+                        "output ciphertexts changed size between samples".into(),
+                    ))
+                }
+                _ => layouts = Some(layout),
+            }
+            samples.push(values);
+        }
+        Ok(EncryptedOutputs {
+            model_id: p.model_id,
+            key_id: key.key_id,
+            encoding_bits: self.info.encoding_bits,
+            bits,
+            outputs: layouts.unwrap_or_default(),
+            samples,
+        })
+    }
+}

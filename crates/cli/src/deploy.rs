@@ -117,10 +117,10 @@ pub fn run(
         "encrypted inputs of this model",
     )?;
     let inputs = EncryptedInputs::from_bytes(&bytes).map_err(about(inputs_path))?;
-    let prepared = prepare(&server, &evaluation)?;
     server
-        .check_inputs(&prepared, &inputs)
+        .check_inputs(evaluation.key_id, &inputs)
         .map_err(about(inputs_path))?;
+    let prepared = prepare(&server, &evaluation)?;
     let t = Instant::now();
     let outputs = run_with_progress(&server, &prepared, &inputs)?;
     let bytes = outputs.to_bytes();

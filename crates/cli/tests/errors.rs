@@ -5,21 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fhec, fixture, tmp};
+use common::{assert_fails, fhec, fixture, tmp};
 use fhec_frontend_onnx::pb;
 use prost::Message;
-
-/// Asserts a clean failure: exit 2, one `error:` line containing every `needle`, no panic.
-fn assert_fails(args: &[&str], needles: &[&str]) {
-    let (code, _, err) = fhec(args);
-    assert_eq!(code, 2, "expected exit 2 for {args:?}, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
-    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks '{n}': {err}");
-    }
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -68,10 +68,10 @@ impl Server {
         })
     }
 
-    /// Checks that `inputs` were encrypted for this model and this key.
+    /// Checks that `inputs` were encrypted for this model and the key `key_id`.
     pub fn check_inputs(
         &self,
-        key: &PreparedKey<'_>,
+        key_id: KeyId,
         inputs: &EncryptedInputs,
     ) -> Result<(), Error> {
         let p = &self.part;
@@ -81,10 +81,10 @@ impl Server {
                 inputs.model_id, p.model_id
             )));
         }
-        if inputs.key_id != key.key_id {
+        if inputs.key_id != key_id {
             return Err(Error::Mismatch(format!(
-                "these inputs were encrypted under key {}, the evaluation key is {}",
-                inputs.key_id, key.key_id
+                "these inputs were encrypted under key {}, the evaluation key is {key_id}",
+                inputs.key_id
             )));
         }
         let c = &p.circuit;
@@ -113,7 +113,7 @@ impl Server {
         inputs: &EncryptedInputs,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<EncryptedOutputs, Error> {
-        self.check_inputs(key, inputs)?;
+        self.check_inputs(key.key_id, inputs)?;
         let p = &self.part;
         let bits = p.params.output_bits;
         let mut layouts: Option<Vec<OutputLayout>> = None;

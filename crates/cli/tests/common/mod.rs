@@ -102,10 +102,34 @@ pub fn r2(pred: &[f64], truth: &[f64]) -> f64 {
 
 /// Runs the `fhec` binary: (exit code, stdout, stderr).
 pub fn fhec(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fhec"))
-        .args(args)
-        .output()
-        .unwrap();
+    fhec_in(None, args)
+}
+
+/// Asserts a clean failure: exit 2, one `error:` line containing every `needle`, no panic.
+pub fn assert_fails(args: &[&str], needles: &[&str]) {
+    assert_fails_in(None, args, needles)
+}
+
+/// [`assert_fails`] with the command run in `dir`.
+pub fn assert_fails_in(dir: Option<&std::path::Path>, args: &[&str], needles: &[&str]) {
+    let (code, _, err) = fhec_in(dir, args);
+    assert_eq!(code, 2, "expected exit 2 for {args:?}, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks '{n}': {err}");
+    }
+}
+
+/// Runs the `fhec` binary in `dir` (the test's directory when `None`).
+pub fn fhec_in(dir: Option<&std::path::Path>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fhec"));
+    cmd.args(args);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

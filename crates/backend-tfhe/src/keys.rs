@@ -68,12 +68,10 @@ pub struct SeededInputs {
 }
 
 impl ServerKey {
-    /// Serialized size of the evaluation keys in bytes (seeded form).
+    /// Serialized size of the evaluation keys in bytes (seeded form, bootstrap-key
+    /// bodies at their rounded width).
     pub fn size_bytes(&self) -> usize {
-        self.partitions
-            .iter()
-            .map(|k| (k.keyswitch.as_ref().len() + k.bootstrap.as_ref().len()) * 8)
-            .sum()
+        self.params.partitions.iter().map(raw_key_bytes).sum()
     }
 
     /// The keys as plain data, borrowed: per partition, the key-switching key's seed
@@ -146,6 +144,19 @@ impl ServerKey {
     }
 }
 
+/// Rounds each value to its `bits` most significant bits (the low bits become zero):
+/// the bootstrap key's bodies as they travel (`CryptoParams::bsk_body_bits`).
+fn round_bodies(values: &mut [u64], bits: u32) {
+    if bits >= 64 {
+        return;
+    }
+    let drop = 64 - bits;
+    let low = (1u64 << drop) - 1;
+    for v in values {
+        *v = v.wrapping_add(1u64 << (drop - 1)) & !low;
+    }
+}
+
 /// Lengths (in `u64`) of one partition's seeded key-switching and bootstrap keys.
 pub fn raw_key_lengths(part: &crate::PartitionKeyParams) -> (usize, usize) {
     let p = part.params;
@@ -153,6 +164,13 @@ pub fn raw_key_lengths(part: &crate::PartitionKeyParams) -> (usize, usize) {
         part.ks_input_dimension * p.ks_level,
         p.lwe_dimension * (p.glwe_dimension + 1) * p.pbs_level * p.polynomial_size,
     )
+}
+
+/// Bytes of one partition's seeded keys on the wire: 64-bit key-switching bodies,
+/// bootstrap bodies at `bsk_body_bits`.
+pub fn raw_key_bytes(part: &crate::PartitionKeyParams) -> usize {
+    let (ks, bsk) = raw_key_lengths(part);
+    ks * 8 + (bsk * part.params.bsk_body_bits as usize).div_ceil(8)
 }
 
 fn compression_seed(seed: u128) -> CompressionSeed {
@@ -232,6 +250,7 @@ pub fn generate_keys(params: &KeyParams) -> (ClientKey, ServerKey) {
             noise(p.glwe_std_dev()),
             seeder,
         );
+        round_bodies(bootstrap.as_mut(), p.bsk_body_bits);
         small.push(s);
         partitions.push(PartitionKey {
             keyswitch,

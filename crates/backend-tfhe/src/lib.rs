@@ -17,8 +17,8 @@ mod params;
 
 pub use engine::Evaluator;
 pub use keys::{
-    compress_output, decompress_output, expand_inputs, generate_keys, random_u128, raw_key_lengths,
-    Ciphertext, ClientKey, RawPartitionKey, SeededInputs, ServerKey,
+    compress_output, decompress_output, expand_inputs, generate_keys, random_u128, raw_key_bytes,
+    raw_key_lengths, Ciphertext, ClientKey, RawPartitionKey, SeededInputs, ServerKey,
 };
 pub use latency::predicted_latency_ms;
 pub use noise::{rounding_sigmas, NoiseBudget};

@@ -38,10 +38,20 @@ pub fn p_error_of(margin: f64, sigma: f64) -> f64 {
 
 /// Output variance of a programmable bootstrap: key noise and f64 FFT error through the
 /// decomposed external products, plus the gadget decomposition's approximation error.
-pub fn pbs_variance(n: usize, k: usize, big_n: usize, base_log: usize, level: usize) -> f64 {
+/// `body_bits` < 64 means the bootstrap key's GLWE bodies were rounded to that many
+/// bits (docs/DEPLOYMENT.md): the rounding error, uniform over one step, adds to the key
+/// noise of every row.
+pub fn pbs_variance(
+    n: usize,
+    k: usize,
+    big_n: usize,
+    base_log: usize,
+    level: usize,
+    body_bits: u32,
+) -> f64 {
     let (n, k, big_n) = (n as f64, k as f64, big_n as f64);
     let kn = k * big_n;
-    let glwe_var = security_std_dev(kn as usize).powi(2);
+    let glwe_var = security_std_dev(kn as usize).powi(2) + body_rounding_variance(body_bits);
     let b = (base_log as f64).exp2();
     let l = level as f64;
     let key_part = n * l * (k + 1.0) * big_n * (b * b + 2.0) / 12.0 * glwe_var;
@@ -52,6 +62,15 @@ pub fn pbs_variance(n: usize, k: usize, big_n: usize, base_log: usize, level: us
     let eps = (-(base_log as f64) * l).exp2();
     let decomp_part = n * eps * eps * (1.0 / 12.0 + kn / 24.0 + kn / 16.0);
     key_part + fft_part + decomp_part
+}
+
+/// Variance of rounding a torus value to `bits` bits (0 at 64): uniform over a step.
+pub fn body_rounding_variance(bits: u32) -> f64 {
+    if bits >= 64 {
+        0.0
+    } else {
+        (-2.0 * bits as f64).exp2() / 12.0
+    }
 }
 
 /// Variance a key switch from a key of `input_dim` to one of `n` adds: noise of the
@@ -89,13 +108,7 @@ impl StepVariances {
     pub fn of(p: &CryptoParams, ks_input_dim: usize) -> Self {
         StepVariances {
             fresh: security_std_dev(p.big_dimension()).powi(2),
-            pbs: pbs_variance(
-                p.lwe_dimension,
-                p.glwe_dimension,
-                p.polynomial_size,
-                p.pbs_base_log,
-                p.pbs_level,
-            ),
+            pbs: p.pbs_variance(),
             keyswitch: keyswitch_variance(ks_input_dim, p.lwe_dimension, p.ks_base_log, p.ks_level),
             modulus_switch: modulus_switch_variance(p.lwe_dimension, p.polynomial_size),
         }

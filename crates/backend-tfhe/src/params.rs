@@ -29,9 +29,29 @@ pub struct CryptoParams {
     pub pbs_level: usize,
     pub ks_base_log: usize,
     pub ks_level: usize,
+    /// Bits kept of each body coefficient of the bootstrap key (64: all): the rounding
+    /// shrinks the evaluation key and adds noise the model counts (docs/DEPLOYMENT.md).
+    #[serde(default = "all_bits")]
+    pub bsk_body_bits: u32,
+}
+
+fn all_bits() -> u32 {
+    64
 }
 
 impl CryptoParams {
+    /// Variance of a bootstrap's output ([`pbs_variance`]).
+    pub fn pbs_variance(&self) -> f64 {
+        pbs_variance(
+            self.lwe_dimension,
+            self.glwe_dimension,
+            self.polynomial_size,
+            self.pbs_base_log,
+            self.pbs_level,
+            self.bsk_body_bits,
+        )
+    }
+
     /// Dimension of the big key (`k·N`): where bootstrap outputs live.
     pub fn big_dimension(&self) -> usize {
         self.glwe_dimension * self.polynomial_size
@@ -170,7 +190,7 @@ impl KeyParams {
         for (i, part) in self.partitions.iter().enumerate() {
             let p = &part.params;
             let bad = |what: String| Err(format!("partition {i}: {what}"));
-            if !(1..=16).contains(&part.precision) {
+            if part.precision > 16 {
                 return bad(format!("precision {} bits", part.precision));
             }
             if !(MIN_SECURE_DIMENSION..=MAX_LWE_DIMENSION).contains(&p.lwe_dimension) {
@@ -187,6 +207,12 @@ impl KeyParams {
                 return bad(format!(
                     "GLWE dimension {} × polynomial size {}: need a power of two from 256, k ≤ 8 and k·N in [{MIN_SECURE_DIMENSION}, {MAX_KEY_DIMENSION}]",
                     p.glwe_dimension, p.polynomial_size
+                ));
+            }
+            if !(MIN_BODY_BITS..=64).contains(&p.bsk_body_bits) {
+                return bad(format!(
+                    "bootstrap key bodies of {} bits (at least {MIN_BODY_BITS})",
+                    p.bsk_body_bits
                 ));
             }
             for (name, base, level) in [
@@ -325,7 +351,7 @@ impl PartitionTable {
                 .filter_map(|l| {
                     (1..=30usize)
                         .filter(|b| b * l <= 56)
-                        .map(|b| (b, l, pbs_variance(n, k, big_n, b, l)))
+                        .map(|b| (b, l, pbs_variance(n, k, big_n, b, l, 64)))
                         .min_by(|x, y| x.2.total_cmp(&y.2))
                 })
                 .collect();
@@ -354,6 +380,7 @@ impl PartitionTable {
                             pbs_level: pl,
                             ks_base_log: kb,
                             ks_level: kl,
+                            bsk_body_bits: 64,
                         });
                     }
                 }
@@ -417,16 +444,21 @@ pub fn choose_params(
             .unwrap_or(0),
     };
     if budget.sites.is_empty() {
-        // Leveled only: the smallest key whose fresh noise survives the linear part.
-        let dim = (9..=16)
-            .map(|l| 1usize << l)
-            .find(|&d| {
-                let v = security_std_dev(d).powi(2);
-                budget
+        // Leveled only: the key (any multiple of 16 the security curve covers) whose
+        // outputs are smallest on the wire, (dimension + 1) × the fewest bits its fresh
+        // noise leaves the outputs; the smaller dimension on a tie.
+        let dim = (MIN_SECURE_DIMENSION.next_multiple_of(16)..=1 << 16)
+            .step_by(16)
+            .filter_map(|d| {
+                let v = budget
                     .output
                     .as_ref()
-                    .is_none_or(|t| t.variance(v, &[]) <= out_limit)
+                    .map_or(0.0, |t| t.variance(security_std_dev(d).powi(2), &[]));
+                let bits = fewest_output_bits(budget.encoding_bits, d, v, out_limit)?;
+                Some(((d + 1) * bits as usize, d))
             })
+            .min()
+            .map(|(_, d)| d)
             .ok_or_else(infeasible)?;
         let mut choice = ParamChoice {
             keys: KeyParams {
@@ -600,7 +632,8 @@ pub fn choose_params(
             break;
         }
     }
-    let (cost, keys) = best.ok_or_else(infeasible)?;
+    let (cost, mut keys) = best.ok_or_else(infeasible)?;
+    round_bootstrap_keys(budget, &mut keys, z);
     let partitions = budget
         .partitions
         .iter()
@@ -628,6 +661,61 @@ pub fn choose_params(
     Ok(choice)
 }
 
+/// Fewest bits a bootstrap-key body is rounded to.
+const MIN_BODY_BITS: u32 = 20;
+
+/// Rounds each partition's bootstrap-key bodies to the fewest bits that keep every
+/// bootstrap input and decrypted output within its error budget, using at most half of
+/// each constraint's slack (the rest is the outputs', [`fill_error_probabilities`]).
+/// The rounding costs no time; it shrinks the evaluation key by up to a third.
+fn round_bootstrap_keys(budget: &NoiseBudget, keys: &mut KeyParams, z: f64) {
+    let site_limits: Vec<f64> = budget
+        .sites
+        .iter()
+        .map(|s| (site_margin(s.precision) / z).powi(2))
+        .collect();
+    let out_limit = (output_margin(budget.encoding_bits) / z).powi(2);
+    let variances = |keys: &KeyParams| -> (Vec<f64>, Option<f64>) {
+        let (fresh, pbs, input) = predicted_variances(keys);
+        let sites = budget
+            .sites
+            .iter()
+            .map(|s| site_variance(s, fresh, &pbs, input[s.partition]))
+            .collect();
+        (
+            sites,
+            budget.output.as_ref().map(|o| o.variance(fresh, &pbs)),
+        )
+    };
+    let (sites0, out0) = variances(keys);
+    let np = keys.partitions.len();
+    for p in 0..np {
+        // partition p may bring each constraint to this share of its slack
+        let share = (p + 1) as f64 / (2 * np) as f64;
+        let allowed = |v: f64, limit: f64| v + (limit - v).max(0.0) * share;
+        let fits = |keys: &KeyParams| {
+            let (sites, out) = variances(keys);
+            sites
+                .iter()
+                .zip(&sites0)
+                .zip(&site_limits)
+                .all(|((&v, &v0), &l)| v <= allowed(v0, l))
+                && out
+                    .zip(out0)
+                    .is_none_or(|(v, v0)| v <= allowed(v0, out_limit))
+        };
+        let mut bits = 64;
+        for b in (MIN_BODY_BITS..64).rev() {
+            keys.partitions[p].params.bsk_body_bits = b;
+            if !fits(keys) {
+                break;
+            }
+            bits = b;
+        }
+        keys.partitions[p].params.bsk_body_bits = bits;
+    }
+}
+
 /// Fresh-input variance, per-partition PBS-output variances and per-partition bootstrap
 /// input variances (key switch + modulus switch) of a key set.
 pub fn predicted_variances(keys: &KeyParams) -> (f64, Vec<f64>, Vec<f64>) {
@@ -635,16 +723,7 @@ pub fn predicted_variances(keys: &KeyParams) -> (f64, Vec<f64>, Vec<f64>) {
     let pbs: Vec<f64> = keys
         .partitions
         .iter()
-        .map(|k| {
-            let p = &k.params;
-            pbs_variance(
-                p.lwe_dimension,
-                p.glwe_dimension,
-                p.polynomial_size,
-                p.pbs_base_log,
-                p.pbs_level,
-            )
-        })
+        .map(|k| k.params.pbs_variance())
         .collect();
     let input: Vec<f64> = keys
         .partitions
@@ -687,6 +766,12 @@ pub fn output_rounding_variance(dimension: usize, bits: u32) -> f64 {
     (1.0 + dimension as f64 / 2.0) * (-2.0 * bits as f64).exp2() / 12.0
 }
 
+/// The fewest bits (from W + 2) an output ciphertext of `dimension` carrying noise
+/// `variance` may be rounded to and stay within `limit`; `None` when even 64 do not.
+fn fewest_output_bits(w: u32, dimension: usize, variance: f64, limit: f64) -> Option<u32> {
+    (w + 2..=64).find(|&b| variance + output_rounding_variance(dimension, b) <= limit)
+}
+
 /// Fills the error probabilities of `choice` and picks its output modulus: the fewest
 /// bits per output coefficient whose rounding keeps each decrypted output within the
 /// `z`-sigma margin the search held it to.
@@ -694,10 +779,10 @@ fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice, z: f
     let (fresh, pbs, input) = predicted_variances(&choice.keys);
     if let Some(o) = &budget.output {
         let dim = sources_dimension(o.sources, &choice.keys);
-        let limit = (output_margin(budget.encoding_bits) / z).powi(2) - o.variance(fresh, &pbs);
-        choice.output_bits = (budget.encoding_bits + 2..64)
-            .find(|&b| output_rounding_variance(dim, b) <= limit)
-            .unwrap_or(64);
+        let limit = (output_margin(budget.encoding_bits) / z).powi(2);
+        choice.output_bits =
+            fewest_output_bits(budget.encoding_bits, dim, o.variance(fresh, &pbs), limit)
+                .unwrap_or(64);
     }
     let mut total = 0.0;
     for s in &budget.sites {

@@ -158,6 +158,7 @@ pub fn bench_params(count: usize) -> Result<ExitCode> {
         pbs_level: pl,
         ks_base_log: kb,
         ks_level: kl,
+        bsk_body_bits: 64,
     });
     println!(
         "{:<44} {:>10} {:>12} {:>12} {:>7}",

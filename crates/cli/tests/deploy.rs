@@ -363,7 +363,8 @@ fn the_server_refuses_what_is_not_for_its_model_and_key() {
             edit_meta(p, |m| {
                 m["partitions"] = serde_json::json!([{
                     "keyswitch_seed": "0".repeat(32), "keyswitch_values": 0,
-                    "bootstrap_seed": "0".repeat(32), "bootstrap_values": 0}]);
+                    "bootstrap_seed": "0".repeat(32), "bootstrap_values": 0,
+                    "bootstrap_bits": 64}]);
             })
         }),
     )

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use fhec_backend_tfhe::noise::{keyswitch_variance, modulus_switch_variance, pbs_variance};
+use fhec_backend_tfhe::noise::{keyswitch_variance, modulus_switch_variance};
 use fhec_backend_tfhe::{generate_keys, Ciphertext, ClientKey, Evaluator, KeyParams, ServerKey};
 use fhec_ir::{verify, Circuit, CircuitInfo, IntOp, Node, Range, Status};
 use tfhe::core_crypto::prelude::CiphertextModulus;
@@ -123,13 +123,7 @@ fn noise_model_holds_on_the_parameters_chosen_for_mlp_iris() {
             .map(|(ct, &m)| torus_error(client.phase(ct).unwrap(), m).powi(2))
             .sum::<f64>()
             / n as f64;
-        let predicted = pbs_variance(
-            p.lwe_dimension,
-            p.glwe_dimension,
-            p.polynomial_size,
-            p.pbs_base_log,
-            p.pbs_level,
-        );
+        let predicted = p.pbs_variance();
         check(
             &format!("partition {i} PBS output (N={})", p.polynomial_size),
             var,

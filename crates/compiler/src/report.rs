@@ -344,8 +344,13 @@ pub fn naive_tree_pbs(graph: &fhec_frontend_onnx::FloatGraph) -> Option<usize> {
 }
 
 pub fn params_text(p: &CryptoParams) -> String {
+    let bodies = if p.bsk_body_bits < 64 {
+        format!(", bsk bodies {} bits", p.bsk_body_bits)
+    } else {
+        String::new()
+    };
     format!(
-        "n={} k={} N={} pbs=2^{}x{} ks=2^{}x{} (σ_lwe=2^{:.1}, σ_glwe=2^{:.1})",
+        "n={} k={} N={} pbs=2^{}x{} ks=2^{}x{} (σ_lwe=2^{:.1}, σ_glwe=2^{:.1}{bodies})",
         p.lwe_dimension,
         p.glwe_dimension,
         p.polynomial_size,

@@ -39,6 +39,8 @@ struct PartitionKeyMeta {
     keyswitch_values: usize,
     bootstrap_seed: String,
     bootstrap_values: usize,
+    /// Bits each bootstrap-key body is stored with (its rounded width).
+    bootstrap_bits: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,21 +147,35 @@ impl EvaluationKey {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let raw = self.key.raw_parts();
+        let bits: Vec<u32> = self
+            .key
+            .params
+            .partitions
+            .iter()
+            .map(|p| p.params.bsk_body_bits)
+            .collect();
         let meta = EvaluationKeyMeta {
             partitions: raw
                 .iter()
-                .map(|&(ks_seed, ks, bsk_seed, bsk)| PartitionKeyMeta {
+                .zip(&bits)
+                .map(|(&(ks_seed, ks, bsk_seed, bsk), &b)| PartitionKeyMeta {
                     keyswitch_seed: seed_hex(ks_seed),
                     keyswitch_values: ks.len(),
                     bootstrap_seed: seed_hex(bsk_seed),
                     bootstrap_values: bsk.len(),
+                    bootstrap_bits: b,
                 })
                 .collect(),
         };
         let mut payload = frame::binary_payload(&meta, self.size_bytes());
-        for &(_, ks, _, bsk) in &raw {
+        for (&(_, ks, _, bsk), &b) in raw.iter().zip(&bits) {
             frame::pack_bits(ks, 64, &mut payload);
-            frame::pack_bits(bsk, 64, &mut payload);
+            // the bodies' low 64 − b bits are zero (rounded at key generation)
+            let top: Vec<u64> = bsk
+                .iter()
+                .map(|&v| v.checked_shr(64 - b).unwrap_or(v))
+                .collect();
+            frame::pack_bits(&top, b, &mut payload);
         }
         frame::frame(
             Kind::EvaluationKey,
@@ -175,10 +191,7 @@ impl EvaluationKey {
         params
             .partitions
             .iter()
-            .map(|p| {
-                let (ks, bsk) = fhec_backend_tfhe::raw_key_lengths(p);
-                (ks + bsk) * 8
-            })
+            .map(fhec_backend_tfhe::raw_key_bytes)
             .sum()
     }
 
@@ -209,21 +222,27 @@ impl EvaluationKey {
         let mut raw = Vec::new();
         for (i, (m, p)) in meta.partitions.iter().zip(&params.partitions).enumerate() {
             let (ks, bsk) = fhec_backend_tfhe::raw_key_lengths(p);
-            if (m.keyswitch_values, m.bootstrap_values) != (ks, bsk) {
+            let bits = p.params.bsk_body_bits;
+            if (m.keyswitch_values, m.bootstrap_values, m.bootstrap_bits) != (ks, bsk, bits) {
                 return Err(Error::Mismatch(format!(
-                    "partition {i}: keys of {} and {} values, this model's parameters need {ks} and {bsk}: the key was made for other parameters",
-                    m.keyswitch_values, m.bootstrap_values
+                    "partition {i}: keys of {} and {} values ({}-bit bodies), this model's parameters need {ks} and {bsk} ({bits}-bit): the key was made for other parameters",
+                    m.keyswitch_values, m.bootstrap_values, m.bootstrap_bits
                 )));
             }
-            let (mid, end) = (at + ks * 8, at + (ks + bsk) * 8);
+            let mid = at + ks * 8;
+            let end = mid + frame::packed_len(bsk, bits);
             if body.len() < end {
                 return Err(Error::Format("corrupted evaluation key: too short".into()));
+            }
+            let mut bootstrap = frame::unpack_bits(&body[mid..end], bits, bsk);
+            if bits < 64 {
+                bootstrap.iter_mut().for_each(|v| *v <<= 64 - bits);
             }
             raw.push(RawPartitionKey {
                 keyswitch_seed: parse_seed(&m.keyswitch_seed)?,
                 keyswitch: frame::unpack_bits(&body[at..mid], 64, ks),
                 bootstrap_seed: parse_seed(&m.bootstrap_seed)?,
-                bootstrap: frame::unpack_bits(&body[mid..end], 64, bsk),
+                bootstrap,
             });
             at = end;
         }

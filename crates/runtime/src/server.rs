@@ -69,11 +69,7 @@ impl Server {
     }
 
     /// Checks that `inputs` were encrypted for this model and the key `key_id`.
-    pub fn check_inputs(
-        &self,
-        key_id: KeyId,
-        inputs: &EncryptedInputs,
-    ) -> Result<(), Error> {
+    pub fn check_inputs(&self, key_id: KeyId, inputs: &EncryptedInputs) -> Result<(), Error> {
         let p = &self.part;
         if inputs.model_id != p.model_id {
             return Err(Error::Mismatch(format!(

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Builds fhec, compiles the bundled iris MLP and runs it on real TFHE ciphertexts.
+# Builds fhec, compiles the bundled iris MLP, runs it in simulate, then deploys it: a
+# client (keygen, encrypt, decrypt) and a server (run, in a directory holding only the
+# server part, the evaluation key and the ciphertexts) exchanging files, on real TFHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fixture=tests/fixtures/mlp_iris
 out=${1:-target/demo}
-mkdir -p "$out"
+mkdir -p "$out/server"
 cargo build --bin fhec
-fhec=${CARGO_TARGET_DIR:-target}/debug/fhec
+fhec=$PWD/${CARGO_TARGET_DIR:-target}/debug/fhec
 "$fhec" compile $fixture/model.onnx --inputset $fixture/train.npy -o "$out/mlp_iris.fhe"
 "$fhec" inspect "$out/mlp_iris.fhe"
 "$fhec" predict "$out/mlp_iris.fhe" --input $fixture/test_x.npy --mode simulate --limit 5 -o "$out/simulate.npz" --force
-"$fhec" predict "$out/mlp_iris.fhe" --input $fixture/test_x.npy --mode fhe --limit 5 --keys "$out/keys" -o "$out/fhe.npz" --force
+# client: keys (kept across runs), then 5 encrypted samples
+[ -f "$out/keys/client.key" ] || "$fhec" keygen "$out/mlp_iris.client.fhe" --keys "$out/keys"
+"$fhec" encrypt "$out/mlp_iris.client.fhe" --keys "$out/keys" --input $fixture/test_x.npy --limit 5 -o "$out/x.fhect" --force
+# server: sees only its part, the evaluation key and the ciphertexts
+cp "$out/mlp_iris.server.fhe" "$out/keys/evaluation.key" "$out/x.fhect" "$out/server/"
+(cd "$out/server" && "$fhec" run mlp_iris.server.fhe --evaluation-key evaluation.key x.fhect -o y.fhect --force)
+# client: decrypt the server's answer
+"$fhec" decrypt "$out/mlp_iris.client.fhe" --keys "$out/keys" "$out/server/y.fhect" -o "$out/fhe.npz" --force

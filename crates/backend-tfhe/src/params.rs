@@ -522,7 +522,15 @@ pub fn choose_params(
         let kns: Vec<(usize, usize)> = (0..np).map(|p| sizes[p][assignment[p]]).collect();
         // dimension of each partition's outputs (its big key, a master-key prefix)
         let ns: Vec<usize> = kns.iter().map(|&(k, n)| k * n).collect();
-        let mut inputs: Vec<usize> = ns.clone();
+        // Fresh inputs go under a master-key prefix: a partition's big key, or a shorter
+        // power of two (cheaper key switches from the inputs, more fresh noise). Their
+        // size on the wire does not depend on it (seeded ciphertexts).
+        let widest = ns.iter().copied().max().unwrap_or(0);
+        let mut inputs: Vec<usize> = ns
+            .iter()
+            .copied()
+            .chain((9..16).map(|l| 1usize << l).filter(|&d| d < widest))
+            .collect();
         inputs.sort_unstable();
         inputs.dedup();
         for &input_dim in &inputs {

@@ -45,13 +45,15 @@ pub fn keygen(client_path: &Path, dir: &Path) -> Result<ExitCode> {
     }
     let (secret, evaluation) = generate(&client);
     keydir::save(dir, &secret, &evaluation)?;
+    let evaluation_path = keydir::evaluation_key_path(dir);
+    let size = std::fs::metadata(&evaluation_path).map_or(0, |m| m.len());
     println!(
         "keys {} for model {}: {} (secret, keep it here), {} ({:.1} MB, send it to the server)",
         secret.key_id,
         client.part().model_id,
         keydir::secret_key_path(dir).display(),
-        keydir::evaluation_key_path(dir).display(),
-        evaluation.to_bytes().len() as f64 / 1e6
+        evaluation_path.display(),
+        size as f64 / 1e6
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -207,7 +209,7 @@ pub fn prepare<'a>(server: &'a Server, key: &EvaluationKey) -> Result<PreparedKe
     Ok(prepared)
 }
 
-/// Evaluates with per-sample progress on stderr.
+/// Evaluates with progress on stderr: a PBS counter on a terminal, one line per sample.
 pub fn run_with_progress(
     server: &Server,
     key: &PreparedKey<'_>,
@@ -216,21 +218,27 @@ pub fn run_with_progress(
     let total = inputs.samples.len();
     let pbs = server.info().pbs_per_sample;
     let tty = std::io::stderr().is_terminal();
+    // when the current sample started, and the last sample reported done
+    let state = std::sync::Mutex::new((Instant::now(), None::<usize>));
     let progress = |i: usize, done: usize| {
-        if tty && pbs > 0 {
+        if pbs == 0 {
+            return;
+        }
+        if tty {
             eprint!("\rfhe: sample {}/{total}: {done}/{pbs} PBS", i + 1);
         }
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        if done == pbs && s.1 != Some(i) {
+            eprintln!(
+                "{}fhe: sample {}/{total} done in {:.2} s ({pbs} PBS)",
+                if tty { "\r" } else { "" },
+                i + 1,
+                s.0.elapsed().as_secs_f64()
+            );
+            *s = (Instant::now(), Some(i));
+        }
     };
-    let t = Instant::now();
-    let out = server.run(key, inputs, &progress)?;
-    if pbs > 0 {
-        eprintln!(
-            "{}fhe: {total} samples × {pbs} PBS in {:.2} s",
-            if tty { "\r" } else { "" },
-            t.elapsed().as_secs_f64()
-        );
-    }
-    Ok(out)
+    Ok(server.run(key, inputs, &progress)?)
 }
 
 /// Prints one line per model output and writes them to `path` as `.npz`.

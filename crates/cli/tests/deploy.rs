@@ -542,3 +542,155 @@ fn a_tampered_client_part_cannot_weaken_encryption() {
         &["other.fhe", "header names model"],
     );
 }
+
+/// x[N, 4] → Gemm (3 outputs) → Mul by a constant → y: the Mul runs on the client.
+fn gemm_then_scale_model(weights: &[f32], scale: &[f32]) -> Vec<u8> {
+    use fhec_frontend_onnx::pb;
+    use prost::Message;
+    let tensor = |name: &str, dims: Vec<i64>, data: &[f32]| pb::TensorProto {
+        dims,
+        data_type: 1,
+        float_data: data.to_vec(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        name: format!("the_{}", op.to_lowercase()),
+        op_type: op.into(),
+        domain: String::new(),
+        attribute: if op == "Gemm" {
+            vec![pb::AttributeProto {
+                name: "transB".into(),
+                r#type: 2,
+                i: 1,
+                ..Default::default()
+            }]
+        } else {
+            vec![]
+        },
+    };
+    let dims = |d: &[Result<i64, &str>]| pb::TypeProto {
+        tensor_type: Some(pb::TypeProtoTensor {
+            elem_type: 1,
+            shape: Some(pb::TensorShapeProto {
+                dim: d
+                    .iter()
+                    .map(|v| match v {
+                        Ok(n) => pb::Dimension {
+                            dim_value: Some(*n),
+                            dim_param: None,
+                        },
+                        Err(p) => pb::Dimension {
+                            dim_value: None,
+                            dim_param: Some(p.to_string()),
+                        },
+                    })
+                    .collect(),
+            }),
+        }),
+    };
+    let graph = pb::GraphProto {
+        node: vec![
+            node("Gemm", &["x", "w", "b"], "h"),
+            node("Mul", &["h", "c"], "y"),
+        ],
+        name: "g".into(),
+        initializer: vec![
+            tensor("w", vec![3, 4], weights),
+            tensor("b", vec![3], &[0.25, -0.5, 0.75]),
+            tensor("c", vec![3], scale),
+        ],
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(dims(&[Err("N"), Ok(4)])),
+        }],
+        output: vec![pb::ValueInfoProto {
+            name: "y".into(),
+            r#type: None,
+        }],
+        value_info: vec![],
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: "".into(),
+            version: 17,
+        }],
+        producer_name: "test".into(),
+        producer_version: String::new(),
+        graph: Some(graph),
+    }
+    .encode_to_vec()
+}
+
+/// The client part holds the quantizers and the post-processing, never the circuit's
+/// weights or tables; a post-processing constant it does need is reported by inspect.
+#[test]
+fn the_client_part_holds_no_circuit_weight() {
+    let d = tmp("deploy-client-content");
+    let weights: Vec<f32> = (0..12).map(|i| 0.1371 + 0.0917 * i as f32).collect();
+    let model = d.join("m.onnx");
+    std::fs::write(&model, gemm_then_scale_model(&weights, &[1.5, 2.5, 3.5])).unwrap();
+    let out = d.join("m.fhe");
+    ok(&[
+        "compile",
+        s(&model),
+        "--inputset",
+        s(&fixture("mlp_iris").join("train.npy")),
+        "-o",
+        s(&out),
+    ]);
+    let text = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned();
+    let (artifact, client, server) = (
+        text(&out),
+        text(&d.join("m.client.fhe")),
+        text(&d.join("m.server.fhe")),
+    );
+    let reprs: Vec<String> = weights
+        .iter()
+        .map(|&w| serde_json::to_string(&(w as f64)).unwrap())
+        .collect();
+    assert!(
+        reprs.iter().all(|r| artifact.contains(r.as_str())),
+        "the developer artifact keeps the float model"
+    );
+    for r in &reprs {
+        assert!(
+            !client.contains(r.as_str()),
+            "the client part holds float weight {r}"
+        );
+        assert!(
+            !server.contains(r.as_str()),
+            "the server part holds float weight {r}"
+        );
+    }
+    for key in ["\"circuit\"", "\"Dense\"", "\"tables\"", "\"Linear\""] {
+        assert!(!client.contains(key), "the client part holds {key}");
+        assert!(
+            server.contains("\"circuit\""),
+            "the server part holds the circuit"
+        );
+    }
+    let report = ok(&["inspect", s(&out)]);
+    assert!(
+        report
+            .contains("client tail (runs in the clear after decryption): Mul (3 model constants)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("the client receives 3 of the model's learned numbers"),
+        "{report}"
+    );
+    let report = ok(&["inspect", s(&d.join("m.client.fhe"))]);
+    assert!(
+        report.contains("client part of m.onnx") && report.contains("Mul"),
+        "{report}"
+    );
+    let report = ok(&["inspect", s(&d.join("m.server.fhe"))]);
+    assert!(
+        report.contains("linear") && report.contains("16-bit check: ok"),
+        "{report}"
+    );
+}

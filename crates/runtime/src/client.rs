@@ -137,6 +137,18 @@ impl Client {
                 o.dimension
             )));
         }
+        let lengths: Vec<usize> = outputs
+            .outputs
+            .iter()
+            .map(|o| o.elements * (o.dimension + 1))
+            .collect();
+        if let Some(i) = outputs.samples.iter().position(|s| {
+            s.len() != lengths.len() || s.iter().map(Vec::len).ne(lengths.iter().copied())
+        }) {
+            return Err(Error::Mismatch(format!(
+                "sample {i} of the outputs does not hold the ciphertexts its layout announces"
+            )));
+        }
         outputs
             .samples
             .iter()

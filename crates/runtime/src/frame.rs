@@ -202,10 +202,17 @@ pub fn peek(bytes: &[u8]) -> Result<Header, Error> {
         .ok_or_else(not_ours)?;
     let line = std::str::from_utf8(&bytes[..nl]).map_err(|_| not_ours())?;
     let fields: Vec<&str> = line.split(' ').collect();
-    let kind = fields
-        .first()
-        .and_then(|t| Kind::from_tag(t))
-        .ok_or_else(not_ours)?;
+    let tag = fields.first().copied().unwrap_or_default();
+    let kind = match Kind::from_tag(tag) {
+        Some(k) => k,
+        // FHEC-ARTIFACT, FHEC-CLIENT-KEY, FHEC-SERVER-KEY: fhec's files before version 3
+        None if tag.starts_with("FHEC-") && tag.is_ascii() => {
+            return Err(Error::Format(format!(
+                "{tag}: a file of an older fhec format; recompile the model (and make keys again) with this fhec"
+            )))
+        }
+        None => return Err(not_ours()),
+    };
     let version: u32 = fields
         .get(1)
         .and_then(|v| v.parse().ok())

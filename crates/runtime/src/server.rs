@@ -98,6 +98,17 @@ impl Server {
                 self.info.encoding_bits
             )));
         }
+        let per_sample = inputs.values_per_sample();
+        if let Some(i) = inputs
+            .samples
+            .iter()
+            .position(|s| s.bodies.len() != per_sample)
+        {
+            return Err(Error::Mismatch(format!(
+                "sample {i} holds {} ciphertexts, the model takes {per_sample}",
+                inputs.samples[i].bodies.len()
+            )));
+        }
         Ok(())
     }
 

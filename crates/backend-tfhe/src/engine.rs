@@ -21,9 +21,10 @@ struct PartitionEval {
 
 /// Evaluation state prepared once per (circuit, key): every partition's keys, and every
 /// lookup table and rounding step already encoded as a GLWE accumulator of its partition.
-pub struct Evaluator<'a> {
-    circuit: &'a Circuit,
-    info: &'a CircuitInfo,
+pub struct Evaluator {
+    // owned copies (small next to the keys), so an evaluator outlives its inputs
+    circuit: Circuit,
+    info: CircuitInfo,
     parts: Vec<PartitionEval>,
     /// Per Lut node index: its partition and one accumulator per table.
     luts: Vec<(usize, Vec<GlweCiphertextOwned<u64>>)>,
@@ -78,10 +79,10 @@ fn add_scaled_into(acc: &mut [u64], ct: &[u64], w: u64) {
     *acc_body = acc_body.wrapping_add(body.wrapping_mul(w));
 }
 
-impl<'a> Evaluator<'a> {
+impl Evaluator {
     pub fn new(
-        circuit: &'a Circuit,
-        info: &'a CircuitInfo,
+        circuit: &Circuit,
+        info: &CircuitInfo,
         key: &ServerKey,
     ) -> Result<Self, BackendError> {
         // bootstraps run in the key's narrowest partition precise enough for them
@@ -169,8 +170,8 @@ impl<'a> Evaluator<'a> {
             })
             .collect();
         let mut ev = Evaluator {
-            circuit,
-            info,
+            circuit: circuit.clone(),
+            info: info.clone(),
             parts,
             luts,
             rounds,
@@ -195,7 +196,7 @@ impl<'a> Evaluator<'a> {
         inputs: Vec<Vec<Ciphertext>>,
         progress: &(dyn Fn(usize) + Sync),
     ) -> Result<Vec<Vec<Ciphertext>>, BackendError> {
-        let c = self.circuit;
+        let c = &self.circuit;
         if inputs.len() != c.inputs.len() {
             return Err(BackendError::Input(format!(
                 "{} encrypted inputs for {} circuit inputs",

@@ -197,7 +197,7 @@ pub fn keys_for_predict(
 }
 
 /// Prepares an evaluation key, with its time on stderr.
-pub fn prepare<'a>(server: &'a Server, key: &EvaluationKey) -> Result<PreparedKey<'a>> {
+pub fn prepare(server: &Server, key: &EvaluationKey) -> Result<PreparedKey> {
     let t = Instant::now();
     let prepared = server.prepare(key)?;
     if server.info().pbs_per_sample > 0 {
@@ -212,7 +212,7 @@ pub fn prepare<'a>(server: &'a Server, key: &EvaluationKey) -> Result<PreparedKe
 /// Evaluates with progress on stderr: a PBS counter on a terminal, one line per sample.
 pub fn run_with_progress(
     server: &Server,
-    key: &PreparedKey<'_>,
+    key: &PreparedKey,
     inputs: &EncryptedInputs,
 ) -> Result<EncryptedOutputs> {
     let total = inputs.samples.len();

@@ -5,7 +5,7 @@ use fhec_backend_tfhe::{compress_output, expand_inputs, Evaluator};
 use fhec_ir::CircuitInfo;
 
 use crate::ciphertexts::{EncryptedInputs, EncryptedOutputs, OutputLayout};
-use crate::frame::KeyId;
+use crate::frame::{KeyId, ModelId};
 use crate::keys::EvaluationKey;
 use crate::parts::ServerPart;
 use crate::Error;
@@ -19,12 +19,13 @@ pub struct Server {
 
 /// An evaluation key made ready for one server: keys decompressed, bootstrap keys in
 /// the Fourier domain, every table encoded. Made once per key, used for many requests.
-pub struct PreparedKey<'a> {
+pub struct PreparedKey {
+    model_id: ModelId,
     key_id: KeyId,
-    evaluator: Evaluator<'a>,
+    evaluator: Evaluator,
 }
 
-impl PreparedKey<'_> {
+impl PreparedKey {
     pub fn key_id(&self) -> KeyId {
         self.key_id
     }
@@ -55,7 +56,7 @@ impl Server {
     }
 
     /// Prepares an evaluation key of this model for evaluation.
-    pub fn prepare(&self, key: &EvaluationKey) -> Result<PreparedKey<'_>, Error> {
+    pub fn prepare(&self, key: &EvaluationKey) -> Result<PreparedKey, Error> {
         if key.model_id != self.part.model_id || key.key.params != self.part.params.keys {
             return Err(Error::Mismatch(format!(
                 "this evaluation key belongs to model {}, not to this model ({})",
@@ -63,6 +64,7 @@ impl Server {
             )));
         }
         Ok(PreparedKey {
+            model_id: key.model_id,
             key_id: key.key_id,
             evaluator: Evaluator::new(&self.part.circuit, &self.info, &key.key)?,
         })
@@ -116,10 +118,16 @@ impl Server {
     /// node of each sample.
     pub fn run(
         &self,
-        key: &PreparedKey<'_>,
+        key: &PreparedKey,
         inputs: &EncryptedInputs,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<EncryptedOutputs, Error> {
+        if key.model_id != self.part.model_id {
+            return Err(Error::Mismatch(format!(
+                "a key prepared for model {}, not for this model ({})",
+                key.model_id, self.part.model_id
+            )));
+        }
         self.check_inputs(key.key_id, inputs)?;
         let p = &self.part;
         let bits = p.params.output_bits;

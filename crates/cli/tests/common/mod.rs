@@ -157,7 +157,7 @@ pub fn parties(a: &Artifact) -> (fhec_runtime::Client, fhec_runtime::Server) {
 pub fn fhe_once(
     client: &fhec_runtime::Client,
     server: &fhec_runtime::Server,
-    key: &fhec_runtime::PreparedKey<'_>,
+    key: &fhec_runtime::PreparedKey,
     secret: &fhec_runtime::SecretKey,
     sample: &[Tensor],
 ) -> fhec_runtime::SampleResult {

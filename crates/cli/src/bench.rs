@@ -28,7 +28,7 @@ pub fn bench(
         .into_iter()
         .take(n.max(1))
         .collect();
-    let client = Client::new(a.client.clone())?;
+    let client = Client::new(a.client().clone())?;
     let server = Server::new(a.server.clone())?;
     let t = Instant::now();
     let (secret, evaluation) = client.keygen();
@@ -98,7 +98,7 @@ pub fn bench(
         sizes.output_bits,
         evaluation_file as f64 / 1e6,
         secret.to_bytes().len(),
-        a.client.to_bytes().len(),
+        a.client().to_bytes().len(),
         a.server.to_bytes().len(),
     );
     // Σ over bootstraps of one KS + PBS timed alone on one core, per partition

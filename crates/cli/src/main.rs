@@ -3,6 +3,7 @@
 
 mod bench;
 mod deploy;
+mod remote;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -133,6 +134,50 @@ enum Command {
         /// Outputs (keyed by ONNX output name) as .npz.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Server: serve a model over HTTP from its server part (docs/DEPLOYMENT.md).
+    Serve {
+        /// The server part (MODEL.server.fhe).
+        server: PathBuf,
+        /// Address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Where registered evaluation keys are stored (one subdirectory per model).
+        #[arg(long, default_value = "fhec-keys")]
+        key_dir: PathBuf,
+        /// Memory for prepared evaluation keys, in MiB (least recently used evicted first).
+        #[arg(long, default_value_t = 4096)]
+        key_cache_mb: usize,
+        /// Threads evaluating requests (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Requests waiting beyond those running; more are answered 503.
+        #[arg(long, default_value_t = 16)]
+        queue: usize,
+        /// Most samples in one predict request.
+        #[arg(long, default_value_t = 256)]
+        max_samples: usize,
+        /// Most evaluation keys registered.
+        #[arg(long, default_value_t = 256)]
+        max_keys: usize,
+    },
+    /// Client: run samples on a server (`fhec serve`): fetch its client part, make keys
+    /// in DIR if it has none, upload the evaluation key once, encrypt, evaluate, decrypt.
+    Remote {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        keys: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Outputs (keyed by ONNX output name) as .npz.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Only the first N samples.
+        #[arg(long)]
+        limit: Option<usize>,
         #[arg(long)]
         force: bool,
     },
@@ -336,6 +381,47 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             output,
             force,
         } => deploy::decrypt(&client, &keys, &outputs, output.as_deref(), force),
+        Command::Serve {
+            server,
+            addr,
+            key_dir,
+            key_cache_mb,
+            workers,
+            queue,
+            max_samples,
+            max_keys,
+        } => {
+            let defaults = fhec_server::Config::default();
+            remote::serve(
+                &server,
+                remote::ServeOptions {
+                    addr: &addr,
+                    key_dir: &key_dir,
+                    config: fhec_server::Config {
+                        workers: workers.unwrap_or(defaults.workers),
+                        queue,
+                        key_cache_bytes: key_cache_mb << 20,
+                        max_keys,
+                        max_samples,
+                    },
+                },
+            )
+        }
+        Command::Remote {
+            url,
+            keys,
+            input,
+            output,
+            limit,
+            force,
+        } => remote::remote(remote::RemoteOptions {
+            url: &url,
+            keys: &keys,
+            input: &input,
+            output: output.as_deref(),
+            limit,
+            force,
+        }),
         Command::Bench {
             model,
             inputset,
@@ -385,7 +471,7 @@ fn compile(
     }
     let vectors = fhec_compiler::test_vectors(a, &compiled.info, &samples, 3)?;
     files::write_atomic(&out, &a.to_bytes(), false)?;
-    files::write_atomic(&client_path, &a.client.to_bytes(), false)?;
+    files::write_atomic(&client_path, &a.client().to_bytes(), false)?;
     files::write_atomic(&server_path, &a.server.to_bytes(), false)?;
     files::write_atomic(&mlir_path, mlir.as_bytes(), false)?;
     npy::write_npz(&vectors_path, &vectors)?;
@@ -436,7 +522,7 @@ fn report_of(a: &fhec_runtime::Artifact, info: &fhec_ir::CircuitInfo) -> Report 
         a.quantization.clone(),
     )
     .with_trees_of(&a.graph)
-    .with_client(&a.client)
+    .with_client(a.client())
 }
 
 fn inspect(
@@ -486,6 +572,7 @@ fn inspect(
                     Some(p.params.clone()),
                     Vec::new(),
                 )
+                .with_client(&p.client)
             }
             _ => {
                 let (a, info) =
@@ -580,7 +667,7 @@ fn predict(
         }
         Mode::Fhe => {
             let client =
-                fhec_runtime::Client::new(a.client.clone()).map_err(files::about(model))?;
+                fhec_runtime::Client::new(a.client().clone()).map_err(files::about(model))?;
             let server =
                 fhec_runtime::Server::new(a.server.clone()).map_err(files::about(model))?;
             let (secret, evaluation) = deploy::keys_for_predict(&client, &server, keys)?;

@@ -202,7 +202,7 @@ fn keeps_the_model_grids(name: &str, activation_bits: u32) {
         })
         .collect();
     assert_eq!(grids.len(), 2, "{name}: input and hidden QuantizeLinear");
-    let input = &a.client.spec.inputs[0];
+    let input = &a.client().spec.inputs[0];
     assert!(input.from_model, "{name}");
     assert_eq!(
         (input.scale, input.zero_point, input.bits),
@@ -337,7 +337,7 @@ fn threshold_aligned_comparisons_are_exact_without_noise() {
 fn tree_ensembles_share_comparisons_and_use_per_feature_grids() {
     for &(name, _) in TREES {
         let (a, info) = compile(name, None);
-        let input = &a.client.spec.inputs[0];
+        let input = &a.client().spec.inputs[0];
         let features = input.shape[1];
         assert_eq!(
             input.per_element.len(),

@@ -232,26 +232,26 @@ pub fn split(
         .filter(|o| o.kind == fhec_quant::OriginKind::Input)
         .cloned()
         .collect();
-    let mut server = ServerPart {
-        model_id: ModelId::default(),
-        source: source.into(),
-        circuit,
-        params,
-    };
     let mut client = ClientPart {
         model_id: ModelId::default(),
         source: source.into(),
-        keys: server.params.keys.clone(),
+        keys: params.keys.clone(),
         encoding_bits: info.encoding_bits,
-        output_bits: server.params.output_bits,
+        output_bits: params.output_bits,
         spec,
         graph: tail_graph,
     };
-    // the id digests everything both parts hold (ids still zero)
-    let content = serde_json::to_vec(&(&server, &client)).map_err(internal)?;
+    // the id digests everything both parts hold (the client's id still zero)
+    let content = serde_json::to_vec(&(&circuit, &params, &client)).map_err(internal)?;
     let id = ModelId::digest_of(&content);
-    server.model_id = id;
     client.model_id = id;
+    let server = ServerPart {
+        model_id: id,
+        source: source.into(),
+        circuit,
+        params,
+        client,
+    };
     let artifact = Artifact {
         fhec_version: env!("CARGO_PKG_VERSION").into(),
         source: source.into(),
@@ -259,7 +259,6 @@ pub fn split(
         quantization,
         graph,
         server,
-        client,
     };
     artifact.check().map_err(internal)?;
     Ok(artifact)
@@ -304,7 +303,7 @@ pub fn test_vectors(
     let mut inputs: Vec<Vec<f64>> = vec![Vec::new(); c.inputs.len()];
     let mut outputs: Vec<Vec<f64>> = vec![Vec::new(); c.outputs.len()];
     for s in &samples[..take] {
-        let q = a.client.spec.quantize_inputs(s);
+        let q = a.client().spec.quantize_inputs(s);
         let out = fhec_ir::interp::simulate(c, info, &q).map_err(internal)?;
         for (acc, v) in inputs
             .iter_mut()

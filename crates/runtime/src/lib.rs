@@ -19,6 +19,7 @@ pub mod parts;
 pub mod samples;
 mod server;
 pub mod simulate;
+mod sizes;
 
 pub use ciphertexts::{EncryptedInputs, EncryptedOutputs, OutputLayout};
 pub use client::{Client, SampleResult};
@@ -27,6 +28,7 @@ pub use keys::{EvaluationKey, SecretKey};
 pub use parts::{Artifact, ClientPart, ServerPart};
 pub use samples::{samples_from_arrays, stack_outputs, Array};
 pub use server::{PreparedKey, Server};
+pub use sizes::DeploymentSizes;
 
 /// Everything that can go wrong running a model. Messages name what is at fault; the
 /// caller adds the file.

@@ -1,9 +1,10 @@
 //! The compiled model in its three files (docs/FORMATS.md, docs/DEPLOYMENT.md):
 //!
-//! * [`ServerPart`]: the integer circuit and its crypto parameters, nothing secret;
 //! * [`ClientPart`]: key parameters, input quantization, output dequantization and the
 //!   float tail the client runs after decryption; no circuit weight, no table;
-//! * [`Artifact`]: the developer's file, both parts plus the whole float model (for
+//! * [`ServerPart`]: the integer circuit and its crypto parameters, nothing secret, and
+//!   the client part (public), so that a server can hand it to its clients;
+//! * [`Artifact`]: the developer's file, the server part plus the whole float model (for
 //!   `predict --mode clear` and simulation).
 //!
 //! None holds a key. Each is JSON inside the shared frame, and each is validated as
@@ -18,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::frame::{self, Kind, ModelId};
 use crate::Error;
 
-/// What the server needs: the circuit and the parameters its evaluation keys must have.
+/// What the server needs: the circuit and the parameters its evaluation keys must have,
+/// and the client part it hands out (public: it holds nothing a client may not see).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServerPart {
     pub model_id: ModelId,
@@ -26,6 +28,7 @@ pub struct ServerPart {
     pub source: String,
     pub circuit: Circuit,
     pub params: ParamChoice,
+    pub client: ClientPart,
 }
 
 /// What the client needs, and all it learns of the model: the key parameters, the
@@ -45,7 +48,8 @@ pub struct ClientPart {
     pub graph: FloatGraph,
 }
 
-/// The developer's artifact: both parts, the whole float model and how it was quantized.
+/// The developer's artifact: the server part (which holds the client part), the whole
+/// float model and how it was quantized.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Artifact {
     pub fhec_version: String,
@@ -56,7 +60,6 @@ pub struct Artifact {
     /// The whole float model, weights included: never sent to a client.
     pub graph: FloatGraph,
     pub server: ServerPart,
-    pub client: ClientPart,
 }
 
 /// Widest encoding a client part may ask for (the circuit limit plus sign and slack).
@@ -100,8 +103,8 @@ impl ServerPart {
         Ok((part, info))
     }
 
-    /// Verifies the circuit and checks that the parameters are sane and cover every
-    /// bootstrap it makes.
+    /// Verifies the circuit, checks that the parameters are sane and cover every
+    /// bootstrap it makes, and that the client part belongs to it.
     pub fn check(&self) -> Result<CircuitInfo, Error> {
         let info = fhec_ir::verify(&self.circuit)
             .map_err(|e| Error::Invalid(format!("invalid circuit: {e}")))?;
@@ -132,6 +135,23 @@ impl ServerPart {
                 "output modulus of {} bits for a {}-bit encoding",
                 p.output_bits, info.encoding_bits
             )));
+        }
+        let client = &self.client;
+        client.check()?;
+        let c = &self.circuit;
+        let circuit_sizes = |ids: &[fhec_ir::NodeId]| -> Vec<usize> {
+            ids.iter().map(|&id| c.node(id).numel()).collect()
+        };
+        let agree = client.model_id == self.model_id
+            && client.keys == p.keys
+            && client.encoding_bits == info.encoding_bits
+            && client.output_bits == p.output_bits
+            && client.input_sizes() == circuit_sizes(&c.inputs)
+            && client.output_sizes() == circuit_sizes(&c.outputs);
+        if !agree {
+            return Err(Error::Invalid(
+                "inconsistent server part: its circuit and its client part disagree".into(),
+            ));
         }
         Ok(info)
     }
@@ -257,25 +277,32 @@ impl Artifact {
         Ok((a, info))
     }
 
+    /// The client part (held by the server part).
+    pub fn client(&self) -> &ClientPart {
+        &self.server.client
+    }
+
     pub fn check(&self) -> Result<CircuitInfo, Error> {
         let info = self.server.check()?;
-        self.client.check()?;
         self.graph
             .check_structure(&[])
             .map_err(|e| Error::Invalid(format!("float model: {e}")))?;
-        let (c, client) = (&self.server.circuit, &self.client);
-        let circuit_sizes = |ids: &[fhec_ir::NodeId]| -> Vec<usize> {
-            ids.iter().map(|&id| c.node(id).numel()).collect()
-        };
-        let agree = client.model_id == self.server.model_id
-            && client.keys == self.server.params.keys
-            && client.encoding_bits == info.encoding_bits
-            && client.output_bits == self.server.params.output_bits
-            && client.input_sizes() == circuit_sizes(&c.inputs)
-            && client.output_sizes() == circuit_sizes(&c.outputs);
-        if !agree {
+        let inputs: Vec<&str> = self
+            .graph
+            .inputs
+            .iter()
+            .map(|&v| self.graph.value(v).name.as_str())
+            .collect();
+        let client = &self.server.client.graph;
+        let client_inputs: Vec<&str> = client
+            .inputs
+            .iter()
+            .map(|&v| client.value(v).name.as_str())
+            .collect();
+        if inputs != client_inputs {
             return Err(Error::Invalid(
-                "inconsistent artifact: client and server parts disagree".into(),
+                "inconsistent artifact: the float model and the client part name other inputs"
+                    .into(),
             ));
         }
         Ok(info)

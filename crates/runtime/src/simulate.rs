@@ -10,7 +10,10 @@ use crate::samples::check_sample;
 use crate::Error;
 
 fn finish(a: &Artifact, circuit_outputs: Vec<Vec<i64>>) -> Result<SampleResult, Error> {
-    let outputs = a.client.spec.finish(&a.client.graph, &circuit_outputs)?;
+    let outputs = a
+        .client()
+        .spec
+        .finish(&a.client().graph, &circuit_outputs)?;
     Ok(SampleResult {
         outputs,
         circuit_outputs,
@@ -24,8 +27,8 @@ pub fn simulate(
     info: &CircuitInfo,
     sample: &[Tensor],
 ) -> Result<SampleResult, Error> {
-    check_sample(&a.client.graph, 0, sample)?;
-    let q = a.client.spec.quantize_inputs(sample);
+    check_sample(&a.client().graph, 0, sample)?;
+    let q = a.client().spec.quantize_inputs(sample);
     let out = fhec_ir::interp::simulate(&a.server.circuit, info, &q)?;
     finish(a, out)
 }
@@ -69,8 +72,8 @@ impl<'a> Simulator<'a> {
         sample: &[Tensor],
     ) -> Result<SampleResult, Error> {
         let a = self.artifact;
-        check_sample(&a.client.graph, index, sample)?;
-        let q = a.client.spec.quantize_inputs(sample);
+        check_sample(&a.client().graph, index, sample)?;
+        let q = a.client().spec.quantize_inputs(sample);
         let out = match &self.noise {
             Some(noise) => fhec_ir::interp::simulate_noisy(
                 &a.server.circuit,

@@ -148,7 +148,7 @@ pub fn tmp(name: &str) -> PathBuf {
 /// The two parties of a compiled model, in memory.
 pub fn parties(a: &Artifact) -> (fhec_runtime::Client, fhec_runtime::Server) {
     (
-        fhec_runtime::Client::new(a.client.clone()).unwrap(),
+        fhec_runtime::Client::new(a.client().clone()).unwrap(),
         fhec_runtime::Server::new(a.server.clone()).unwrap(),
     )
 }

@@ -1,0 +1,181 @@
+//! Registered evaluation keys: files under the key directory (they survive restarts and
+//! can be shared by replicas), and a memory-bounded cache of prepared keys (Fourier
+//! bootstrap keys, encoded tables) in least-recently-used order. An evicted key is
+//! prepared again from its file when it is next used.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fhec_runtime::{KeyId, PreparedKey, Server};
+
+use crate::ApiError;
+
+pub struct KeyStore {
+    /// `<key dir>/<model id>`: one model's keys, `<key id>.key` each.
+    dir: PathBuf,
+    server: Arc<Server>,
+    /// Prepared keys, least recently used first.
+    cache: Mutex<Vec<(KeyId, Arc<PreparedKey>)>>,
+    /// Keys are prepared one at a time (each preparation is itself parallel), so a
+    /// burst of requests for one new key prepares it once.
+    preparing: Mutex<()>,
+    /// Most bytes of prepared keys kept; at least one key is always kept.
+    bound: usize,
+    /// Estimated bytes of one prepared key of this model.
+    key_bytes: usize,
+    /// Most keys registered on disk for this model.
+    max_keys: usize,
+    tmp_counter: AtomicU64,
+}
+
+/// Most prepared keys kept whatever their size (a model without bootstrap has tiny keys).
+const MAX_PREPARED: usize = 256;
+
+/// Registration outcome.
+pub enum Registered {
+    New(KeyId),
+    Existing(KeyId),
+}
+
+impl KeyStore {
+    pub fn open(
+        dir: &Path,
+        server: Arc<Server>,
+        bound: usize,
+        max_keys: usize,
+    ) -> std::io::Result<Self> {
+        let dir = dir.join(server.part().model_id.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let (bsk, ksk) = server.part().params.eval_key_bytes();
+        Ok(KeyStore {
+            dir,
+            server,
+            cache: Mutex::new(Vec::new()),
+            preparing: Mutex::new(()),
+            bound,
+            key_bytes: bsk + ksk,
+            max_keys,
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, id: KeyId) -> PathBuf {
+        self.dir.join(format!("{id}.key"))
+    }
+
+    /// Estimated memory of one prepared key of this model.
+    pub fn prepared_key_bytes(&self) -> usize {
+        self.key_bytes
+    }
+
+    pub fn prepared_count(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when the key is registered (prepared or on disk).
+    pub fn exists(&self, id: KeyId) -> bool {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(k, _)| *k == id)
+            || self.path(id).exists()
+    }
+
+    /// Validates an evaluation key against the model and stores it. The same key again
+    /// is accepted without change; another key under a registered id is refused.
+    pub fn register(&self, bytes: &[u8]) -> Result<Registered, ApiError> {
+        let key = self
+            .server
+            .evaluation_key(bytes)
+            .map_err(|e| ApiError::bad_request(format!("evaluation key: {e}")))?;
+        let id = key.key_id;
+        let path = self.path(id);
+        if path.exists() {
+            let stored = std::fs::read(&path).map_err(ApiError::internal)?;
+            return if stored == bytes {
+                Ok(Registered::Existing(id))
+            } else {
+                Err(ApiError::conflict(format!(
+                    "another evaluation key is registered as {id}"
+                )))
+            };
+        }
+        let registered = std::fs::read_dir(&self.dir)
+            .map_err(ApiError::internal)?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".key"))
+            })
+            .count();
+        if registered >= self.max_keys {
+            return Err(ApiError::new(
+                507,
+                format!(
+                    "this server holds its maximum of {} evaluation keys",
+                    self.max_keys
+                ),
+            ));
+        }
+        // whole or nothing: a temporary file renamed into place
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{id}.{}.{n}.tmp", std::process::id()));
+        let written = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ApiError::internal(e));
+        }
+        Ok(Registered::New(id))
+    }
+
+    /// The prepared key `id`, from the cache or prepared from its file (slow: run it on
+    /// the compute pool).
+    pub fn prepared(&self, id: KeyId) -> Result<Arc<PreparedKey>, ApiError> {
+        if let Some(k) = self.cached(id) {
+            return Ok(k);
+        }
+        let _one_at_a_time = self.preparing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = self.cached(id) {
+            return Ok(k);
+        }
+        let bytes = match std::fs::read(self.path(id)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ApiError::not_found(format!(
+                    "no evaluation key {id} is registered; POST it to /v1/keys"
+                )))
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        // the file is checked again: the key directory may be shared or edited
+        let key = self
+            .server
+            .evaluation_key(&bytes)
+            .map_err(|e| ApiError::internal(format!("stored key {id}: {e}")))?;
+        let prepared = Arc::new(self.server.prepare(&key).map_err(ApiError::internal)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.push((id, prepared.clone()));
+        while cache.len() > 1
+            && (cache.len() * self.key_bytes > self.bound || cache.len() > MAX_PREPARED)
+        {
+            cache.remove(0);
+        }
+        Ok(prepared)
+    }
+
+    fn cached(&self, id: KeyId) -> Option<Arc<PreparedKey>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let i = cache.iter().position(|(k, _)| *k == id)?;
+        let entry = cache.remove(i);
+        let key = entry.1.clone();
+        cache.push(entry); // most recently used last
+        Some(key)
+    }
+}

@@ -2,6 +2,7 @@
 //! a client and a server.
 
 mod bench;
+mod bench_serve;
 mod deploy;
 mod remote;
 
@@ -180,6 +181,21 @@ enum Command {
         limit: Option<usize>,
         #[arg(long)]
         force: bool,
+    },
+    /// Load-test the HTTP server on loopback with concurrent clients, next to the same
+    /// evaluation in one process (prints figures).
+    BenchServe {
+        /// The server part (MODEL.server.fhe).
+        server: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Requests per client.
+        #[arg(long, default_value_t = 4)]
+        requests: usize,
+        #[arg(long, default_value_t = 1)]
+        samples_per_request: usize,
     },
     /// Time one key switch + bootstrap on one core for several parameter sets, against the cost model.
     BenchParams {
@@ -430,6 +446,21 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             q,
         } => bench::bench(&model, &inputset, &input, samples, &q.config(), q.target()),
         Command::BenchParams { count } => bench::bench_params(count),
+        Command::BenchServe {
+            server,
+            input,
+            clients,
+            requests,
+            samples_per_request,
+        } => bench_serve::bench_serve(
+            &server,
+            &input,
+            bench_serve::Options {
+                clients,
+                requests,
+                samples_per_request,
+            },
+        ),
     }
 }
 

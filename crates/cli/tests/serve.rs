@@ -603,3 +603,32 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// SIGTERM while a request is being evaluated: the request is answered, then the server
+/// exits cleanly.
+#[cfg(unix)]
+#[test]
+fn graceful_shutdown_finishes_the_requests_in_flight() {
+    let d = tmp("serve-shutdown");
+    let tree = compile(&d, "dt_breast");
+    let mut served = Served::start(&server_part(&tree), &d.join("keys"), &[]);
+    let party = Arc::new(Party::new(&served.url, &tree, "dt_breast"));
+    let (url, p) = (served.url.clone(), party.clone());
+    let request = std::thread::spawn(move || p.ask(&url, 0..3));
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling a child process this test started and still owns.
+    unsafe {
+        libc::kill(served.child.id() as i32, libc::SIGTERM);
+    }
+    request
+        .join()
+        .expect("the request in flight was answered, and correctly");
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    served.assert_no_panic();
+    let log = std::fs::read_to_string(&served.stderr).unwrap();
+    assert!(
+        log.contains("stopped after finishing the requests in flight"),
+        "{log}"
+    );
+}

@@ -7,52 +7,16 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_fails, fhec, fhec_in, fixture, tmp};
-use fhec::npy::read_arrays;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{arrays, assert_fails, fhec_in, fixture, ok, s, tensor_type, tmp};
 
 /// Compiles fixture `name` into `dir/m.fhe` (+ parts) with `extra` flags.
 fn compile(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
-    let f = fixture(name);
     let out = dir.join("m.fhe");
-    let mut args = vec![
-        "compile",
-        s(&f.join("model.onnx")),
-        "--inputset",
-        s(&f.join("train.npy")),
-        "-o",
-        s(&out),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend(extra.iter().map(|e| e.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = fhec(&args);
-    assert_eq!(code, 0, "{err}");
+    common::compile_fixture(name, &out, extra);
     for part in ["m.client.fhe", "m.server.fhe"] {
         assert!(dir.join(part).exists(), "compile writes {part}");
     }
     out
-}
-
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = fhec(args);
-    assert_eq!(code, 0, "{args:?}: {err}");
-    out
-}
-
-fn arrays(path: &Path) -> Vec<(String, Vec<usize>, Vec<f64>)> {
-    let mut v: Vec<_> = read_arrays(path)
-        .unwrap()
-        .into_iter()
-        .map(|(n, a)| (n.unwrap(), a.shape, a.data))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// Client and server as separate processes; returns the client's directory.
@@ -546,7 +510,6 @@ fn a_tampered_client_part_cannot_weaken_encryption() {
 /// x[N, 4] → Gemm (3 outputs) → Mul by a constant → y: the Mul runs on the client.
 fn gemm_then_scale_model(weights: &[f32], scale: &[f32]) -> Vec<u8> {
     use fhec_frontend_onnx::pb;
-    use prost::Message;
     let tensor = |name: &str, dims: Vec<i64>, data: &[f32]| pb::TensorProto {
         dims,
         data_type: 1,
@@ -571,26 +534,6 @@ fn gemm_then_scale_model(weights: &[f32], scale: &[f32]) -> Vec<u8> {
             vec![]
         },
     };
-    let dims = |d: &[Result<i64, &str>]| pb::TypeProto {
-        tensor_type: Some(pb::TypeProtoTensor {
-            elem_type: 1,
-            shape: Some(pb::TensorShapeProto {
-                dim: d
-                    .iter()
-                    .map(|v| match v {
-                        Ok(n) => pb::Dimension {
-                            dim_value: Some(*n),
-                            dim_param: None,
-                        },
-                        Err(p) => pb::Dimension {
-                            dim_value: None,
-                            dim_param: Some(p.to_string()),
-                        },
-                    })
-                    .collect(),
-            }),
-        }),
-    };
     let graph = pb::GraphProto {
         node: vec![
             node("Gemm", &["x", "w", "b"], "h"),
@@ -604,7 +547,7 @@ fn gemm_then_scale_model(weights: &[f32], scale: &[f32]) -> Vec<u8> {
         ],
         input: vec![pb::ValueInfoProto {
             name: "x".into(),
-            r#type: Some(dims(&[Err("N"), Ok(4)])),
+            r#type: Some(tensor_type(&[Err("N"), Ok(4)])),
         }],
         output: vec![pb::ValueInfoProto {
             name: "y".into(),
@@ -612,17 +555,7 @@ fn gemm_then_scale_model(weights: &[f32], scale: &[f32]) -> Vec<u8> {
         }],
         value_info: vec![],
     };
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: "".into(),
-            version: 17,
-        }],
-        producer_name: "test".into(),
-        producer_version: String::new(),
-        graph: Some(graph),
-    }
-    .encode_to_vec()
+    common::model_bytes(graph)
 }
 
 /// The client part holds the quantizers and the post-processing, never the circuit's
@@ -673,7 +606,7 @@ fn the_client_part_holds_no_circuit_weight() {
             "the server part holds the circuit"
         );
     }
-    let report = ok(&["inspect", s(&out)]);
+    let (report, _) = ok(&["inspect", s(&out)]);
     assert!(
         report
             .contains("client tail (runs in the clear after decryption): Mul (3 model constants)"),
@@ -683,12 +616,12 @@ fn the_client_part_holds_no_circuit_weight() {
         report.contains("the client receives 3 of the model's learned numbers"),
         "{report}"
     );
-    let report = ok(&["inspect", s(&d.join("m.client.fhe"))]);
+    let (report, _) = ok(&["inspect", s(&d.join("m.client.fhe"))]);
     assert!(
         report.contains("client part of m.onnx") && report.contains("Mul"),
         "{report}"
     );
-    let report = ok(&["inspect", s(&d.join("m.server.fhe"))]);
+    let (report, _) = ok(&["inspect", s(&d.join("m.server.fhe"))]);
     assert!(
         report.contains("linear") && report.contains("16-bit check: ok"),
         "{report}"

@@ -5,41 +5,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_fails, fhec, fixture, tmp};
+use common::{assert_fails, fhec, fixture, model_bytes, s, tensor_type, tmp};
 use fhec_frontend_onnx::pb;
 use prost::Message;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn iris() -> (PathBuf, PathBuf) {
     (
         fixture("mlp_iris").join("model.onnx"),
         fixture("mlp_iris").join("train.npy"),
     )
-}
-
-fn tensor_type(dims: &[Result<i64, &str>]) -> pb::TypeProto {
-    let dim = dims
-        .iter()
-        .map(|d| match d {
-            Ok(v) => pb::Dimension {
-                dim_value: Some(*v),
-                dim_param: None,
-            },
-            Err(p) => pb::Dimension {
-                dim_value: None,
-                dim_param: Some(p.to_string()),
-            },
-        })
-        .collect();
-    pb::TypeProto {
-        tensor_type: Some(pb::TypeProtoTensor {
-            elem_type: 1,
-            shape: Some(pb::TensorShapeProto { dim }),
-        }),
-    }
 }
 
 /// x[N, dims] → op_type (domain) → y
@@ -66,17 +40,7 @@ fn one_node_model(op_type: &str, domain: &str, dims: &[Result<i64, &str>]) -> Ve
         }],
         value_info: vec![],
     };
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: "".into(),
-            version: 17,
-        }],
-        producer_name: "test".into(),
-        producer_version: String::new(),
-        graph: Some(graph),
-    }
-    .encode_to_vec()
+    model_bytes(graph)
 }
 
 #[test]

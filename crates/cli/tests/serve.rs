@@ -11,31 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fhec, fixture, tmp};
+use common::{arrays, fixture, ok, s, tmp};
 use fhec_runtime::{Client, EncryptedInputs, EncryptedOutputs, SecretKey};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(args: &[&str]) -> (String, String) {
-    let (code, out, err) = fhec(args);
-    assert_eq!(code, 0, "{args:?}: {err}");
-    (out, err)
-}
 
 /// Compiles fixture `name` into `dir` (default settings); returns the developer artifact.
 fn compile(dir: &Path, name: &str) -> PathBuf {
-    let f = fixture(name);
     let out = dir.join(format!("{name}.fhe"));
-    ok(&[
-        "compile",
-        s(&f.join("model.onnx")),
-        "--inputset",
-        s(&f.join("train.npy")),
-        "-o",
-        s(&out),
-    ]);
+    common::compile_fixture(name, &out, &[]);
     out
 }
 
@@ -141,16 +123,6 @@ fn call(url: &str, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("{path}: still busy after 200 tries")
-}
-
-fn arrays(path: &Path) -> Vec<(String, Vec<usize>, Vec<f64>)> {
-    let mut v: Vec<_> = fhec::npy::read_arrays(path)
-        .unwrap()
-        .into_iter()
-        .map(|(n, a)| (n.unwrap(), a.shape, a.data))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// `fhec remote` against a served model equals simulate; a second run reuses the key.

@@ -167,3 +167,83 @@ pub fn fhe_once(
     let outputs = server.run(key, &inputs, &|_, _| {}).unwrap();
     client.decrypt(secret, &outputs).unwrap().remove(0)
 }
+
+/// A path as `&str`, for command lines.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Runs `fhec` and asserts success; returns (stdout, stderr).
+pub fn ok(args: &[&str]) -> (String, String) {
+    let (code, out, err) = fhec(args);
+    assert_eq!(code, 0, "{args:?}: {err}");
+    (out, err)
+}
+
+/// The arrays of an `.npz`, sorted by name: (name, shape, values).
+pub fn arrays(path: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    let mut v: Vec<_> = read_arrays(path)
+        .unwrap()
+        .into_iter()
+        .map(|(n, a)| (n.unwrap(), a.shape, a.data))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A float tensor type with `dims` (`Err(name)` for a symbolic dimension).
+pub fn tensor_type(dims: &[Result<i64, &str>]) -> fhec_frontend_onnx::pb::TypeProto {
+    use fhec_frontend_onnx::pb;
+    let dim = dims
+        .iter()
+        .map(|d| match d {
+            Ok(v) => pb::Dimension {
+                dim_value: Some(*v),
+                dim_param: None,
+            },
+            Err(p) => pb::Dimension {
+                dim_value: None,
+                dim_param: Some(p.to_string()),
+            },
+        })
+        .collect();
+    pb::TypeProto {
+        tensor_type: Some(pb::TypeProtoTensor {
+            elem_type: 1,
+            shape: Some(pb::TensorShapeProto { dim }),
+        }),
+    }
+}
+
+/// An ONNX model (IR 8, default opset 17) around `graph`.
+pub fn model_bytes(graph: fhec_frontend_onnx::pb::GraphProto) -> Vec<u8> {
+    use fhec_frontend_onnx::pb;
+    use prost::Message;
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: "".into(),
+            version: 17,
+        }],
+        producer_name: "test".into(),
+        producer_version: String::new(),
+        graph: Some(graph),
+    }
+    .encode_to_vec()
+}
+
+/// Compiles fixture `name` to `out` with `extra` flags (asserting success).
+pub fn compile_fixture(name: &str, out: &std::path::Path, extra: &[&str]) {
+    let f = fixture(name);
+    let (model, inputset) = (f.join("model.onnx"), f.join("train.npy"));
+    let mut args = vec![
+        "compile",
+        s(&model),
+        "--inputset",
+        s(&inputset),
+        "-o",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
+}

@@ -81,6 +81,12 @@ const OPS_NN: &[&str] = &[
     "op_pad",
     "op_expand_squeeze",
     "op_reduce",
+    // issue 16: valid models that used to compile into something wrong
+    "op_avgpool_ceil_pad",
+    "op_avgpool_ceil_pad19",
+    "op_clip_min",
+    "op_clip_empty_min",
+    "op_initializer_output",
 ];
 
 /// Ops whose output jumps (see `one_op_fixtures_simulate_close_to_float`).
@@ -473,7 +479,16 @@ fn one_op_fixtures_simulate_close_to_float() {
         // convolution without activation is requantized twice
         let bound = if STEP_OPS.contains(name) {
             0.5
-        } else if ["op_mul_two", "op_where", "op_matmul_two", "op_avgpool"].contains(name) {
+        } else if [
+            "op_mul_two",
+            "op_where",
+            "op_matmul_two",
+            "op_avgpool",
+            "op_avgpool_ceil_pad",
+            "op_avgpool_ceil_pad19",
+        ]
+        .contains(name)
+        {
             0.3
         } else {
             0.2

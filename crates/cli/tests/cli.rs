@@ -362,3 +362,42 @@ fn global_p_error_bounds_the_whole_sample() {
     assert_eq!(code, 2);
     assert!(err.contains("p_error must be in (0, 0.5)"), "{err}");
 }
+
+/// Models with infinite constants (a Clip with only one bound) compile into artifacts
+/// and parts that load back and run.
+#[test]
+fn artifacts_with_infinite_bounds_load_back() {
+    let d = tmp("infinite");
+    for name in ["op_clip_min", "op_clip_empty_min"] {
+        let f = fixture(name);
+        let out = d.join(format!("{name}.fhe"));
+        let x = f.join("test_x.npy").to_str().unwrap().to_string();
+        let (code, _, err) = fhec(&[
+            "compile",
+            f.join("model.onnx").to_str().unwrap(),
+            "--inputset",
+            f.join("train.npy").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{name}: {err}");
+        for mode in ["clear", "simulate"] {
+            let (code, _, err) = fhec(&[
+                "predict",
+                out.to_str().unwrap(),
+                "--input",
+                &x,
+                "--mode",
+                mode,
+                "--limit",
+                "3",
+            ]);
+            assert_eq!(code, 0, "{name} {mode}: {err}");
+        }
+        for part in ["client", "server"] {
+            let p = out.with_extension(format!("{part}.fhe"));
+            let (code, _, err) = fhec(&["inspect", p.to_str().unwrap()]);
+            assert_eq!(code, 0, "{name} {part}: {err}");
+        }
+    }
+}

@@ -411,3 +411,54 @@ fn tree_ensemble5_set_membership_and_min_aggregation_are_refused() {
         );
     }
 }
+
+/// mlp_iris with its opset declaration (or its outputs) changed.
+fn mlp_iris_edited(edit: impl Fn(&mut pb::ModelProto)) -> Vec<u8> {
+    let bytes = std::fs::read(fixture("mlp_iris").join("model.onnx")).unwrap();
+    let mut m = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    edit(&mut m);
+    m.encode_to_vec()
+}
+
+/// Opsets fhec does not implement and graphs without outputs are refused by name, not
+/// compiled into something else.
+#[test]
+fn invalid_opsets_and_graphs_without_outputs_are_refused() {
+    let d = tmp("opsets");
+    let compile = |bytes: Vec<u8>, name: &str, needles: &[&str]| {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        assert_fails(
+            &[
+                "compile",
+                s(&p),
+                "--inputset",
+                s(&iris().1),
+                "-o",
+                s(&d.join("m.fhe")),
+            ],
+            needles,
+        );
+    };
+    for version in [0, 6, 99] {
+        compile(
+            mlp_iris_edited(|m| m.opset_import[0].version = version),
+            &format!("opset{version}.onnx"),
+            &[
+                &format!("opset{version}.onnx"),
+                &format!("ai.onnx opset {version}"),
+                "7 to 25",
+            ],
+        );
+    }
+    compile(
+        mlp_iris_edited(|m| m.opset_import.clear()),
+        "no_opset.onnx",
+        &["no_opset.onnx", "declares no ai.onnx opset"],
+    );
+    compile(
+        mlp_iris_edited(|m| m.graph.as_mut().unwrap().output.clear()),
+        "no_outputs.onnx",
+        &["no_outputs.onnx", "no outputs"],
+    );
+}

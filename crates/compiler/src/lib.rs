@@ -242,8 +242,7 @@ pub fn split(
         graph: tail_graph,
     };
     // the id digests everything both parts hold (the client's id still zero)
-    let content = serde_json::to_vec(&(&circuit, &params, &client)).map_err(internal)?;
-    let id = ModelId::digest_of(&content);
+    let id = ModelId::digest_of_value(&(&circuit, &params, &client));
     client.model_id = id;
     let server = ServerPart {
         model_id: id,

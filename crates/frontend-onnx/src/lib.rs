@@ -36,6 +36,12 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
             ))
         }
     };
+    let opset = opsets(&model)?;
+    if graph.output.is_empty() {
+        return Err(ImportError::NotOnnx(
+            "the graph has no outputs: there is nothing to compute".into(),
+        ));
+    }
     let unsupported: Vec<UnsupportedOp> = graph
         .node
         .iter()
@@ -51,7 +57,10 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
         return Err(ImportError::Unsupported(unsupported));
     }
 
-    let mut b = Builder::default();
+    let mut b = Builder {
+        opset,
+        ..Default::default()
+    };
     for init in &graph.initializer {
         let t = tensor::decode_tensor(init)?;
         let id = b.add_constant(&init.name, t);
@@ -109,6 +118,37 @@ fn prune_dead_nodes(nodes: &mut Vec<Node>, outputs: &[ValueId]) {
     }
     let mut k = keep.into_iter();
     nodes.retain(|_| k.next().unwrap_or(true));
+}
+
+/// The ai.onnx opset versions whose semantics fhec implements (every one since ONNX 1.2).
+pub const AI_ONNX_OPSETS: std::ops::RangeInclusive<i64> = 7..=25;
+/// The ai.onnx.ml opset versions fhec implements.
+pub const AI_ONNX_ML_OPSETS: std::ops::RangeInclusive<i64> = 1..=5;
+
+/// The model's ai.onnx opset, after checking every declared opset fhec reads.
+fn opsets(model: &pb::ModelProto) -> Result<i64, ImportError> {
+    let mut ai_onnx = None;
+    for o in &model.opset_import {
+        let (name, range) = match o.domain.as_str() {
+            "" | "ai.onnx" => ("ai.onnx", &AI_ONNX_OPSETS),
+            "ai.onnx.ml" => ("ai.onnx.ml", &AI_ONNX_ML_OPSETS),
+            _ => continue,
+        };
+        if !range.contains(&o.version) {
+            return Err(ImportError::NotOnnx(format!(
+                "{name} opset {} is outside the versions fhec implements ({} to {}); re-export the model with a supported opset",
+                o.version,
+                range.start(),
+                range.end()
+            )));
+        }
+        if name == "ai.onnx" {
+            ai_onnx = Some(o.version);
+        }
+    }
+    ai_onnx.ok_or_else(|| {
+        ImportError::NotOnnx("the model declares no ai.onnx opset (opset_import)".into())
+    })
 }
 
 fn domain_name(d: &str) -> &str {
@@ -179,6 +219,8 @@ struct Builder {
     /// ONNX element type of constants decoded from tensors (integer widths collapse to
     /// `DType::I64`; QuantizeLinear reads its range off the zero point's type).
     elem_types: HashMap<ValueId, i32>,
+    /// The model's ai.onnx opset version (an op's semantics may depend on it).
+    opset: i64,
 }
 
 impl Builder {
@@ -212,6 +254,11 @@ pub(crate) struct NodeCtx<'a> {
 }
 
 impl NodeCtx<'_> {
+    /// The model's ai.onnx opset version.
+    pub(crate) fn opset(&self) -> i64 {
+        self.b.opset
+    }
+
     pub(crate) fn err(&self, reason: impl Into<String>) -> ImportError {
         ImportError::Node {
             node: self.name.clone(),

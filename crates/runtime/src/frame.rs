@@ -146,6 +146,11 @@ fn parse_hex16(s: &str) -> Option<[u8; 16]> {
 }
 
 impl ModelId {
+    /// The id of serializable content: the digest of its CBOR.
+    pub fn digest_of_value<T: Serialize>(value: &T) -> Self {
+        Self::digest_of(&crate::parts::cbor(value))
+    }
+
     /// The first 128 bits of the SHA-256 of `bytes`.
     pub fn digest_of(bytes: &[u8]) -> Self {
         let d = Sha256::digest(bytes);

@@ -7,8 +7,10 @@
 //! * [`Artifact`]: the developer's file, the server part plus the whole float model (for
 //!   `predict --mode clear` and simulation).
 //!
-//! None holds a key. Each is JSON inside the shared frame, and each is validated as
-//! soon as it is read: a part may come from someone the reader does not trust.
+//! None holds a key. Each is CBOR (RFC 8949: self-describing like JSON, and exact for
+//! every f64, infinities and NaN included) inside the shared frame, and each is
+//! validated as soon as it is read: a part may come from someone the reader does not
+//! trust.
 
 use fhec_backend_tfhe::{KeyParams, ParamChoice};
 use fhec_frontend_onnx::{FloatGraph, ValueId};
@@ -65,9 +67,15 @@ pub struct Artifact {
 /// Widest encoding a client part may ask for (the circuit limit plus sign and slack).
 const MAX_ENCODING_BITS: u32 = 30;
 
+/// CBOR of a model part (or of anything serializable, for digests).
+pub(crate) fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("model parts serialize to memory");
+    out
+}
+
 fn to_framed<T: Serialize>(kind: Kind, model: ModelId, value: &T) -> Vec<u8> {
-    let payload = serde_json::to_vec(value).expect("model parts serialize");
-    frame::frame(kind, model, None, &payload)
+    frame::frame(kind, model, None, &cbor(value))
 }
 
 fn from_framed<T: serde::de::DeserializeOwned>(
@@ -75,7 +83,7 @@ fn from_framed<T: serde::de::DeserializeOwned>(
     kind: Kind,
 ) -> Result<(frame::Header, T), Error> {
     let (h, payload) = frame::unframe(bytes, kind)?;
-    let value = serde_json::from_slice(payload)
+    let value = ciborium::from_reader(payload)
         .map_err(|e| Error::Format(format!("corrupted {}: {e}", kind.describe())))?;
     Ok((h, value))
 }

@@ -146,7 +146,9 @@ pub(crate) fn check_sample(graph: &FloatGraph, i: usize, sample: &[Tensor]) -> R
 }
 
 /// Stacks per-sample outputs (leading batch dimension 1) into `[samples, ...]` arrays,
-/// keyed by ONNX output name and typed as the model declares them.
+/// keyed by ONNX output name and typed as the model declares them. An output that does
+/// not depend on the inputs (an initializer listed as output) comes once, in its own
+/// shape, as onnxruntime returns it.
 pub fn stack_outputs(graph: &FloatGraph, per_sample: &[Vec<Tensor>]) -> Vec<(String, Array)> {
     graph
         .outputs
@@ -154,15 +156,21 @@ pub fn stack_outputs(graph: &FloatGraph, per_sample: &[Vec<Tensor>]) -> Vec<(Str
         .enumerate()
         .map(|(k, &id)| {
             let info = graph.value(id);
-            let mut shape = info.shape.clone();
-            if shape.is_empty() {
-                shape.push(1);
-            }
-            shape[0] *= per_sample.len();
-            let data: Vec<f64> = per_sample
-                .iter()
-                .flat_map(|o| o[k].data.iter().copied())
-                .collect();
+            let (shape, data) = match &info.constant {
+                Some(c) => (c.shape.clone(), c.data.clone()),
+                None => {
+                    let mut shape = info.shape.clone();
+                    if shape.is_empty() {
+                        shape.push(1);
+                    }
+                    shape[0] *= per_sample.len();
+                    let data: Vec<f64> = per_sample
+                        .iter()
+                        .flat_map(|o| o[k].data.iter().copied())
+                        .collect();
+                    (shape, data)
+                }
+            };
             let dtype = match info.dtype {
                 DType::F32 => "<f4",
                 DType::F64 => "<f8",

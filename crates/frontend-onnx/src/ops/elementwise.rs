@@ -200,10 +200,16 @@ pub(crate) fn activation(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         "Clip" => {
             let bound = |i: usize, attr: &str, d: f64| -> Result<f64, ImportError> {
                 match ctx.input(i)? {
-                    Some(v) => Ok(ctx
-                        .constant(v)
-                        .ok_or_else(|| ctx.err(format!("the {attr} bound is not a constant")))?
-                        .data[0]),
+                    Some(v) => {
+                        let t = ctx.constant(v).ok_or_else(|| {
+                            ctx.err(format!("the {attr} bound is not a constant"))
+                        })?;
+                        match t.data.as_slice() {
+                            [] => Ok(d), // an empty bound is no bound
+                            [b] => Ok(*b),
+                            _ => Err(ctx.err(format!("the {attr} bound is not a scalar"))),
+                        }
+                    }
                     None => Ok(ctx
                         .node
                         .attribute

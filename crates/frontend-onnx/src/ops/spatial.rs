@@ -300,11 +300,19 @@ pub(crate) fn pool(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         );
     } else {
         let include_pad = ctx.attr_i("count_include_pad", 0) != 0;
+        // With count_include_pad, a ceil-mode window that runs past the padding divides
+        // by the whole kernel before opset 19 (onnxruntime's AveragePool-7/11), by the
+        // positions inside the padded input from 19 on (ONNX's reference, PyTorch).
+        let whole_kernel = include_pad && ctx.opset() < 19;
         let mut map = SparseMap::default();
         for ch in 0..c {
             for (win, padded) in &windows {
                 let inside: Vec<usize> = win.iter().filter_map(|&(_, s)| s).collect();
-                let div = if include_pad { *padded } else { inside.len() };
+                let div = match (include_pad, whole_kernel) {
+                    (true, true) => g.kernel_count(),
+                    (true, false) => *padded,
+                    (false, _) => inside.len(),
+                };
                 if div == 0 {
                     return Err(ctx.err("a pooling window lies entirely in the padding"));
                 }

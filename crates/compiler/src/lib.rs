@@ -269,12 +269,14 @@ fn client_tail(
     graph: &FloatGraph,
     mut spec: ClientSpec,
 ) -> Result<(FloatGraph, ClientSpec), CompileError> {
-    let (tail, map) = graph.subgraph(&spec.tail);
+    // the head runs before encryption, the tail after decryption: both on the client
+    let keep: Vec<usize> = spec.head.iter().chain(&spec.tail).copied().collect();
+    let (client_graph, map) = graph.subgraph(&keep);
     let remap = |v: fhec_frontend_onnx::ValueId| {
         map[v.0 as usize].ok_or_else(|| {
             internal(format!(
-                "value #{} crosses to the client but is not in its graph",
-                v.0
+                "value '{}' crosses to the client but is not in its graph",
+                graph.value(v).name
             ))
         })
     };
@@ -284,8 +286,10 @@ fn client_tail(
     for d in &mut spec.outputs {
         d.value = remap(d.value)?;
     }
-    spec.tail = (0..tail.nodes.len()).collect();
-    Ok((tail, spec))
+    let h = spec.head.len();
+    spec.head = (0..h).collect();
+    spec.tail = (h..client_graph.nodes.len()).collect();
+    Ok((client_graph, spec))
 }
 
 /// Test vectors for the emitted MLIR: the circuit inputs of the first `count` inputset
@@ -302,7 +306,7 @@ pub fn test_vectors(
     let mut inputs: Vec<Vec<f64>> = vec![Vec::new(); c.inputs.len()];
     let mut outputs: Vec<Vec<f64>> = vec![Vec::new(); c.outputs.len()];
     for s in &samples[..take] {
-        let q = a.client().spec.quantize_inputs(s);
+        let q = a.client().spec.quantize_inputs(&a.client().graph, s)?;
         let out = fhec_ir::interp::simulate(c, info, &q).map_err(internal)?;
         for (acc, v) in inputs
             .iter_mut()

@@ -440,6 +440,17 @@ pub enum Op {
         scale: f64,
         zero_point: i64,
     },
+    /// ai.onnx.ml Imputer: an element equal to `replaced` (NaN matches NaN) becomes
+    /// `values[e]`; others pass through.
+    Impute {
+        replaced: f64,
+        values: Vec<f64>,
+    },
+    /// ai.onnx.ml ArrayFeatureExtractor with constant data: `y = data[..., indices]` along
+    /// the last axis, the indices computed (class ids mapped to labels).
+    TakeLast {
+        data: Tensor,
+    },
 }
 
 impl Op {
@@ -464,6 +475,8 @@ impl Op {
             Op::Normalizer { .. } => "Normalizer",
             Op::Quantize { .. } => "QuantizeLinear",
             Op::Dequantize { .. } => "DequantizeLinear",
+            Op::Impute { .. } => "Imputer",
+            Op::TakeLast { .. } => "ArrayFeatureExtractor",
         }
     }
 
@@ -473,6 +486,7 @@ impl Op {
         match self {
             Op::Dense { weight, bias, .. } => weight.len() + bias.len(),
             Op::BinaryConst { constant, .. } => constant.data.len(),
+            Op::Impute { values, .. } => values.len(),
             Op::Sparse(m) => m.terms.len() + m.bias.len(),
             Op::TreeEnsemble(e) => {
                 e.trees.iter().map(|t| t.nodes.len()).sum::<usize>() + e.base_values.len()
@@ -605,6 +619,18 @@ pub struct FloatGraph {
 impl FloatGraph {
     pub fn value(&self, id: ValueId) -> &ValueInfo {
         &self.values[id.0 as usize]
+    }
+
+    /// True when every node reading `id` is an Imputer that replaces NaN: the value may
+    /// hold missing values (NaN).
+    pub fn imputes(&self, id: ValueId) -> bool {
+        let mut readers = self
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.contains(&id))
+            .peekable();
+        readers.peek().is_some()
+            && readers.all(|n| matches!(n.op, Op::Impute { replaced, .. } if replaced.is_nan()))
     }
 }
 

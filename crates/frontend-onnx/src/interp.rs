@@ -162,6 +162,33 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             *to,
         )],
         Op::ZipMap => vec![x.clone()],
+        Op::Impute { replaced, values } => {
+            let hit = |v: f64| v == *replaced || (replaced.is_nan() && v.is_nan());
+            vec![same(
+                x.data
+                    .iter()
+                    .zip(values)
+                    .map(|(&v, &r)| if hit(v) { r } else { v })
+                    .collect(),
+            )]
+        }
+        Op::TakeLast { data } => {
+            let last = data.shape.last().copied().unwrap_or(1).max(1);
+            let rows = data.numel() / last;
+            let mut out = Vec::with_capacity(rows * x.numel());
+            for r in 0..rows {
+                for &i in &x.data {
+                    // indices were produced by the model; out of range reads the last
+                    out.push(data.data[r * last + (i.max(0.0) as usize).min(last - 1)]);
+                }
+            }
+            let mut shape = data.shape[..data.shape.len().saturating_sub(1)].to_vec();
+            if shape.is_empty() {
+                shape.push(1);
+            }
+            shape.push(x.numel());
+            vec![Tensor::new(shape, out, data.dtype)]
+        }
         Op::Quantize {
             scale,
             zero_point,

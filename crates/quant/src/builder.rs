@@ -47,7 +47,31 @@ pub fn quantize(
 ) -> Result<Quantized, QuantError> {
     cfg.check()?;
     check_inputset(graph, inputset)?;
-    let circuit_side = circuit_side(graph);
+    let head = crate::head::client_head(graph);
+    let circuit_side = circuit_side(graph, &head);
+    let head_nodes: Vec<usize> = (0..graph.nodes.len()).filter(|&i| head[i]).collect();
+    let circuit_inputs = crate::head::circuit_inputs(graph, &head, &circuit_side);
+    // each circuit input's value on every calibration sample (through the head)
+    let mut calibration: Vec<Vec<Tensor>> =
+        vec![Vec::with_capacity(inputset.len()); circuit_inputs.len()];
+    for (s, sample) in inputset.iter().enumerate() {
+        let env = crate::head::run_head(graph, &head_nodes, sample)
+            .map_err(|e| QuantError::Preprocessing(format!("inputset sample {s}: {e}")))?;
+        for (k, &v) in circuit_inputs.iter().enumerate() {
+            let t = env[v.0 as usize].clone().ok_or_else(|| {
+                QuantError::Preprocessing(format!("'{}' is not computed", graph.value(v).name))
+            })?;
+            if let Some(e) = t.data.iter().position(|x| !x.is_finite()) {
+                return Err(QuantError::NonFinite {
+                    input: graph.value(v).name.clone(),
+                    sample: s,
+                    element: e,
+                    value: t.data[e],
+                });
+            }
+            calibration[k].push(t);
+        }
+    }
     let mut b = Lowering {
         graph,
         cfg,
@@ -61,8 +85,8 @@ pub fn quantize(
         origins: Vec::new(),
     };
     let mut inputs = Vec::new();
-    for (index, &id) in graph.inputs.iter().enumerate() {
-        inputs.push(b.input(index, id, inputset));
+    for (index, (&id, values)) in circuit_inputs.iter().zip(&calibration).enumerate() {
+        inputs.push(b.input(index, id, values));
     }
     for (i, node) in graph.nodes.iter().enumerate() {
         if circuit_side[i] {
@@ -72,7 +96,7 @@ pub fn quantize(
     // Values crossing to the client: consumed by a tail node or returned by the model.
     let mut crossing: Vec<ValueId> = Vec::new();
     let tail: Vec<usize> = (0..graph.nodes.len())
-        .filter(|&i| !circuit_side[i])
+        .filter(|&i| !circuit_side[i] && !head[i])
         .collect();
     for &i in &tail {
         crossing.extend(
@@ -97,12 +121,11 @@ pub fn quantize(
             pending: q.pending.clone(),
         });
     }
-    b.circuit.inputs = (0..inputs.len())
-        .map(|i| b.values[&graph.inputs[i]].node)
-        .collect();
+    b.circuit.inputs = circuit_inputs.iter().map(|v| b.values[v].node).collect();
     Ok(Quantized {
         circuit: without_dead_nodes(b.circuit),
         client: ClientSpec {
+            head: head_nodes,
             inputs,
             outputs,
             tail,
@@ -167,7 +190,10 @@ fn check_inputset(graph: &FloatGraph, inputset: &[Vec<Tensor>]) -> Result<(), Qu
                     expected: info.shape.clone(),
                 });
             }
-            if let Some((e, &v)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            // a missing value (NaN) an Imputer fills is fine; the circuit inputs are
+            // checked again after the client's head
+            let allowed = |v: f64| v.is_finite() || (v.is_nan() && graph.imputes(id));
+            if let Some((e, &v)) = t.data.iter().enumerate().find(|(_, v)| !allowed(**v)) {
                 return Err(QuantError::NonFinite {
                     input: info.name.clone(),
                     sample: s,
@@ -181,20 +207,26 @@ fn check_inputset(graph: &FloatGraph, inputset: &[Vec<Tensor>]) -> Result<(), Qu
 }
 
 /// Marks the nodes that run in the circuit: every op with weights or two varying
-/// operands (`Dense`, `Sparse`, `Pairwise`, `GroupMax`) and everything upstream of one.
-/// The rest (the tail) runs on the client after decryption.
-fn circuit_side(graph: &FloatGraph) -> Vec<bool> {
+/// operands (`Dense`, `Sparse` but data movement, `Pairwise`, `GroupMax`, trees) and
+/// everything upstream of one,
+/// up to the client's `head` (which runs before encryption). The rest (the tail) runs
+/// on the client after decryption.
+pub(crate) fn circuit_side(graph: &FloatGraph, head: &[bool]) -> Vec<bool> {
     let mut side = vec![false; graph.nodes.len()];
     let mut needed: std::collections::HashSet<ValueId> = Default::default();
     for (i, node) in graph.nodes.iter().enumerate().rev() {
-        let heavy = matches!(
-            node.op,
-            Op::Dense { .. }
-                | Op::Sparse(_)
-                | Op::Pairwise { .. }
-                | Op::GroupMax { .. }
-                | Op::TreeEnsemble(_)
-        );
+        if head[i] {
+            continue;
+        }
+        // pure data movement (a column picked after the classifier's head…) needs
+        // the circuit only when an op with weights follows
+        let heavy = match &node.op {
+            Op::Sparse(m) => !m.is_movement(),
+            op => matches!(
+                op,
+                Op::Dense { .. } | Op::Pairwise { .. } | Op::GroupMax { .. } | Op::TreeEnsemble(_)
+            ),
+        };
         if heavy || node.outputs.iter().any(|o| needed.contains(o)) {
             side[i] = true;
             needed.extend(node.inputs.iter().copied());
@@ -279,7 +311,9 @@ impl Lowering<'_> {
         readers.peek().is_some() && readers.all(|n| matches!(n.op, Op::TreeEnsemble(_)))
     }
 
-    fn input(&mut self, index: usize, id: ValueId, inputset: &[Vec<Tensor>]) -> InputQuant {
+    /// Circuit input `index`: the value `id` (a model input or a head output), whose
+    /// calibration samples are `values`.
+    fn input(&mut self, index: usize, id: ValueId, values: &[Tensor]) -> InputQuant {
         let info = self.graph.value(id);
         // a QAT model's input grid is its first QuantizeLinear's
         let model = self
@@ -289,7 +323,7 @@ impl Lowering<'_> {
             Some(g) => (g.scale, g.zero, (g.max + 1).trailing_zeros()),
             None => {
                 let bits = self.cfg.input_bits;
-                let (lo, hi) = min_max(inputset.iter().flat_map(|s| s[index].data.iter().copied()));
+                let (lo, hi) = min_max(values.iter().flat_map(|t| t.data.iter().copied()));
                 let (scale, zero_point) = asymmetric(lo, hi, bits);
                 (scale, zero_point, bits)
             }
@@ -307,7 +341,7 @@ impl Lowering<'_> {
         let per_element: Vec<(f64, i64)> = if model.is_none() && self.read_only_by_trees(id) {
             (0..numel)
                 .map(|e| {
-                    let (lo, hi) = min_max(inputset.iter().map(|s| s[index].data[e]));
+                    let (lo, hi) = min_max(values.iter().map(|t| t.data[e]));
                     asymmetric(lo, hi, bits)
                 })
                 .collect()
@@ -324,11 +358,10 @@ impl Lowering<'_> {
             from_model: model.is_some(),
             per_element: per_element.clone(),
         };
-        let calib: Vec<Vec<i64>> = inputset
+        let calib: Vec<Vec<i64>> = values
             .iter()
-            .map(|s| {
-                s[index]
-                    .data
+            .map(|t| {
+                t.data
                     .iter()
                     .enumerate()
                     .map(|(e, &x)| iq.quantize(e, x))

@@ -117,7 +117,11 @@ impl OutputDequant {
 /// Everything the client needs besides keys.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClientSpec {
-    /// One per circuit input, in circuit order.
+    /// Float-graph nodes (indices) the client runs on a sample before quantizing it:
+    /// the model's preprocessing (docs/QUANTIZATION.md, the client's head).
+    #[serde(default)]
+    pub head: Vec<usize>,
+    /// One per circuit input, in circuit order: a model input or a head output.
     pub inputs: Vec<InputQuant>,
     /// One per circuit output, in circuit order.
     pub outputs: Vec<OutputDequant>,
@@ -129,17 +133,32 @@ pub struct ClientSpec {
 }
 
 impl ClientSpec {
-    /// Quantizes one sample (one tensor per model input).
-    pub fn quantize_inputs(&self, sample: &[Tensor]) -> Vec<Vec<i64>> {
+    /// Runs the head on one sample (one tensor per model input of `graph`) and quantizes
+    /// the circuit inputs.
+    pub fn quantize_inputs(
+        &self,
+        graph: &FloatGraph,
+        sample: &[Tensor],
+    ) -> Result<Vec<Vec<i64>>, ImportError> {
+        let env = crate::head::run_head(graph, &self.head, sample)?;
         self.inputs
             .iter()
-            .zip(sample)
-            .map(|(q, t)| {
-                t.data
+            .map(|q| {
+                let t = env
+                    .get(q.value.0 as usize)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| ImportError::Eval(format!("'{}' is not computed", q.name)))?;
+                if let Some(e) = t.data.iter().position(|v| !v.is_finite()) {
+                    return Err(ImportError::Eval(format!(
+                        "'{}' element {e} is {} after preprocessing: it cannot be encrypted",
+                        q.name, t.data[e]
+                    )));
+                }
+                Ok(t.data
                     .iter()
                     .enumerate()
                     .map(|(e, &x)| q.quantize(e, x))
-                    .collect()
+                    .collect())
             })
             .collect()
     }

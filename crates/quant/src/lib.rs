@@ -21,12 +21,14 @@ mod bivariate;
 mod builder;
 mod client;
 mod config;
+mod head;
 mod sparse;
 mod tlu;
 mod trees;
 
 pub use builder::quantize;
 pub use client::{ClientSpec, InputQuant, OutputDequant, Pending};
+pub use head::run_head;
 
 pub use config::QuantConfig;
 
@@ -85,6 +87,8 @@ pub enum QuantError {
         element: usize,
         value: f64,
     },
+    #[error("preprocessing on the client: {0}")]
+    Preprocessing(String),
     #[error("node '{node}' ({op}) cannot run inside the encrypted circuit: {reason}")]
     Unsupported {
         node: String,

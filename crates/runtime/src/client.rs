@@ -63,9 +63,9 @@ impl Client {
         SecretKey::from_bytes(bytes, self.part.model_id, &self.part.keys)
     }
 
-    /// The circuit inputs of one sample: its quantized integers.
-    pub fn quantize(&self, sample: &[Tensor]) -> Vec<Vec<i64>> {
-        self.part.spec.quantize_inputs(sample)
+    /// The circuit inputs of one sample: its preprocessing run, its quantized integers.
+    pub fn quantize(&self, sample: &[Tensor]) -> Result<Vec<Vec<i64>>, Error> {
+        Ok(self.part.spec.quantize_inputs(&self.part.graph, sample)?)
     }
 
     /// Quantizes and encrypts samples (one tensor per model input each).
@@ -83,10 +83,10 @@ impl Client {
         let encrypted = samples
             .iter()
             .map(|s| {
-                let q: Vec<i64> = self.quantize(s).concat();
-                key.key.encrypt_seeded(&q, w)
+                let q: Vec<i64> = self.quantize(s)?.concat();
+                Ok(key.key.encrypt_seeded(&q, w))
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         Ok(EncryptedInputs {
             model_id: self.part.model_id,
             key_id: key.key_id,

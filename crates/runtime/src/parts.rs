@@ -203,22 +203,42 @@ impl ClientPart {
         let crossing: Vec<ValueId> = self.spec.outputs.iter().map(|d| d.value).collect();
         g.check_structure(&crossing)
             .or_else(|e| bad(format!("tail graph: {e}")))?;
-        if self.spec.tail.iter().any(|&i| i >= g.nodes.len()) {
-            return bad("a tail node out of range".into());
+        let (head, tail) = (&self.spec.head, &self.spec.tail);
+        if head.iter().chain(tail).any(|&i| i >= g.nodes.len())
+            || head.windows(2).any(|w| w[0] >= w[1])
+            || head.iter().any(|h| tail.contains(h))
+        {
+            return bad("a head or tail node out of range or listed twice".into());
+        }
+        // the head runs on raw inputs only: it must not read a decrypted value
+        let head_outputs: Vec<ValueId> = head
+            .iter()
+            .flat_map(|&i| g.nodes[i].outputs.iter().copied())
+            .collect();
+        for &i in head {
+            if g.nodes[i].inputs.iter().any(|v| crossing.contains(v)) {
+                return bad(format!(
+                    "head node '{}' reads a decrypted value",
+                    g.nodes[i].name
+                ));
+            }
         }
         let numel = |v: ValueId| -> usize { g.value(v).shape.iter().product() };
-        if self.spec.inputs.len() != g.inputs.len() {
-            return bad(format!(
-                "{} input quantizers for {} model inputs",
-                self.spec.inputs.len(),
-                g.inputs.len()
-            ));
+        if self.spec.inputs.is_empty() {
+            return bad("no input quantizer".into());
         }
-        for (q, &v) in self.spec.inputs.iter().zip(&g.inputs) {
-            let n = numel(v);
+        for q in &self.spec.inputs {
+            let known = (q.value.0 as usize) < g.values.len()
+                && (g.inputs.contains(&q.value) || head_outputs.contains(&q.value));
+            if !known {
+                return bad(format!(
+                    "the quantizer of '{}' reads neither a model input nor a head output",
+                    q.name
+                ));
+            }
+            let n = numel(q.value);
             let finite_scale = |s: f64| s.is_finite() && s > 0.0;
-            if q.value != v
-                || q.shape.iter().product::<usize>() != n
+            if q.shape.iter().product::<usize>() != n
                 || !(1..=16).contains(&q.bits)
                 || !finite_scale(q.scale)
                 || q.zero_point.unsigned_abs() > 1 << 17

@@ -70,14 +70,19 @@ pub fn samples_from_arrays(
                 a.shape.iter().product::<usize>()
             ));
         }
-        if let Some(at) = a.data.iter().position(|v| !v.is_finite()) {
+        if let Some(at) = a.data.iter().position(|&v| !accepted(graph, id, v)) {
             let per = expected.iter().product::<usize>().max(1);
             return bad(format!(
-                "input '{}' sample {} element {} is {}: NaN and infinite values are not accepted",
+                "input '{}' sample {} element {} is {}: NaN and infinite values are not accepted{}",
                 info.name,
                 at / per,
                 at % per,
-                a.data[at]
+                a.data[at],
+                if a.data[at].is_nan() {
+                    " (the model imputes no missing value here)"
+                } else {
+                    ""
+                }
             ));
         }
         match samples {
@@ -108,6 +113,11 @@ pub fn samples_from_arrays(
         .collect())
 }
 
+/// A finite value, or a missing one (NaN) where the model imputes it.
+fn accepted(graph: &FloatGraph, input: fhec_frontend_onnx::ValueId, v: f64) -> bool {
+    v.is_finite() || (v.is_nan() && graph.imputes(input))
+}
+
 /// Checks that every sample holds one tensor of the right size per model input.
 pub(crate) fn check_samples(graph: &FloatGraph, samples: &[Vec<Tensor>]) -> Result<(), Error> {
     samples
@@ -135,7 +145,7 @@ pub(crate) fn check_sample(graph: &FloatGraph, i: usize, sample: &[Tensor]) -> R
                 info.shape
             )));
         }
-        if t.data.iter().any(|v| !v.is_finite()) {
+        if t.data.iter().any(|&v| !accepted(graph, id, v)) {
             return Err(Error::Samples(format!(
                 "sample {i}: input '{}' holds NaN or infinite values",
                 info.name

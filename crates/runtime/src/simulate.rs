@@ -28,7 +28,7 @@ pub fn simulate(
     sample: &[Tensor],
 ) -> Result<SampleResult, Error> {
     check_sample(&a.client().graph, 0, sample)?;
-    let q = a.client().spec.quantize_inputs(sample);
+    let q = a.client().spec.quantize_inputs(&a.client().graph, sample)?;
     let out = fhec_ir::interp::simulate(&a.server.circuit, info, &q)?;
     finish(a, out)
 }
@@ -73,7 +73,7 @@ impl<'a> Simulator<'a> {
     ) -> Result<SampleResult, Error> {
         let a = self.artifact;
         check_sample(&a.client().graph, index, sample)?;
-        let q = a.client().spec.quantize_inputs(sample);
+        let q = a.client().spec.quantize_inputs(&a.client().graph, sample)?;
         let out = match &self.noise {
             Some(noise) => fhec_ir::interp::simulate_noisy(
                 &a.server.circuit,

@@ -90,9 +90,14 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             ctx.err("the left operand is a constant: fhec needs the encrypted operand on the left")
         );
     }
-    let Some(bt) = ctx.constant(b).cloned() else {
+    let Some(mut bt) = ctx.constant(b).cloned() else {
         return matmul_varying(ctx, a, b);
     };
+    // a 1-D right operand is a column whose dimension the product drops
+    let vector = bt.shape.len() == 1;
+    if vector {
+        bt.shape.push(1);
+    }
     if bt.shape.len() != 2 {
         return Err(ctx.err(format!(
             "the constant operand must be 2-D, got {:?}",
@@ -116,16 +121,30 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     *shape.last_mut().unwrap() = n;
     let out = ctx.required_output(0)?;
     let dtype = ctx.info(a).dtype;
-    ctx.add_node(
-        Op::Dense {
-            inputs: k,
-            outputs: n,
-            weight,
-            bias: vec![0.0; n],
-        },
-        vec![a],
-        vec![(out, shape, dtype)],
-    );
+    let dense = Op::Dense {
+        inputs: k,
+        outputs: n,
+        weight,
+        bias: vec![0.0; n],
+    };
+    if vector {
+        let column = ctx.add_sub_node(
+            "column",
+            dense,
+            vec![a],
+            vec![(format!("{out}/column"), shape.clone(), dtype)],
+        )[0];
+        shape.pop();
+        ctx.add_node(
+            Op::Reshape {
+                shape: shape.clone(),
+            },
+            vec![column],
+            vec![(out, shape, dtype)],
+        );
+    } else {
+        ctx.add_node(dense, vec![a], vec![(out, shape, dtype)]);
+    }
     Ok(())
 }
 

@@ -4,6 +4,8 @@ mod elementwise;
 mod linear;
 mod mlops;
 mod movement;
+mod norm;
+mod preprocess;
 mod qdq;
 mod shape;
 mod spatial;
@@ -41,6 +43,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
             "Expand" => movement::expand,
             "ReduceSum" | "ReduceMean" | "ReduceMax" | "ReduceMin" => movement::reduce,
             "LogSoftmax" => mlops::softmax,
+            "LayerNormalization" => norm::layer_normalization,
             "Identity" => shape::identity,
             "Flatten" => shape::flatten,
             "Reshape" => shape::reshape,
@@ -57,6 +60,10 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
             "LinearRegressor" => linear::linear_regressor,
             "ZipMap" => mlops::zipmap,
             "Normalizer" => mlops::normalizer,
+            "Scaler" => preprocess::scaler,
+            "Binarizer" => preprocess::binarizer,
+            "Imputer" => preprocess::imputer,
+            "ArrayFeatureExtractor" => preprocess::array_feature_extractor,
             "TreeEnsembleClassifier" => trees::classifier,
             "TreeEnsembleRegressor" => trees::regressor,
             "TreeEnsemble" => tree_ensemble5::tree_ensemble,

@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use fhec::files;
-use fhec_backend_tfhe::{CryptoParams, PErrorTarget};
+use fhec_backend_tfhe::CryptoParams;
 use fhec_compiler::report::{naive_tree_pbs, params_text, DeploymentSizes};
-use fhec_quant::QuantConfig;
 use fhec_runtime::simulate::{differing, simulate, Simulator};
 use fhec_runtime::{Client, Server};
 
@@ -19,10 +18,9 @@ pub fn bench(
     inputset: &Path,
     input: &Path,
     n: usize,
-    cfg: &QuantConfig,
-    target: PErrorTarget,
+    options: &fhec_compiler::Options,
 ) -> Result<ExitCode> {
-    let (compiled, _) = files::compile(model, inputset, cfg, target)?;
+    let (compiled, _) = files::compile(model, inputset, options)?;
     let (a, info) = (&compiled.artifact, &compiled.info);
     let samples: Vec<_> = files::load_samples(input, &a.graph)?
         .into_iter()

@@ -125,8 +125,7 @@ pub fn part_paths(artifact: &Path) -> (PathBuf, PathBuf) {
 pub fn compile(
     model: &Path,
     inputset: &Path,
-    cfg: &fhec_quant::QuantConfig,
-    target: fhec_backend_tfhe::PErrorTarget,
+    options: &fhec_compiler::Options,
 ) -> Result<(
     fhec_compiler::Compiled,
     Vec<Vec<fhec_frontend_onnx::Tensor>>,
@@ -134,7 +133,7 @@ pub fn compile(
     let start = std::time::Instant::now();
     let (graph, samples) = import_with_inputset(model, inputset)?;
     let compiled =
-        fhec_compiler::compile_graph(graph, &samples, &source_name(model), cfg, target, start)
+        fhec_compiler::compile_graph(graph, &samples, &source_name(model), options, start)
             .map_err(|e| compile_error(model, e))?;
     Ok((compiled, samples))
 }
@@ -165,7 +164,9 @@ pub fn source_name(model: &Path) -> String {
 pub fn compile_error(model: &Path, e: fhec_compiler::CompileError) -> anyhow::Error {
     use fhec_compiler::CompileError::*;
     match e {
-        Import(_) | Quant(_) => anyhow::anyhow!("{}: {e}", model.display()),
+        Import(_) | Quant(_) | TooWide(_) | Suggestion { .. } => {
+            anyhow::anyhow!("{}: {e}", model.display())
+        }
         e => e.into(),
     }
 }

@@ -48,6 +48,10 @@ enum Command {
         /// Overwrite output files that fhec did not write.
         #[arg(long)]
         force: bool,
+        /// Keep the settings as given: when they give a value over 16 bits or no
+        /// parameters, fail (naming settings that compile) instead of adapting them.
+        #[arg(long)]
+        strict: bool,
         /// Parse and verify the emitted MLIR with MLIR itself; fail with its message if it
         /// does not verify (builds with the `mlir-verify` feature only).
         #[cfg(feature = "mlir-verify")]
@@ -268,6 +272,22 @@ struct QuantArgs {
 }
 
 impl QuantArgs {
+    /// The compile options: these settings, the ones left at their defaults adaptable.
+    fn options(&self, strict: bool) -> fhec_compiler::Options {
+        let default_bits = self.n_bits.is_none();
+        fhec_compiler::Options {
+            quant: self.config(),
+            target: self.target(),
+            free: fhec_compiler::adapt::Knobs {
+                input_bits: default_bits && self.input_bits.is_none(),
+                weight_bits: default_bits && self.weight_bits.is_none(),
+                activation_bits: default_bits && self.activation_bits.is_none(),
+                rounding_bits: self.rounding_threshold_bits.is_none() && !self.no_rounding,
+            },
+            strict,
+        }
+    }
+
     fn target(&self) -> PErrorTarget {
         match (self.global_p_error, self.p_error) {
             (Some(g), _) => PErrorTarget::Global(g),
@@ -338,13 +358,14 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             output,
             q,
             force,
+            strict,
             #[cfg(feature = "mlir-verify")]
             verify_mlir,
         } => compile(
             &model,
             &inputset,
             output,
-            &q,
+            &q.options(strict),
             force,
             #[cfg(feature = "mlir-verify")]
             verify_mlir,
@@ -444,7 +465,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             input,
             samples,
             q,
-        } => bench::bench(&model, &inputset, &input, samples, &q.config(), q.target()),
+        } => bench::bench(&model, &inputset, &input, samples, &q.options(false)),
         Command::BenchParams { count } => bench::bench_params(count),
         Command::BenchServe {
             server,
@@ -468,7 +489,7 @@ fn compile(
     model: &Path,
     inputset: &Path,
     output: Option<PathBuf>,
-    q: &QuantArgs,
+    options: &fhec_compiler::Options,
     force: bool,
     #[cfg(feature = "mlir-verify")] verify_mlir: bool,
 ) -> Result<ExitCode> {
@@ -492,7 +513,7 @@ fn compile(
         .unwrap_or(false);
     guard_overwrite(&mlir_path, mlir_ours, force)?;
     guard_overwrite(&vectors_path, npy::is_fhec_npz(&vectors_path), force)?;
-    let (compiled, samples) = files::compile(model, inputset, &q.config(), q.target())?;
+    let (compiled, samples) = files::compile(model, inputset, options)?;
     let a = &compiled.artifact;
     let mlir = fhec_mlir_emit::to_mlir(&a.server.circuit, &compiled.info, &a.source);
     #[cfg(feature = "mlir-verify")]
@@ -521,6 +542,15 @@ fn compile(
         mlir_path.display(),
         vectors_path.display()
     );
+    if let Some(a) = &compiled.adaptation {
+        println!(
+            "adapted: {} ({}); {}; the same as `{}`",
+            a.changes.join(", "),
+            a.reason,
+            a.fidelity.text(),
+            a.flags
+        );
+    }
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
     if let Some(naive) = r.naive_tree_pbs {

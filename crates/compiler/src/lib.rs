@@ -8,6 +8,7 @@
 //! Everything is in memory; files are the caller's. The one entry point is
 //! [`compile`]; [`lower`] and [`lower_and_choose`] are its first steps, for `inspect`.
 
+pub mod adapt;
 pub mod report;
 
 use std::time::{Duration, Instant};
@@ -31,8 +32,15 @@ pub enum CompileError {
     Quant(#[from] QuantError),
     #[error(transparent)]
     Params(#[from] ParamError),
-    #[error("over the {max}-bit limit: {0}; lower --n-bits or --rounding-threshold-bits", max = fhec_ir::MAX_BITS)]
+    #[error("over the {max}-bit limit: {0}", max = fhec_ir::MAX_BITS)]
     TooWide(String),
+    /// The settings as given fail; others compile.
+    #[error("{failure}. These settings compile: {flags} ({fidelity}); pass them, or leave the settings at their defaults (without --strict) to let fhec adapt them")]
+    Suggestion {
+        failure: Box<CompileError>,
+        flags: String,
+        fidelity: String,
+    },
     #[error("internal error, please report: {0}")]
     Internal(String),
 }
@@ -48,6 +56,32 @@ pub struct Compiled {
     pub artifact: Artifact,
     pub info: CircuitInfo,
     pub elapsed: Duration,
+    /// The settings the compiler changed, when it had to (or could at no cost).
+    pub adaptation: Option<adapt::Adaptation>,
+}
+
+/// How a model is compiled: its settings, the error target, which settings the compiler
+/// may adapt, and whether it may at all.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quant: QuantConfig,
+    pub target: PErrorTarget,
+    /// Settings the user left at their defaults.
+    pub free: adapt::Knobs,
+    /// Keep the settings as given; a failure names settings that would compile.
+    pub strict: bool,
+}
+
+impl Options {
+    /// The defaults, all adaptable.
+    pub fn new(quant: QuantConfig, target: PErrorTarget) -> Self {
+        Options {
+            quant,
+            target,
+            free: adapt::Knobs::all(),
+            strict: false,
+        }
+    }
 }
 
 pub fn import(onnx: &[u8]) -> Result<FloatGraph, CompileError> {
@@ -77,7 +111,8 @@ pub fn lower(
     Ok(Lowered { quantized, info })
 }
 
-/// Refuses circuits with values over the 16-bit limit, naming each.
+/// Refuses circuits with values over the 16-bit limit, naming each: the node, its op,
+/// its width and the range that needs it.
 pub fn check_violations(info: &CircuitInfo) -> Result<(), CompileError> {
     if info.violations.is_empty() {
         return Ok(());
@@ -86,8 +121,13 @@ pub fn check_violations(info: &CircuitInfo) -> Result<(), CompileError> {
         .violations
         .iter()
         .map(|v| {
+            let what = if v.op == "round" {
+                "its accumulator plus half a rounding step"
+            } else {
+                "its calibrated range"
+            };
             format!(
-                "node '{}' ({}) needs {} bits (range [{}, {}])",
+                "node '{}' ({}) needs {} bits for [{}, {}] ({what})",
                 v.node, v.op, v.bits, v.range.lo, v.range.hi
             )
         })
@@ -184,13 +224,12 @@ pub fn compile(
     onnx: &[u8],
     source: &str,
     inputset_arrays: &[(Option<String>, Array)],
-    cfg: &QuantConfig,
-    target: PErrorTarget,
+    options: &Options,
 ) -> Result<Compiled, CompileError> {
     let start = Instant::now();
     let graph = import(onnx)?;
     let samples = inputset(&graph, inputset_arrays)?;
-    compile_graph(graph, &samples, source, cfg, target, start)
+    compile_graph(graph, &samples, source, options, start)
 }
 
 /// [`compile`] from an imported graph and its inputset samples.
@@ -198,18 +237,23 @@ pub fn compile_graph(
     graph: FloatGraph,
     samples: &[Vec<Tensor>],
     source: &str,
-    cfg: &QuantConfig,
-    target: PErrorTarget,
+    options: &Options,
     start: Instant,
 ) -> Result<Compiled, CompileError> {
-    let (l, params, cfg) = lower_and_choose(&graph, samples, cfg, target)?;
-    check_violations(&l.info)?;
-    let params = params.ok_or_else(|| internal("no parameters chosen for a valid circuit"))?;
+    let ((l, params, cfg), adaptation) = adapt::compile_adaptive(
+        &graph,
+        samples,
+        &options.quant,
+        options.target,
+        options.free,
+        options.strict,
+    )?;
     let artifact = split(graph, l.quantized, params, &l.info, source, cfg)?;
     Ok(Compiled {
         artifact,
         info: l.info,
         elapsed: start.elapsed(),
+        adaptation,
     })
 }
 

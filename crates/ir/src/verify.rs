@@ -58,6 +58,8 @@ pub struct Violation {
     pub node: String,
     pub op: String,
     pub bits: u32,
+    /// The range of the value that is too wide: for a rounding, its accumulator plus half
+    /// a rounding step (what the ciphertext holds before the low bits are dropped).
     pub range: Range,
 }
 
@@ -354,11 +356,18 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
         .filter(|id| nodes[id.index()].bits > MAX_BITS)
         .map(|&id| {
             let n = c.node(id);
+            let range = match n.op {
+                IntOp::Round { drop_bits, .. } => {
+                    let x = c.node(c.operands(id)[0]).range;
+                    Range::new(0, x.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)))
+                }
+                _ => n.range,
+            };
             Violation {
                 node: n.name.clone(),
                 op: n.op.name().into(),
                 bits: nodes[id.index()].bits,
-                range: n.range,
+                range,
             }
         })
         .collect();

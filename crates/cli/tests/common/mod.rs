@@ -43,12 +43,16 @@ pub fn compile(name: &str, cfg: Option<QuantConfig>) -> (Artifact, CircuitInfo) 
 
 pub fn compile_with(name: &str, cfg: Option<QuantConfig>, p_error: f64) -> (Artifact, CircuitInfo) {
     let dir = fixture(name);
-    let (c, _) = fhec::files::compile(
-        &dir.join("model.onnx"),
-        &dir.join("train.npy"),
-        &cfg.unwrap_or_default(),
-        fhec_backend_tfhe::PErrorTarget::PerPbs(p_error),
-    )
+    // a test's own settings are kept as given; the defaults may adapt
+    let target = fhec_backend_tfhe::PErrorTarget::PerPbs(p_error);
+    let options = match cfg {
+        None => fhec_compiler::Options::new(QuantConfig::default(), target),
+        Some(cfg) => fhec_compiler::Options {
+            free: fhec_compiler::adapt::Knobs::default(),
+            ..fhec_compiler::Options::new(cfg, target)
+        },
+    };
+    let (c, _) = fhec::files::compile(&dir.join("model.onnx"), &dir.join("train.npy"), &options)
     .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     (c.artifact, c.info)
 }

@@ -1,0 +1,337 @@
+//! Defaults that adapt (docs/QUANTIZATION.md#defaults-that-adapt).
+//!
+//! When the settings a user left at their defaults give a value over 16 bits or no
+//! feasible parameters, the compiler looks for nearby settings that compile: fewer
+//! input, weight or activation bits, a lower rounding threshold, one knob at a time and
+//! then two, and keeps the one whose simulation agrees best with the float model on the
+//! inputset. A circuit without bootstrap gets more bits instead, up to 8, since they
+//! cost it nothing. What changed, and what it costs in agreement, is reported.
+//! `strict` keeps the settings: the failure is returned, with the working settings the
+//! search found as its suggestion.
+
+use fhec_backend_tfhe::{PErrorTarget, ParamChoice};
+use fhec_frontend_onnx::{interp, FloatGraph, Tensor};
+use fhec_quant::QuantConfig;
+use serde::Serialize;
+
+use crate::{check_violations, lower_and_choose, CompileError, Lowered};
+
+/// Which settings the compiler may change: those the user left at their defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Knobs {
+    pub input_bits: bool,
+    pub weight_bits: bool,
+    pub activation_bits: bool,
+    pub rounding_bits: bool,
+}
+
+impl Knobs {
+    pub fn all() -> Self {
+        Knobs {
+            input_bits: true,
+            weight_bits: true,
+            activation_bits: true,
+            rounding_bits: true,
+        }
+    }
+    fn any(self) -> bool {
+        self.input_bits || self.weight_bits || self.activation_bits || self.rounding_bits
+    }
+}
+
+/// How close the circuit's simulation is to the float model on calibration samples.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Fidelity {
+    pub samples: usize,
+    /// Share of samples whose first float output of several elements (a classifier's
+    /// scores) has the same arg-max as the float model's, when there is such an output.
+    pub top1_agreement: Option<f64>,
+    /// 1 − Σ(sim − float)² / Σ(float − mean)² over that output's (or the first output's)
+    /// elements.
+    pub r2: f64,
+}
+
+impl Fidelity {
+    /// Higher is better: agreement first, then R².
+    fn score(&self) -> (f64, f64) {
+        (self.top1_agreement.unwrap_or(1.0), self.r2)
+    }
+
+    pub fn text(&self) -> String {
+        match self.top1_agreement {
+            Some(a) => format!(
+                "top-1 agreement with the float model {:.1}% on {} inputset samples (R² {:.4})",
+                100.0 * a,
+                self.samples,
+                self.r2
+            ),
+            None => format!(
+                "R² against the float model {:.4} on {} inputset samples",
+                self.r2, self.samples
+            ),
+        }
+    }
+}
+
+/// What the compiler changed and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Adaptation {
+    /// `setting: before → after`, one per change.
+    pub changes: Vec<String>,
+    /// Why: the failure of the settings as given, or "no bootstrap".
+    pub reason: String,
+    pub fidelity: Fidelity,
+    /// The command-line flags that give the adapted settings.
+    pub flags: String,
+}
+
+/// Most calibration samples a candidate is simulated on.
+const FIDELITY_SAMPLES: usize = 128;
+
+/// Simulation against the float model on the first samples of the inputset.
+pub fn fidelity(graph: &FloatGraph, l: &Lowered, samples: &[Vec<Tensor>]) -> Result<Fidelity, CompileError> {
+    let take = &samples[..samples.len().min(FIDELITY_SAMPLES)];
+    let spec = &l.quantized.client;
+    // a classifier's scores (a float output of several elements) tell more than its label
+    let k = graph
+        .outputs
+        .iter()
+        .position(|&o| {
+            let v = graph.value(o);
+            matches!(v.dtype, fhec_frontend_onnx::DType::F32 | fhec_frontend_onnx::DType::F64)
+                && v.shape.iter().product::<usize>() > 1
+        })
+        .unwrap_or(0);
+    let (mut agree, mut top1_known) = (0usize, true);
+    let (mut sse, mut floats) = (0.0f64, Vec::new());
+    let mut sims = Vec::new();
+    for s in take {
+        let env = interp::evaluate(graph, s)?;
+        let float = env[graph.outputs[k].0 as usize]
+            .clone()
+            .ok_or_else(|| CompileError::Internal("the float model computes no output".into()))?;
+        let q = spec.quantize_inputs(graph, s)?;
+        let out = fhec_ir::interp::simulate(&l.quantized.circuit, &l.info, &q)
+            .map_err(|e| CompileError::Internal(e.to_string()))?;
+        let sim = spec.finish(graph, &out)?.swap_remove(k);
+        if float.data.len() > 1 {
+            let argmax = |d: &[f64]| {
+                d.iter()
+                    .enumerate()
+                    .fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .0
+            };
+            agree += (argmax(&float.data) == argmax(&sim.data)) as usize;
+        } else {
+            top1_known = false;
+        }
+        for (a, b) in sim.data.iter().zip(&float.data) {
+            sse += (a - b).powi(2);
+        }
+        floats.extend(float.data.iter().copied());
+        sims.extend(sim.data);
+    }
+    let mean = floats.iter().sum::<f64>() / floats.len().max(1) as f64;
+    let sst: f64 = floats.iter().map(|f| (f - mean).powi(2)).sum();
+    let r2 = if sst > 0.0 { 1.0 - sse / sst } else if sse == 0.0 { 1.0 } else { 0.0 };
+    Ok(Fidelity {
+        samples: take.len(),
+        top1_agreement: top1_known.then(|| agree as f64 / take.len().max(1) as f64),
+        r2,
+    })
+}
+
+/// A compiled candidate: lowered, its parameters, the settings kept.
+pub(crate) type Candidate = (Lowered, ParamChoice, QuantConfig);
+
+fn attempt(
+    graph: &FloatGraph,
+    samples: &[Vec<Tensor>],
+    cfg: &QuantConfig,
+    target: PErrorTarget,
+) -> Result<Candidate, CompileError> {
+    let (l, params, cfg) = lower_and_choose(graph, samples, cfg, target)?;
+    check_violations(&l.info)?;
+    let params = params.ok_or_else(|| CompileError::Internal("no parameters for a valid circuit".into()))?;
+    Ok((l, params, cfg))
+}
+
+/// The settings that differ, as `name: a → b`, and as flags.
+fn describe(from: &QuantConfig, to: &QuantConfig) -> (Vec<String>, String) {
+    let mut changes = Vec::new();
+    let mut flags = Vec::new();
+    for (name, flag, a, b) in [
+        ("input bits", "--input-bits", from.input_bits, to.input_bits),
+        ("weight bits", "--weight-bits", from.weight_bits, to.weight_bits),
+        ("activation bits", "--activation-bits", from.activation_bits, to.activation_bits),
+    ] {
+        if a != b {
+            changes.push(format!("{name} {a} → {b}"));
+            flags.push(format!("{flag} {b}"));
+        }
+    }
+    if from.rounding_bits != to.rounding_bits {
+        let show = |r: Option<u32>| r.map_or("none".to_string(), |r| r.to_string());
+        changes.push(format!(
+            "rounding threshold {} → {}",
+            show(from.rounding_bits),
+            show(to.rounding_bits)
+        ));
+        if let Some(r) = to.rounding_bits {
+            flags.push(format!("--rounding-threshold-bits {r}"));
+        }
+    }
+    (changes, flags.join(" "))
+}
+
+/// Settings `d` steps below `cfg` on the free knobs (bits stay at 2 or more, the
+/// rounding threshold at 3 or more).
+fn below(cfg: &QuantConfig, knobs: Knobs, d: u32) -> Vec<QuantConfig> {
+    let steps = |free: bool| if free { 0..=d } else { 0..=0 };
+    let mut out = Vec::new();
+    for di in steps(knobs.input_bits) {
+        for dw in steps(knobs.weight_bits) {
+            for da in steps(knobs.activation_bits) {
+                for dr in steps(knobs.rounding_bits && cfg.rounding_bits.is_some()) {
+                    if di + dw + da + dr != d {
+                        continue;
+                    }
+                    let ok = cfg.input_bits >= di + 2
+                        && cfg.weight_bits >= dw + 2
+                        && cfg.activation_bits >= da + 2
+                        && cfg.rounding_bits.is_none_or(|r| r >= dr + 3);
+                    if ok {
+                        out.push(QuantConfig {
+                            input_bits: cfg.input_bits - di,
+                            weight_bits: cfg.weight_bits - dw,
+                            activation_bits: cfg.activation_bits - da,
+                            rounding_bits: cfg.rounding_bits.map(|r| r - dr),
+                            ..cfg.clone()
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The most accurate candidate among `cfgs` that compiles, with its fidelity.
+fn best_of(
+    graph: &FloatGraph,
+    samples: &[Vec<Tensor>],
+    cfgs: &[QuantConfig],
+    target: PErrorTarget,
+) -> Result<Option<(Candidate, Fidelity)>, CompileError> {
+    let mut best: Option<(Candidate, Fidelity)> = None;
+    for cfg in cfgs {
+        let Ok(c) = attempt(graph, samples, cfg, target) else {
+            continue;
+        };
+        let f = fidelity(graph, &c.0, samples)?;
+        let better = best.as_ref().is_none_or(|(b, bf)| {
+            f.score() > bf.score()
+                || (f.score() == bf.score()
+                    && c.1.predicted_ms_per_sample < b.1.predicted_ms_per_sample)
+        });
+        if better {
+            best = Some((c, f));
+        }
+    }
+    Ok(best)
+}
+
+/// The first level of reductions (1 to 4 steps in all) at which some setting compiles,
+/// and its most accurate setting there.
+fn search(
+    graph: &FloatGraph,
+    samples: &[Vec<Tensor>],
+    cfg: &QuantConfig,
+    knobs: Knobs,
+    target: PErrorTarget,
+) -> Result<Option<(Candidate, Fidelity)>, CompileError> {
+    for d in 1..=4 {
+        if let Some(found) = best_of(graph, samples, &below(cfg, knobs, d), target)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// Compiles with `cfg`, adapting the free `knobs` as the module doc says. Returns the
+/// candidate and what was adapted (`None`: the settings as given).
+pub(crate) fn compile_adaptive(
+    graph: &FloatGraph,
+    samples: &[Vec<Tensor>],
+    cfg: &QuantConfig,
+    target: PErrorTarget,
+    knobs: Knobs,
+    strict: bool,
+) -> Result<(Candidate, Option<Adaptation>), CompileError> {
+    let first = attempt(graph, samples, cfg, target);
+    match first {
+        Ok(c) => {
+            if strict || !knobs.input_bits || !knobs.weight_bits || c.0.info.pbs_per_sample > 0 {
+                return Ok((c, None));
+            }
+            // no bootstrap: bits cost nothing but the 16-bit accumulator limit
+            let base = fidelity(graph, &c.0, samples)?;
+            let more: Vec<QuantConfig> = (cfg.input_bits.max(cfg.weight_bits) + 1..=8)
+                .rev()
+                .map(|b| QuantConfig {
+                    input_bits: b.max(cfg.input_bits),
+                    weight_bits: b.max(cfg.weight_bits),
+                    ..cfg.clone()
+                })
+                .collect();
+            for m in more {
+                if let Ok(better) = attempt(graph, samples, &m, target) {
+                    if better.0.info.pbs_per_sample == 0 {
+                        let f = fidelity(graph, &better.0, samples)?;
+                        if f.score() >= base.score() {
+                            let (changes, flags) = describe(cfg, &better.2);
+                            return Ok((
+                                better,
+                                Some(Adaptation {
+                                    changes,
+                                    reason: "the circuit has no bootstrap: more bits cost nothing".into(),
+                                    fidelity: f,
+                                    flags,
+                                }),
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok((c, None))
+        }
+        Err(e @ (CompileError::TooWide(_) | CompileError::Params(_))) => {
+            // adapt the free knobs; failing that (or in strict mode), find settings over
+            // every knob to suggest
+            if !strict && knobs.any() {
+                if let Some((c, f)) = search(graph, samples, cfg, knobs, target)? {
+                    let (changes, flags) = describe(cfg, &c.2);
+                    let reason = e.to_string();
+                    return Ok((
+                        c,
+                        Some(Adaptation {
+                            changes,
+                            reason,
+                            fidelity: f,
+                            flags,
+                        }),
+                    ));
+                }
+            }
+            match search(graph, samples, cfg, Knobs::all(), target)? {
+                Some((c, f)) => Err(CompileError::Suggestion {
+                    failure: Box::new(e),
+                    flags: describe(cfg, &c.2).1,
+                    fidelity: f.text(),
+                }),
+                None => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}

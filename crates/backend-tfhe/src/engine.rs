@@ -241,6 +241,7 @@ impl Evaluator {
                         ops.iter().map(|o| &values[o.index()]).collect();
                     affine(&xs, row_start, terms, bias, w)
                 }
+                IntOp::Conv(conv) => convolve(x.unwrap(), conv, w),
                 // the consumer's bootstrap reads the top bits through its modulus switch
                 IntOp::Round {
                     approximate: true, ..
@@ -512,6 +513,26 @@ fn affine(
                 }
             }
             acc[size - 1] = acc[size - 1].wrapping_add((bias[j] as u64) << delta_shift(w));
+            LweCiphertext::from_container(acc, CiphertextModulus::new_native())
+        })
+        .collect()
+}
+
+/// `IntOp::Conv` on ciphertexts: each output as long as the longest ciphertext of the
+/// operand (the noise model sums every tap inside the input).
+fn convolve(x: &[Ciphertext], conv: &fhec_ir::Conv, w: u32) -> Vec<Ciphertext> {
+    let size = x.iter().map(|c| c.lwe_size().0).max().unwrap_or(1);
+    (0..conv.bias.len())
+        .into_par_iter()
+        .map(|e| {
+            let mut acc = vec![0u64; size];
+            conv.for_each_tap(e, |i, k| {
+                let weight = conv.weight[k];
+                if weight != 0 {
+                    add_scaled_into(&mut acc, x[i].as_ref(), weight as u64);
+                }
+            });
+            acc[size - 1] = acc[size - 1].wrapping_add((conv.bias[e] as u64) << delta_shift(w));
             LweCiphertext::from_container(acc, CiphertextModulus::new_native())
         })
         .collect()

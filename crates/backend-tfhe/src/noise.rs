@@ -358,6 +358,22 @@ impl NoiseBudget {
                         })
                         .collect()
                 }
+                IntOp::Conv(conv) => {
+                    let x = x.unwrap();
+                    // the engine sizes every output like the operand's widest ciphertext
+                    let sources = x.iter().fold(0, |s, t| s | t.sources);
+                    (0..node.numel())
+                        .map(|e| {
+                            let mut acc = NoiseTerms::zero(np);
+                            conv.for_each_tap(e, |i, k| {
+                                let w = conv.weight[k] as f64;
+                                acc.add_scaled(&x[i], w * w);
+                            });
+                            acc.sources = sources;
+                            acc
+                        })
+                        .collect()
+                }
                 IntOp::Round {
                     approximate: true, ..
                 } => x.unwrap().clone(),

@@ -4,16 +4,7 @@
 mod common;
 
 use common::*;
-use fhec_quant::QuantConfig;
 
-const MODELS: &[&str] = &[
-    "logreg_iris",
-    "logreg_breast_zipmap",
-    "linreg_diabetes",
-    "mlp_iris",
-    "mlp_digits",
-    "mlp_wine_matmul",
-];
 const OPS: &[&str] = &[
     "op_relu",
     "op_sigmoid",
@@ -89,21 +80,6 @@ const OPS_NN: &[&str] = &[
     "op_initializer_output",
 ];
 
-/// Models as exporters write them by default (scikit-learn Pipelines with their
-/// preprocessing, skl2onnx's ZipMap and ArrayFeatureExtractor, torch's
-/// LayerNormalization): issue 16.
-const EXPORTS: &[&str] = &[
-    "sgd_iris_pipeline",
-    "linearsvc_breast",
-    "mlpclassifier_digits",
-    "imputer_breast_pipeline",
-    "binarizer_iris_pipeline",
-    "poisson_diabetes",
-    "gamma_diabetes",
-    "tweedie_diabetes",
-    "layernorm_mlp_digits",
-];
-
 /// Ops whose output jumps (see `one_op_fixtures_simulate_close_to_float`).
 const STEP_OPS: &[&str] = &[
     "op_sign",
@@ -114,19 +90,6 @@ const STEP_OPS: &[&str] = &[
     "op_lessorequal_const",
     "op_where_not_and_or",
     "op_greater_two",
-];
-
-/// Neural networks: simulation within 3 accuracy points of float at the default settings.
-/// Issue 5's fixtures held within 3 points: the small CNN and the QAT MLPs (their own
-/// quantization grids kept).
-const NETWORKS: &[&str] = &[
-    "cnn_small_digits",
-    "cnn_digits",
-    "residual_digits",
-    "qat_mlp_iris",
-    "qat_mlp_digits",
-    "brevitas_mlp_iris",
-    "qcdq_mlp_iris",
 ];
 
 /// Tree ensembles (issue 6): simulate within 1 accuracy point (R² 0.02) of float at the
@@ -141,27 +104,15 @@ const TREES: &[(&str, f64)] = &[
     ("xgb_breast", 0.01),
 ];
 
-/// The settings a fixture is compiled with: the defaults, except cnn_digits, whose two
-/// 13-bit convolution accumulators need 7-bit inputs to stay within 3 points
-/// (docs/QUANTIZATION.md, measured accuracy).
-fn config_for(name: &str) -> QuantConfig {
-    let mut c = QuantConfig::default();
-    if name == "cnn_digits" {
-        c.input_bits = 7;
-    }
-    c
-}
-
 /// `--mode clear` reproduces the onnxruntime outputs stored with each fixture.
 #[test]
 fn float_reference_matches_onnxruntime() {
-    for name in MODELS
+    let families = families_table();
+    for name in OPS
         .iter()
-        .chain(OPS)
         .chain(OPS_NN)
-        .chain(NETWORKS)
-        .chain(EXPORTS)
-        .chain(TREES.iter().map(|t| &t.0))
+        .copied()
+        .chain(families.iter().map(String::as_str))
     {
         let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
         let graph = fhec_compiler::import(&bytes).unwrap();
@@ -296,14 +247,47 @@ fn keeps_the_model_grids(name: &str, activation_bits: u32) {
     }
 }
 
-#[test]
-fn simulation_is_within_two_points_of_the_float_model() {
-    simulation_close_to_float(MODELS, 0.02);
+/// The fixtures docs/USER-GUIDE.md's table of exporters and model families names.
+fn families_table() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/USER-GUIDE.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let section = text
+        .split("## Exporters and model families")
+        .nth(1)
+        .and_then(|t| t.split("\n## ").next())
+        .expect("docs/USER-GUIDE.md has its families section");
+    let mut names: Vec<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| exporter"))
+        .filter_map(|l| l.trim_end_matches('|').rsplit('|').next())
+        .flat_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
+/// docs/USER-GUIDE.md's table stays true: every fixture it names compiles at the default
+/// settings (adapting them where it must) and simulates within 2 accuracy points (R²
+/// within 0.02) of the float model on its held-out set.
 #[test]
-fn networks_simulate_within_three_points_of_the_float_model() {
-    simulation_close_to_float(NETWORKS, 0.03);
+fn every_family_in_the_user_guide_compiles_at_the_defaults_within_two_points() {
+    let names = families_table();
+    assert!(names.len() >= 25, "{names:?}");
+    for name in &names {
+        assert!(
+            fixture(name).join("model.onnx").exists(),
+            "{name}: no such fixture"
+        );
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    simulation_close_to_float(&names, 0.02);
 }
 
 #[test]
@@ -416,7 +400,7 @@ fn tree_ensembles_share_comparisons_and_use_per_feature_grids() {
 fn simulation_close_to_float(models: &[&str], points: f64) {
     for name in models {
         let m = meta(name);
-        let (a, info) = compile(name, Some(config_for(name)));
+        let (a, info) = compile(name, None);
         let samples = test_samples(name, &a);
         let truth = array(&fixture(name).join("test_y.npy")).data;
         let float_out = fhec_runtime::samples::clear(&a.graph, &samples).unwrap();

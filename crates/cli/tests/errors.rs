@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_fails, fhec, fixture, model_bytes, s, tensor_type, tmp};
+use common::{assert_fails, fhec, fixture, model_bytes, ok, s, tensor_type, tmp};
 use fhec_frontend_onnx::pb;
 use prost::Message;
 
@@ -461,4 +461,71 @@ fn invalid_opsets_and_graphs_without_outputs_are_refused() {
         "no_outputs.onnx",
         &["no_outputs.onnx", "no outputs"],
     );
+}
+
+/// `--strict` keeps the defaults that do not fit (mlpclassifier_digits' 17-bit
+/// accumulator): the compile fails naming the node, its width and range, and settings
+/// that compile; applied as given, still strict, they compile. Without `--strict` the
+/// defaults adapt by themselves and say so.
+#[test]
+fn a_strict_failure_suggests_settings_that_compile() {
+    let d = tmp("strict");
+    let model = fixture("mlpclassifier_digits").join("model.onnx");
+    let inputset = fixture("mlpclassifier_digits").join("train.npy");
+    let out = d.join("m.fhe");
+    let base = [
+        "compile",
+        s(&model),
+        "--inputset",
+        s(&inputset),
+        "-o",
+        s(&out),
+    ];
+    let (code, _, err) = fhec(&[&base[..], &["--strict"]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("over the 16-bit limit") && err.contains("needs 17 bits for ["),
+        "{err}"
+    );
+    let flags = err
+        .split("These settings compile: ")
+        .nth(1)
+        .and_then(|t| t.split(" (").next())
+        .unwrap_or_else(|| panic!("no suggestion in: {err}"));
+    assert!(flags.starts_with("--"), "{err}");
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(flags.split_whitespace());
+    args.push("--strict");
+    let (out_text, _) = ok(&args);
+    assert!(!out_text.contains("adapted:"), "{out_text}");
+    let (adapted, _) = ok(&base);
+    assert!(
+        adapted.contains("adapted: ") && adapted.contains(flags),
+        "{adapted}"
+    );
+}
+
+/// scikit-learn's KNeighborsClassifier as skl2onnx exports it: refused at import, naming
+/// the nodes and why.
+#[test]
+fn k_nearest_neighbours_are_refused_naming_why() {
+    let dir = common::fixtures().join("refused/knn_iris");
+    let out = tmp("knn").join("m.fhe");
+    assert_fails(
+        &[
+            "compile",
+            s(&dir.join("model.onnx")),
+            "--inputset",
+            s(&dir.join("train.npy")),
+            "-o",
+            s(&out),
+        ],
+        &[
+            "Scan (domain ai.onnx",
+            "TopK (domain ai.onnx",
+            "k-nearest neighbours",
+            "sorting network",
+        ],
+    );
+    assert!(!out.exists());
 }

@@ -89,7 +89,11 @@ pub struct Adaptation {
 const FIDELITY_SAMPLES: usize = 128;
 
 /// Simulation against the float model on the first samples of the inputset.
-pub fn fidelity(graph: &FloatGraph, l: &Lowered, samples: &[Vec<Tensor>]) -> Result<Fidelity, CompileError> {
+pub fn fidelity(
+    graph: &FloatGraph,
+    l: &Lowered,
+    samples: &[Vec<Tensor>],
+) -> Result<Fidelity, CompileError> {
     let take = &samples[..samples.len().min(FIDELITY_SAMPLES)];
     let spec = &l.quantized.client;
     // a classifier's scores (a float output of several elements) tell more than its label
@@ -98,8 +102,10 @@ pub fn fidelity(graph: &FloatGraph, l: &Lowered, samples: &[Vec<Tensor>]) -> Res
         .iter()
         .position(|&o| {
             let v = graph.value(o);
-            matches!(v.dtype, fhec_frontend_onnx::DType::F32 | fhec_frontend_onnx::DType::F64)
-                && v.shape.iter().product::<usize>() > 1
+            matches!(
+                v.dtype,
+                fhec_frontend_onnx::DType::F32 | fhec_frontend_onnx::DType::F64
+            ) && v.shape.iter().product::<usize>() > 1
         })
         .unwrap_or(0);
     let (mut agree, mut top1_known) = (0usize, true);
@@ -118,7 +124,10 @@ pub fn fidelity(graph: &FloatGraph, l: &Lowered, samples: &[Vec<Tensor>]) -> Res
             let argmax = |d: &[f64]| {
                 d.iter()
                     .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .fold(
+                        (0, f64::NEG_INFINITY),
+                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                    )
                     .0
             };
             agree += (argmax(&float.data) == argmax(&sim.data)) as usize;
@@ -133,7 +142,13 @@ pub fn fidelity(graph: &FloatGraph, l: &Lowered, samples: &[Vec<Tensor>]) -> Res
     }
     let mean = floats.iter().sum::<f64>() / floats.len().max(1) as f64;
     let sst: f64 = floats.iter().map(|f| (f - mean).powi(2)).sum();
-    let r2 = if sst > 0.0 { 1.0 - sse / sst } else if sse == 0.0 { 1.0 } else { 0.0 };
+    let r2 = if sst > 0.0 {
+        1.0 - sse / sst
+    } else if sse == 0.0 {
+        1.0
+    } else {
+        0.0
+    };
     Ok(Fidelity {
         samples: take.len(),
         top1_agreement: top1_known.then(|| agree as f64 / take.len().max(1) as f64),
@@ -152,7 +167,8 @@ fn attempt(
 ) -> Result<Candidate, CompileError> {
     let (l, params, cfg) = lower_and_choose(graph, samples, cfg, target)?;
     check_violations(&l.info)?;
-    let params = params.ok_or_else(|| CompileError::Internal("no parameters for a valid circuit".into()))?;
+    let params =
+        params.ok_or_else(|| CompileError::Internal("no parameters for a valid circuit".into()))?;
     Ok((l, params, cfg))
 }
 
@@ -162,8 +178,18 @@ fn describe(from: &QuantConfig, to: &QuantConfig) -> (Vec<String>, String) {
     let mut flags = Vec::new();
     for (name, flag, a, b) in [
         ("input bits", "--input-bits", from.input_bits, to.input_bits),
-        ("weight bits", "--weight-bits", from.weight_bits, to.weight_bits),
-        ("activation bits", "--activation-bits", from.activation_bits, to.activation_bits),
+        (
+            "weight bits",
+            "--weight-bits",
+            from.weight_bits,
+            to.weight_bits,
+        ),
+        (
+            "activation bits",
+            "--activation-bits",
+            from.activation_bits,
+            to.activation_bits,
+        ),
     ] {
         if a != b {
             changes.push(format!("{name} {a} → {b}"));
@@ -274,7 +300,7 @@ pub(crate) fn compile_adaptive(
             if strict || !knobs.input_bits || !knobs.weight_bits || c.0.info.pbs_per_sample > 0 {
                 return Ok((c, None));
             }
-            // no bootstrap: bits cost nothing but the 16-bit accumulator limit
+            // no bootstrap: bits cost no bootstrap, only the 16-bit accumulator limit and output bytes
             let base = fidelity(graph, &c.0, samples)?;
             let more: Vec<QuantConfig> = (cfg.input_bits.max(cfg.weight_bits) + 1..=8)
                 .rev()
@@ -294,7 +320,8 @@ pub(crate) fn compile_adaptive(
                                 better,
                                 Some(Adaptation {
                                     changes,
-                                    reason: "the circuit has no bootstrap: more bits cost nothing".into(),
+                                    reason: "the circuit has no bootstrap, so more bits cost only a few output bytes"
+                                        .into(),
                                     fidelity: f,
                                     flags,
                                 }),

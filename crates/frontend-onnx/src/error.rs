@@ -46,8 +46,18 @@ pub enum ImportError {
 }
 
 fn list(ops: &[UnsupportedOp]) -> String {
-    ops.iter()
+    let mut text = ops
+        .iter()
         .map(|o| o.to_string())
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if ops.iter().any(|o| o.op_type == "TopK") {
+        // what skl2onnx writes for KNeighborsClassifier/Regressor
+        text.push_str(
+            "; TopK selects among encrypted values (k-nearest neighbours: the k smallest \
+             of the distances to every training sample), which needs an encrypted sorting \
+             network fhec does not have",
+        );
+    }
+    text
 }

@@ -382,6 +382,8 @@ pub enum Op {
     /// GlobalAveragePool, ReduceSum/Mean, Add/Sub of two varying tensors, and the data
     /// movement ops (Transpose, Slice, Gather, Pad, Concat, Expand).
     Sparse(SparseMap),
+    /// A convolution keeping its geometry (Conv; AveragePool as a depthwise one).
+    Conv(Box<crate::conv::Conv>),
     /// `y[j] = kind(a[left[j]], b[right[j]])` for two varying inputs `a`, `b` (broadcast
     /// resolved to index lists): Mul, Max, Min, comparisons, And, Or.
     Pairwise {
@@ -460,6 +462,7 @@ impl Op {
             Op::Dense { .. } => "Dense",
             Op::BinaryConst { kind, .. } => kind.name(),
             Op::Sparse(_) => "Sparse",
+            Op::Conv(_) => "Conv",
             Op::Pairwise { kind, .. } => kind.name(),
             Op::GroupMax { min: false, .. } => "GroupMax",
             Op::GroupMax { min: true, .. } => "GroupMin",
@@ -488,6 +491,7 @@ impl Op {
             Op::BinaryConst { constant, .. } => constant.data.len(),
             Op::Impute { values, .. } => values.len(),
             Op::Sparse(m) => m.terms.len() + m.bias.len(),
+            Op::Conv(c) => c.weight.len() + c.bias.len(),
             Op::TreeEnsemble(e) => {
                 e.trees.iter().map(|t| t.nodes.len()).sum::<usize>() + e.base_values.len()
             }

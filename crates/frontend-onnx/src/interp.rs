@@ -58,7 +58,7 @@ pub fn evaluate_nodes(
             t.dtype = info.dtype;
             if matches!(
                 node.op,
-                Op::Sparse(_) | Op::Pairwise { .. } | Op::GroupMax { .. }
+                Op::Sparse(_) | Op::Conv(_) | Op::Pairwise { .. } | Op::GroupMax { .. }
             ) && t.numel() == info.shape.iter().product::<usize>()
             {
                 t.shape = info.shape.clone(); // these ops compute flat element lists
@@ -126,6 +126,10 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
                 })
                 .collect();
             vec![Tensor::new(vec![map.rows()], data, x.dtype)]
+        }
+        Op::Conv(conv) => {
+            let y = conv.eval(&x.data);
+            vec![Tensor::new(vec![y.len()], y, x.dtype)]
         }
         Op::Pairwise { kind, left, right } => {
             let (a, b) = (&args[0].data, &args[args.len() - 1].data);

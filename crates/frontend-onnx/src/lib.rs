@@ -8,6 +8,7 @@
 //! [`interp`] evaluates the float graph: it is what `predict --mode clear` runs, the
 //! client's post-processing tail, and the reference the tests hold against onnxruntime.
 
+pub mod conv;
 mod error;
 pub mod graph;
 pub mod interp;

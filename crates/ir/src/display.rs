@@ -31,6 +31,15 @@ impl fmt::Display for Circuit {
                     terms.len(),
                     terms.iter().map(|t| t.weight.abs()).max().unwrap_or(0)
                 ),
+                IntOp::Conv(c) => format!(
+                    "{}->{} kernel={:?} strides={:?} groups={} max|w|={}",
+                    c.in_channels,
+                    c.out_channels,
+                    c.kernel,
+                    c.strides,
+                    c.groups,
+                    c.weight.iter().map(|w| w.abs()).max().unwrap_or(0)
+                ),
                 IntOp::Round {
                     drop_bits,
                     approximate,

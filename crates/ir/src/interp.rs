@@ -205,6 +205,7 @@ fn evaluate_with(
                     .map(reduce)
                     .collect()
             }
+            IntOp::Conv(conv) => conv.eval(x.unwrap()).into_iter().map(reduce).collect(),
             // exact, or approximate without a noise model: round to nearest
             IntOp::Round {
                 drop_bits,

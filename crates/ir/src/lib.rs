@@ -19,6 +19,10 @@
 //!   element indices) with clear integer weights — leveled; convolutions, pooling sums,
 //!   sums of two encrypted tensors and data movement (transpose, slice, pad, concat…)
 //!   all lower to it;
+//! * `Conv`: a convolution with clear integer weights that keeps its geometry
+//!   ([`Conv`]): channels, kernel, strides, dilations, pads, groups — leveled; ONNX
+//!   Conv and average pooling lower to it, so its size grows with the weights, not with
+//!   the input and output sizes;
 //! * `Round`: rounding of a non-negative value to its most significant bits,
 //!   `(x + 2^(k-1)) >> k`. Exact rounding costs two bootstraps per chunk of up to
 //!   `Circuit::rounding_chunk_bits` dropped bits per element ([`rounding_chunks`]);
@@ -38,6 +42,7 @@
 //! **The 16-bit rule.** Any encrypted value wider than [`MAX_BITS`] bits is a violation:
 //! [`verify`] lists them in [`CircuitInfo::violations`] and the compiler refuses them.
 
+mod conv;
 mod display;
 pub mod interp;
 mod verify;
@@ -47,6 +52,7 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 
+pub use conv::{Conv, MAX_RANK as MAX_CONV_RANK};
 pub use verify::{
     bits_for_range, rounding_chunks, rounding_pbs_count, verify, CircuitInfo, NodeInfo,
     VerifyError, VerifyErrors, Violation,
@@ -115,6 +121,8 @@ pub enum IntOp {
         terms: Vec<Term>,
         bias: Vec<i64>,
     },
+    /// A convolution (see [`Conv`]).
+    Conv(Box<Conv>),
     /// `(x + 2^(drop_bits-1)) >> drop_bits` for `x ≥ 0`; consumed only by `Lut`s.
     /// `approximate`: no bootstrap of its own, the consumer reads the top bits directly
     /// and may be off by one near a rounding boundary.
@@ -139,6 +147,7 @@ impl IntOp {
             IntOp::Input { .. } => "input",
             IntOp::Linear { .. } => "linear",
             IntOp::Affine { .. } => "affine",
+            IntOp::Conv(_) => "conv",
             IntOp::Round { .. } => "round",
             IntOp::Lut { .. } => "lut",
             IntOp::Reshape => "reshape",

@@ -245,6 +245,22 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                     }
                 }
             }
+            (IntOp::Conv(conv), Some(x)) => {
+                let mut want_in = vec![1, conv.in_channels];
+                want_in.extend(&conv.in_sp);
+                let mut want_out = vec![1, conv.out_channels];
+                want_out.extend(&conv.out_sp);
+                if let Err(reason) = conv.check() {
+                    err(format!("convolution: {reason}"));
+                } else if x.shape != want_in || n.shape != want_out {
+                    err(format!(
+                        "convolution of {want_in:?} into {want_out:?} on shape {:?} giving {:?}",
+                        x.shape, n.shape
+                    ));
+                } else if nodes[ops[0].index()].shift != 0 {
+                    err("a convolution cannot read a rounded value".into());
+                }
+            }
             (
                 IntOp::Round {
                     drop_bits,
@@ -319,7 +335,7 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
             && n.status == Status::Encrypted
             && !matches!(
                 n.op,
-                IntOp::Linear { .. } | IntOp::Affine { .. } | IntOp::Reshape
+                IntOp::Linear { .. } | IntOp::Affine { .. } | IntOp::Conv(_) | IntOp::Reshape
             )
         {
             err("encrypted result from a clear operand".into());
@@ -359,7 +375,10 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
             let range = match n.op {
                 IntOp::Round { drop_bits, .. } => {
                     let x = c.node(c.operands(id)[0]).range;
-                    Range::new(0, x.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)))
+                    Range::new(
+                        0,
+                        x.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)),
+                    )
                 }
                 _ => n.range,
             };

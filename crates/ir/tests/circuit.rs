@@ -228,3 +228,108 @@ fn exact_rounding_clears_up_to_precision_plus_one_bits_per_two_bootstraps() {
     assert_eq!(rounding_chunks(5, 2), vec![(0, 2), (2, 2), (4, 1)]);
     assert_eq!(rounding_pbs_count(5, 2), 5);
 }
+
+/// A 2-channel 3×3 input, two groups, 2×2 kernel, stride 2, one pad at the start: each
+/// output reads its own channel; taps in the padding add nothing.
+fn grouped_conv() -> fhec_ir::Conv {
+    fhec_ir::Conv {
+        in_channels: 2,
+        out_channels: 2,
+        groups: 2,
+        in_sp: vec![3, 3],
+        out_sp: vec![2, 2],
+        kernel: vec![2, 2],
+        strides: vec![2, 2],
+        dilations: vec![1, 1],
+        pad_begin: vec![1, 1],
+        pad_end: vec![0, 0],
+        weight: vec![1, 2, 3, 4, -1, -1, -1, 1],
+        bias: vec![0, 10, 20, 30, 0, 0, 0, 100],
+    }
+}
+
+#[test]
+fn convolution_reads_its_window_and_skips_padding() {
+    let conv = grouped_conv();
+    conv.check().unwrap();
+    // channel 0: 1..=9, channel 1: 10..=18 (row-major 3×3)
+    let x: Vec<i64> = (1..=18).collect();
+    let y = conv.eval(&x);
+    // output (0,0) of channel 0: only tap (1,1) of the kernel (weight 4) is inside: x[0]
+    assert_eq!(y[0], 4);
+    // output (0,1): taps (1,0)→x[1] weight 3 and (1,1)→x[2] weight 4, bias 10
+    assert_eq!(y[1], 10 + 3 * 2 + 4 * 3);
+    // output (1,1) of channel 1: kernel over rows 1..2, cols 1..2 of channel 1, bias 100
+    assert_eq!(y[7], 100 - 14 - 15 - 17 + 18);
+
+    let mut c = Circuit::default();
+    let xi = c.add(
+        node(
+            "x",
+            IntOp::Input { index: 0, bits: 5 },
+            vec![1, 2, 3, 3],
+            0,
+            31,
+        ),
+        &[],
+    );
+    let out = c.add(
+        node(
+            "conv",
+            IntOp::Conv(Box::new(conv)),
+            vec![1, 2, 2, 2],
+            -200,
+            200,
+        ),
+        &[xi],
+    );
+    c.inputs = vec![xi];
+    c.outputs = vec![out];
+    let info = verify(&c).unwrap();
+    let sim = simulate(&c, &info, std::slice::from_ref(&x)).unwrap();
+    assert_eq!(sim[0], y);
+}
+
+#[test]
+fn inconsistent_convolutions_are_refused() {
+    let mut wrong_out = grouped_conv();
+    wrong_out.out_sp = vec![3, 2];
+    assert!(wrong_out.check().unwrap_err().contains("spatial axis 0"));
+    let mut wrong_groups = grouped_conv();
+    wrong_groups.groups = 3;
+    assert!(wrong_groups.check().unwrap_err().contains("groups"));
+    let mut short_bias = grouped_conv();
+    short_bias.bias.pop();
+    assert!(short_bias.check().is_err());
+    // the verifier names the node whose geometry is wrong, and a shape that disagrees
+    let mut c = Circuit::default();
+    let xi = c.add(
+        node(
+            "x",
+            IntOp::Input { index: 0, bits: 5 },
+            vec![1, 2, 3, 4],
+            0,
+            31,
+        ),
+        &[],
+    );
+    let bad = c.add(
+        node(
+            "conv",
+            IntOp::Conv(Box::new(grouped_conv())),
+            vec![1, 2, 2, 2],
+            0,
+            9,
+        ),
+        &[xi],
+    );
+    c.inputs = vec![xi];
+    c.outputs = vec![bad];
+    let errs = verify(&c).unwrap_err();
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.node == "conv" && e.reason.contains("shape")),
+        "{errs}"
+    );
+}

@@ -8,7 +8,8 @@
 //!
 //! Lowering (docs/MLIR.md): `Linear` → `FHELinalg.matmul_eint_int` + `FHELinalg.add_eint_int`;
 //! `Round` → `FHELinalg.round`; `Lut` → `FHELinalg.apply_lookup_table` (one table) or
-//! `FHELinalg.apply_mapped_lookup_table` (per-element tables); `Affine` → one
+//! `FHELinalg.apply_mapped_lookup_table` (per-element tables); `Conv` →
+//! `FHELinalg.conv2d` (two spatial axes; others as an affine map); `Affine` → one
 //! `FHELinalg.matmul_eint_int` per operand, summed; `Reshape` → `tensor.collapse_shape`
 //! when it merges dimensions, else nothing (values keep their operand's layout).
 
@@ -34,6 +35,14 @@ pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
         let n = c.node(id);
         let shape = match &n.op {
             IntOp::Affine { .. } => vec![1, n.numel()],
+            IntOp::Conv(conv) => {
+                let x = c.operands(id)[0];
+                if structured(conv, &e.shapes[x.index()], &c.node(x).shape) {
+                    n.shape.clone()
+                } else {
+                    vec![1, n.numel()]
+                }
+            }
             IntOp::Round { .. } | IntOp::Lut { .. } => e.shapes[c.operands(id)[0].index()].clone(),
             // a reshape is emitted only when it merges dimensions; otherwise the value
             // keeps its operand's layout (same elements, same order)
@@ -132,6 +141,26 @@ fn dense(values: &[i64], shape: &[usize]) -> String {
         .map(|c| dense(c, &shape[1..]))
         .collect();
     format!("[{}]", parts.join(", "))
+}
+
+/// Whether `conv` is emitted as `FHELinalg.conv2d`: two spatial axes, on an operand
+/// the module holds in its own shape (Concrete cannot unflatten an affine result).
+/// Other convolutions are emitted like an affine map.
+fn structured(conv: &fhec_ir::Conv, emitted: &[usize], shape: &[usize]) -> bool {
+    conv.in_sp.len() == 2 && emitted == shape
+}
+
+/// `v` modulo 2^(w+1), printed in `[−2^w, 2^w)`: clear operands are one bit wider than
+/// the encrypted precision they meet, and values are taken modulo 2^(W+1) like every
+/// ciphertext.
+fn wrap_to(v: i64, w: u32) -> i64 {
+    (v + (1i64 << w)).rem_euclid(1i64 << (w + 1)) - (1i64 << w)
+}
+
+/// `dense<[…]> : tensor<Nxi64>` of an attribute.
+fn i64_attr(values: &[usize]) -> String {
+    let v: Vec<i64> = values.iter().map(|&x| x as i64).collect();
+    format!("dense<{}> : tensor<{}xi64>", dense(&v, &[v.len()]), v.len())
 }
 
 /// The reassociation `[[0], [1, 2], …]` when `to` merges runs of consecutive dimensions
@@ -239,6 +268,146 @@ impl Emitter<'_> {
         r_name
     }
 
+    /// A map over flat operands: one `FHELinalg.matmul_eint_int` per operand (`weights[s]`
+    /// is `[k_s, m]` row-major), summed, plus `bias`; the result `[1, m]`.
+    fn flat_affine(
+        &mut self,
+        id: NodeId,
+        ops: &[NodeId],
+        names: &[String],
+        weights: Vec<Vec<i64>>,
+        bias: &[i64],
+    ) -> String {
+        let n = self.c.node(id);
+        let m = n.numel();
+        let w = self.info.encoding_bits;
+        let clear_bits = w + 1;
+        let clear = format!("i{clear_bits}");
+        let wrap = |v: i64| wrap_to(v, w);
+        let row_ty = self.ty(id);
+        let mut sum: Option<String> = None;
+        for (&o, wt) in ops.iter().zip(weights) {
+            let k = self.c.node(o).numel();
+            let wt: Vec<i64> = wt.into_iter().map(wrap).collect();
+            let flat = self.reshaped(
+                &names[o.index()],
+                &self.ty(o),
+                &self.shapes[o.index()].clone(),
+                &[1, k],
+            );
+            let flat_ty = self.ty_with_shape(o, &[1, k]);
+            let wc = self.constant(&wt, &[k, m], &clear);
+            let mm = self.fresh();
+            let _ = writeln!(self.body, "    {mm} = \"FHELinalg.matmul_eint_int\"({flat}, {wc}) : ({flat_ty}, tensor<{k}x{m}xi{clear_bits}>) -> {row_ty}");
+            sum = Some(match sum {
+                None => mm,
+                Some(prev) => {
+                    let r = self.fresh();
+                    let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint\"({prev}, {mm}) : ({row_ty}, {row_ty}) -> {row_ty}");
+                    r
+                }
+            });
+        }
+        let bias: Vec<i64> = bias.iter().map(|&b| wrap(b)).collect();
+        let b = self.constant(&bias, &[m], &clear);
+        let r = self.fresh();
+        let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, tensor<{m}xi{clear_bits}>) -> {row_ty}", sum.expect("an affine map has an operand"));
+        r
+    }
+
+    /// `FHELinalg.conv2d` as Concrete writes it: ONNX's attributes, padding made
+    /// explicit.
+    fn conv2d(&mut self, id: NodeId, x: NodeId, names: &[String], conv: &fhec_ir::Conv) -> String {
+        let w = self.info.encoding_bits;
+        let clear_bits = w + 1;
+        let clear = format!("i{clear_bits}");
+        let weight: Vec<i64> = conv.weight.iter().map(|&v| wrap_to(v, w)).collect();
+        let mut wshape = vec![conv.out_channels, conv.in_channels / conv.groups];
+        wshape.extend(&conv.kernel);
+        let wc = self.constant(&weight, &wshape, &clear);
+        // one bias per channel when its elements share one, else added after
+        let count = conv.out_count();
+        let per_channel = conv
+            .bias
+            .chunks(count)
+            .all(|b| b.iter().all(|&v| v == b[0]));
+        let channel_bias: Vec<i64> = if per_channel {
+            conv.bias
+                .iter()
+                .step_by(count)
+                .map(|&v| wrap_to(v, w))
+                .collect()
+        } else {
+            vec![0; conv.out_channels]
+        };
+        let bc = self.constant(&channel_bias, &[conv.out_channels], &clear);
+        // Concrete's conv2d takes no padding: the operand is placed into a zero tensor
+        // (a ceil-mode window's extra end padding included; it reads zeros too)
+        let mut x_name = names[x.index()].clone();
+        let mut x_ty = self.ty(x);
+        let padded: Vec<usize> = (0..conv.in_sp.len())
+            .map(|a| {
+                let span = (conv.kernel[a] - 1) * conv.dilations[a] + 1;
+                let needed = (conv.out_sp[a] - 1) * conv.strides[a] + span;
+                needed.max(conv.in_sp[a] + conv.pad_begin[a])
+            })
+            .collect();
+        if padded != conv.in_sp || conv.pad_begin.iter().any(|&p| p > 0) {
+            let mut shape = vec![1, conv.in_channels];
+            shape.extend(&padded);
+            let mut size = vec![1, conv.in_channels];
+            size.extend(&conv.in_sp);
+            let mut at = vec![0, 0];
+            at.extend(&conv.pad_begin);
+            let list = |v: &[usize]| {
+                v.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let padded_ty = with_shape(&x_ty, &shape);
+            let zero = self.fresh();
+            let _ = writeln!(
+                self.body,
+                "    {zero} = \"FHE.zero_tensor\"() : () -> {padded_ty}"
+            );
+            let r = self.fresh();
+            let _ = writeln!(
+                self.body,
+                "    {r} = tensor.insert_slice {x_name} into {zero}[{}] [{}] [{}] : {x_ty} into {padded_ty}",
+                list(&at),
+                list(&size),
+                list(&vec![1; size.len()])
+            );
+            (x_name, x_ty) = (r, padded_ty);
+        }
+        let out_ty = self.ty(id);
+        let r = self.fresh();
+        let _ = writeln!(
+            self.body,
+            "    {r} = \"FHELinalg.conv2d\"({x_name}, {wc}, {bc}) {{dilations = {}, group = {} : i64, padding = {}, strides = {}}} : ({x_ty}, tensor<{}{clear}>, tensor<{}x{clear}>) -> {out_ty}",
+            i64_attr(&conv.dilations),
+            conv.groups,
+            i64_attr(&[0; 4]),
+            i64_attr(&conv.strides),
+            dims(&wshape),
+            conv.out_channels,
+        );
+        if per_channel {
+            return r;
+        }
+        let shape = self.shapes[id.index()].clone();
+        let bias: Vec<i64> = conv.bias.iter().map(|&v| wrap_to(v, w)).collect();
+        let b = self.constant(&bias, &shape, &clear);
+        let sum = self.fresh();
+        let _ = writeln!(
+            self.body,
+            "    {sum} = \"FHELinalg.add_eint_int\"({r}, {b}) : ({out_ty}, tensor<{}{clear}>) -> {out_ty}",
+            dims(&shape)
+        );
+        sum
+    }
+
     /// Emits the ops of one node; returns the SSA name of its value.
     fn node(&mut self, id: NodeId, names: &[String]) -> Option<String> {
         let n = self.c.node(id);
@@ -250,7 +419,7 @@ impl Emitter<'_> {
         let w = self.info.encoding_bits;
         let clear_bits = w + 1;
         let clear = format!("i{clear_bits}");
-        let wrap = |v: i64| (v + (1i64 << w)).rem_euclid(1i64 << (w + 1)) - (1i64 << w);
+        let wrap = |v: i64| wrap_to(v, w);
         let result = match &n.op {
             IntOp::Input { .. } => return None,
             IntOp::Linear {
@@ -293,49 +462,33 @@ impl Emitter<'_> {
                 bias,
             } => {
                 let m = n.numel();
-                let elem = if n.range.lo < 0 {
-                    format!("!FHE.esint<{w}>")
-                } else {
-                    format!("!FHE.eint<{w}>")
-                };
-                let row_ty = format!("tensor<1x{m}x{elem}>");
-                let mut sum: Option<String> = None;
-                for (slot, &o) in ops.iter().enumerate() {
-                    let src = self.c.node(o);
-                    let k = src.numel();
-                    let mut wt = vec![0i64; k * m];
-                    for j in 0..m {
-                        for t in fhec_ir::affine_row(row_start, terms, j) {
-                            if t.operand as usize == slot {
-                                wt[t.index as usize * m + j] += t.weight;
+                let weights: Vec<Vec<i64>> = (0..ops.len())
+                    .map(|slot| {
+                        let k = self.c.node(ops[slot]).numel();
+                        let mut wt = vec![0i64; k * m];
+                        for j in 0..m {
+                            for t in fhec_ir::affine_row(row_start, terms, j) {
+                                if t.operand as usize == slot {
+                                    wt[t.index as usize * m + j] += t.weight;
+                                }
                             }
                         }
+                        wt
+                    })
+                    .collect();
+                self.flat_affine(id, &ops, names, weights, bias)
+            }
+            IntOp::Conv(conv) => {
+                if self.shapes[id.index()] == n.shape {
+                    self.conv2d(id, ops[0], names, conv)
+                } else {
+                    let (k, m) = (conv.in_channels * conv.in_plane(), n.numel());
+                    let mut wt = vec![0i64; k * m];
+                    for j in 0..m {
+                        conv.for_each_tap(j, |i, w| wt[i * m + j] += conv.weight[w]);
                     }
-                    let wt: Vec<i64> = wt.into_iter().map(wrap).collect();
-                    let flat = self.reshaped(
-                        &names[o.index()],
-                        &self.ty(o),
-                        &self.shapes[o.index()].clone(),
-                        &[1, k],
-                    );
-                    let flat_ty = self.ty_with_shape(o, &[1, k]);
-                    let wc = self.constant(&wt, &[k, m], &clear);
-                    let mm = self.fresh();
-                    let _ = writeln!(self.body, "    {mm} = \"FHELinalg.matmul_eint_int\"({flat}, {wc}) : ({flat_ty}, tensor<{k}x{m}xi{clear_bits}>) -> {row_ty}");
-                    sum = Some(match sum {
-                        None => mm,
-                        Some(prev) => {
-                            let r = self.fresh();
-                            let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint\"({prev}, {mm}) : ({row_ty}, {row_ty}) -> {row_ty}");
-                            r
-                        }
-                    });
+                    self.flat_affine(id, &ops, names, vec![wt], &conv.bias)
                 }
-                let bias: Vec<i64> = bias.iter().map(|&b| wrap(b)).collect();
-                let b = self.constant(&bias, &[m], &clear);
-                let r = self.fresh();
-                let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, tensor<{m}xi{clear_bits}>) -> {row_ty}", sum.expect("an affine map has an operand"));
-                r
             }
             IntOp::Round { approximate, .. } => {
                 let (x, x_ty) = x.unwrap();

@@ -207,7 +207,7 @@ fn check_inputset(graph: &FloatGraph, inputset: &[Vec<Tensor>]) -> Result<(), Qu
 }
 
 /// Marks the nodes that run in the circuit: every op with weights or two varying
-/// operands (`Dense`, `Sparse` but data movement, `Pairwise`, `GroupMax`, trees) and
+/// operands (`Dense`, `Conv`, `Sparse` but data movement, `Pairwise`, `GroupMax`, trees) and
 /// everything upstream of one,
 /// up to the client's `head` (which runs before encryption). The rest (the tail) runs
 /// on the client after decryption.
@@ -224,7 +224,11 @@ pub(crate) fn circuit_side(graph: &FloatGraph, head: &[bool]) -> Vec<bool> {
             Op::Sparse(m) => !m.is_movement(),
             op => matches!(
                 op,
-                Op::Dense { .. } | Op::Pairwise { .. } | Op::GroupMax { .. } | Op::TreeEnsemble(_)
+                Op::Dense { .. }
+                    | Op::Conv(_)
+                    | Op::Pairwise { .. }
+                    | Op::GroupMax { .. }
+                    | Op::TreeEnsemble(_)
             ),
         };
         if heavy || node.outputs.iter().any(|o| needed.contains(o)) {
@@ -427,6 +431,7 @@ impl Lowering<'_> {
             // to a float type: the value is unchanged (f64 inside, f32 differences are noise)
             Op::Cast { to: DType::F32 | DType::F64 } => x,
             Op::Sparse(map) => self.sparse(&node.name, xs, map, out_shape)?,
+            Op::Conv(conv) => self.conv(&node.name, x, conv, out_shape)?,
             Op::Pairwise { kind, left, right } => self.pairwise(&node.name, xs, *kind, left, right, out_shape)?,
             Op::GroupMax { groups, min } => self.group_max(&node.name, x, groups, *min, out_shape)?,
             Op::TreeEnsemble(e) => self.tree_ensemble(&node.name, x, e, out_shape)?,
@@ -656,7 +661,7 @@ impl Lowering<'_> {
 /// The step of a row of weights that are integer multiples of one step, at most 127 of
 /// it (int8, as a quantized model stores them): the largest `min|w| / m`, m = 1..=16,
 /// dividing every weight to 1e-4. `None` for float weights.
-fn weight_step(row: &[f64]) -> Option<f64> {
+pub(crate) fn weight_step(row: &[f64]) -> Option<f64> {
     let smallest = row
         .iter()
         .map(|w| w.abs())

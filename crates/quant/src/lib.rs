@@ -21,6 +21,7 @@ mod bivariate;
 mod builder;
 mod client;
 mod config;
+mod conv;
 mod head;
 mod sparse;
 mod tlu;

@@ -270,8 +270,8 @@ impl Lowering<'_> {
         })
     }
 
-    /// Before rounding an accumulator to R bits, scales each weight row by the integer
-    /// `m_j = ⌊(2^width − 1) / hi_j⌋` so every neuron spans the full width and keeps
+    /// Before rounding an accumulator to R bits, scales each weight row (each
+    /// convolution channel) by the integer `m_j = ⌊(2^width − 1) / hi_j⌋` so every neuron spans the full width and keeps
     /// about R significant bits after rounding (instead of the widest neuron alone).
     /// Free in bootstraps; the noise budget sees the larger weights. The scaled layer is
     /// a new node: other readers of the original keep it (unread, it is removed at the
@@ -283,50 +283,78 @@ impl Lowering<'_> {
         let node = self.circuit.node(x.node).clone();
         let numel = node.numel();
         let width = bits_for_range(Range::new(0, node.range.hi.max(0)));
-        // Linear layers only: per-element multipliers on convolutions (Affine) measured
-        // no better (digits CNNs, R = 5 and 6)
-        let (IntOp::Linear { outputs, .. }, Some(design)) = (&node.op, x.design.clone()) else {
+        // per output row of a Linear, per channel of a Conv (per-element multipliers on
+        // convolutions measured no better: digits CNNs, R = 5 and 6)
+        let Some(design) = x.design.clone() else {
             return x;
         };
-        let outputs = *outputs;
+        let (groups, group_of): (usize, Box<dyn Fn(usize) -> usize>) = match &node.op {
+            IntOp::Linear { outputs, .. } => {
+                let n = *outputs;
+                (n, Box::new(move |e| e % n))
+            }
+            IntOp::Conv(c) => {
+                let count = c.out_count();
+                (c.out_channels, Box::new(move |e| e / count))
+            }
+            _ => return x,
+        };
         if width <= r {
             return x;
         }
         let top = (1i64 << width) - 1;
-        let mut multiplier = vec![i64::MAX; outputs];
+        let mut multiplier = vec![i64::MAX; groups];
         for (e, d) in design.iter().enumerate().take(numel) {
-            multiplier[e % outputs] = multiplier[e % outputs].min(top / d.1.max(1));
+            let g = group_of(e);
+            multiplier[g] = multiplier[g].min(top / d.1.max(1));
         }
         let operands = self.circuit.operands(x.node);
         let mut n = node.clone();
-        if let IntOp::Linear {
-            inputs,
-            weight,
-            bias,
-            ..
-        } = &mut n.op
-        {
-            for (j, m) in multiplier.iter().enumerate() {
-                for w in &mut weight[j * *inputs..(j + 1) * *inputs] {
-                    *w *= m;
+        match &mut n.op {
+            IntOp::Linear {
+                inputs,
+                weight,
+                bias,
+                ..
+            } => {
+                for (j, m) in multiplier.iter().enumerate() {
+                    for w in &mut weight[j * *inputs..(j + 1) * *inputs] {
+                        *w *= m;
+                    }
+                    bias[j] *= m;
                 }
-                bias[j] *= m;
             }
+            IntOp::Conv(c) => {
+                let per = c.weight.len() / c.out_channels;
+                let count = c.out_count();
+                for (o, m) in multiplier.iter().enumerate() {
+                    for w in &mut c.weight[o * per..(o + 1) * per] {
+                        *w *= m;
+                    }
+                    for b in &mut c.bias[o * count..(o + 1) * count] {
+                        *b *= m;
+                    }
+                }
+            }
+            _ => unreachable!("matched above"),
         }
         for q in &mut x.calib {
             for (e, v) in q.iter_mut().enumerate() {
-                *v *= multiplier[e % outputs];
+                *v *= multiplier[group_of(e)];
             }
         }
         for e in 0..numel {
-            let m = multiplier[e % outputs];
+            let m = multiplier[group_of(e)];
             x.scale[e] /= m as f64;
             x.sound[e] = (x.sound[e].0 * m, x.sound[e].1 * m);
         }
         let design: Vec<(i64, i64)> = design
             .iter()
             .enumerate()
-            .map(|(e, d)| (d.0 * multiplier[e % outputs], d.1 * multiplier[e % outputs]))
+            .map(|(e, d)| {
+                let m = multiplier[group_of(e)];
+                (d.0 * m, d.1 * m)
+            })
             .collect();
         n.range = Range::new(0, design.iter().map(|d| d.1).max().unwrap_or(0));
         x.node = self.circuit.add(n, &operands);

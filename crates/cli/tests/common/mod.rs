@@ -53,7 +53,7 @@ pub fn compile_with(name: &str, cfg: Option<QuantConfig>, p_error: f64) -> (Arti
         },
     };
     let (c, _) = fhec::files::compile(&dir.join("model.onnx"), &dir.join("train.npy"), &options)
-    .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     (c.artifact, c.info)
 }
 

@@ -1,24 +1,14 @@
-//! Convolution and pooling (1-D and 2-D, any spatial rank in fact), lowered to sparse
-//! maps over the flat NC… layout: Conv and AveragePool to [`Op::Sparse`], MaxPool to
-//! [`Op::GroupMax`].
+//! Convolution and pooling (1 to 3 spatial axes). Conv and AveragePool keep their
+//! geometry ([`Op::Conv`]; an average pool is a depthwise convolution, its divisor in
+//! the weights, or after it when windows differ); MaxPool is a [`Op::GroupMax`].
 
-use crate::graph::{Op, SparseMap, SparseTerm};
+use crate::conv::{Conv, Geometry, Taps};
+use crate::graph::Tensor;
+use crate::graph::{BinaryKind, Op};
 use crate::{ImportError, NodeCtx};
 
-/// One pooling window: its taps (kernel offset, input position or padding) and the
-/// number of positions inside the padded input.
-type Window = (Vec<(usize, Option<usize>)>, usize);
-
-/// Window geometry along the spatial axes of one conv / pool node.
-struct Geometry {
-    in_sp: Vec<usize>,
-    kernel: Vec<usize>,
-    strides: Vec<usize>,
-    dilations: Vec<usize>,
-    pad_begin: Vec<usize>,
-    pad_end: Vec<usize>,
-    out_sp: Vec<usize>,
-}
+/// The most spatial axes a convolution or pooling may have here.
+const MAX_SPATIAL: usize = 3;
 
 fn per_axis(
     ctx: &NodeCtx<'_>,
@@ -36,124 +26,77 @@ fn per_axis(
     Ok(v.into_iter().map(|x| x as usize).collect())
 }
 
-impl Geometry {
-    fn new(
-        ctx: &NodeCtx<'_>,
-        in_sp: &[usize],
-        kernel: Vec<usize>,
-        ceil_mode: bool,
-    ) -> Result<Self, ImportError> {
-        let n = in_sp.len();
-        let strides = per_axis(ctx, "strides", n, 1)?;
-        let dilations = per_axis(ctx, "dilations", n, 1)?;
-        let auto_pad = ctx.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into());
-        let (pad_begin, pad_end) = match auto_pad.as_str() {
-            "NOTSET" => {
-                let pads = per_axis(ctx, "pads", 2 * n, 0)?;
-                (pads[..n].to_vec(), pads[n..].to_vec())
-            }
-            "VALID" => (vec![0; n], vec![0; n]),
-            "SAME_UPPER" | "SAME_LOWER" => {
-                let (mut b, mut e) = (vec![0; n], vec![0; n]);
-                for a in 0..n {
-                    let out = in_sp[a].div_ceil(strides[a]);
-                    let span = (kernel[a] - 1) * dilations[a] + 1;
-                    let total = ((out - 1) * strides[a] + span).saturating_sub(in_sp[a]);
-                    let small = total / 2;
-                    (b[a], e[a]) = if auto_pad == "SAME_UPPER" {
-                        (small, total - small)
-                    } else {
-                        (total - small, small)
-                    };
-                }
-                (b, e)
-            }
-            other => return Err(ctx.err(format!("auto_pad '{other}' is not an ONNX value"))),
-        };
-        let mut out_sp = Vec::with_capacity(n);
-        for a in 0..n {
-            let span = (kernel[a] - 1) * dilations[a] + 1;
-            let padded = in_sp[a] + pad_begin[a] + pad_end[a];
-            if padded < span {
-                return Err(ctx.err(format!(
-                    "kernel span {span} exceeds the padded input size {padded} on spatial axis {a}"
-                )));
-            }
-            let mut o = if ceil_mode {
-                (padded - span).div_ceil(strides[a]) + 1
-            } else {
-                (padded - span) / strides[a] + 1
-            };
-            // a last window starting in the end padding is dropped (as onnxruntime and torch do)
-            if ceil_mode && (o - 1) * strides[a] >= in_sp[a] + pad_begin[a] {
-                o -= 1;
-            }
-            out_sp.push(o);
+/// The geometry of a conv / pool node from its attributes.
+fn geometry(
+    ctx: &NodeCtx<'_>,
+    in_sp: &[usize],
+    kernel: Vec<usize>,
+    ceil_mode: bool,
+) -> Result<Geometry, ImportError> {
+    let n = in_sp.len();
+    let strides = per_axis(ctx, "strides", n, 1)?;
+    let dilations = per_axis(ctx, "dilations", n, 1)?;
+    let auto_pad = ctx.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into());
+    let (pad_begin, pad_end) = match auto_pad.as_str() {
+        "NOTSET" => {
+            let pads = per_axis(ctx, "pads", 2 * n, 0)?;
+            (pads[..n].to_vec(), pads[n..].to_vec())
         }
-        Ok(Geometry {
-            in_sp: in_sp.to_vec(),
-            kernel,
-            strides,
-            dilations,
-            pad_begin,
-            pad_end,
-            out_sp,
-        })
-    }
-
-    fn out_count(&self) -> usize {
-        self.out_sp.iter().product()
-    }
-    fn kernel_count(&self) -> usize {
-        self.kernel.iter().product()
-    }
-
-    /// For output position `o` (flat), each kernel offset (flat) with the input spatial
-    /// index it reads (flat), or `None` in the padding; and the number of positions
-    /// inside the padded input (AveragePool's divisor with count_include_pad).
-    fn window(&self, o: usize) -> (Vec<(usize, Option<usize>)>, usize) {
-        let n = self.in_sp.len();
-        let mut opos = vec![0; n];
-        let mut r = o;
-        for a in (0..n).rev() {
-            opos[a] = r % self.out_sp[a];
-            r /= self.out_sp[a];
-        }
-        let mut taps = Vec::with_capacity(self.kernel_count());
-        let mut padded_count = 0;
-        for k in 0..self.kernel_count() {
-            let mut kpos = vec![0; n];
-            let mut r = k;
-            for a in (0..n).rev() {
-                kpos[a] = r % self.kernel[a];
-                r /= self.kernel[a];
-            }
-            let mut flat = 0usize;
-            let (mut inside, mut in_padded) = (true, true);
+        "VALID" => (vec![0; n], vec![0; n]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let (mut b, mut e) = (vec![0; n], vec![0; n]);
             for a in 0..n {
-                let p = (opos[a] * self.strides[a] + kpos[a] * self.dilations[a]) as i64
-                    - self.pad_begin[a] as i64;
-                if p < 0 || p >= self.in_sp[a] as i64 {
-                    inside = false;
-                }
-                if p >= (self.in_sp[a] + self.pad_end[a]) as i64 {
-                    in_padded = false;
-                }
-                flat = flat * self.in_sp[a] + p.clamp(0, self.in_sp[a] as i64 - 1) as usize;
+                let out = in_sp[a].div_ceil(strides[a]);
+                let span = (kernel[a] - 1) * dilations[a] + 1;
+                let total = ((out - 1) * strides[a] + span).saturating_sub(in_sp[a]);
+                let small = total / 2;
+                (b[a], e[a]) = if auto_pad == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                };
             }
-            padded_count += usize::from(in_padded);
-            taps.push((k, inside.then_some(flat)));
+            (b, e)
         }
-        (taps, padded_count)
+        other => return Err(ctx.err(format!("auto_pad '{other}' is not an ONNX value"))),
+    };
+    let mut out_sp = Vec::with_capacity(n);
+    for a in 0..n {
+        let span = (kernel[a] - 1) * dilations[a] + 1;
+        let padded = in_sp[a] + pad_begin[a] + pad_end[a];
+        if padded < span {
+            return Err(ctx.err(format!(
+                "kernel span {span} exceeds the padded input size {padded} on spatial axis {a}"
+            )));
+        }
+        let mut o = if ceil_mode {
+            (padded - span).div_ceil(strides[a]) + 1
+        } else {
+            (padded - span) / strides[a] + 1
+        };
+        // a last window starting in the end padding is dropped (as onnxruntime and torch do)
+        if ceil_mode && (o - 1) * strides[a] >= in_sp[a] + pad_begin[a] {
+            o -= 1;
+        }
+        out_sp.push(o);
     }
+    Ok(Geometry {
+        in_sp: in_sp.to_vec(),
+        kernel,
+        strides,
+        dilations,
+        pad_begin,
+        pad_end,
+        out_sp,
+    })
 }
 
 /// `[1, C, spatial…]` of a varying input, or an error.
 fn nc_shape(ctx: &NodeCtx<'_>, x: crate::ValueId) -> Result<(usize, Vec<usize>), ImportError> {
     let shape = ctx.info(x).shape.clone();
-    if shape.len() < 3 || shape[0] != 1 {
+    if shape.len() < 3 || shape.len() > 2 + MAX_SPATIAL || shape[0] != 1 {
         return Err(ctx.err(format!(
-            "input of shape {shape:?}: expected [N, C, spatial…] with at least one spatial axis"
+            "input of shape {shape:?}: expected [N, C, spatial…] with 1 to {MAX_SPATIAL} spatial axes"
         )));
     }
     Ok((shape[1], shape[2..].to_vec()))
@@ -201,40 +144,19 @@ pub(crate) fn conv(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             t.data.clone()
         }
     };
-    let g = Geometry::new(ctx, &in_sp, kernel, false)?;
-    let (in_plane, kc, cpg, mpg) = (
-        in_sp.iter().product::<usize>(),
-        g.kernel_count(),
-        c / group,
-        m / group,
-    );
-    let windows: Vec<Vec<(usize, Option<usize>)>> =
-        (0..g.out_count()).map(|o| g.window(o).0).collect();
-    let mut map = SparseMap::default();
-    for (oc, &b) in bias.iter().enumerate() {
-        let grp = oc / mpg;
-        for win in &windows {
-            let mut terms = Vec::new();
-            for ci in 0..cpg {
-                let ic = grp * cpg + ci;
-                for &(k, src) in win {
-                    let wv = w.data[(oc * cpg + ci) * kc + k];
-                    if let (Some(s), true) = (src, wv != 0.0) {
-                        terms.push(SparseTerm {
-                            slot: 0,
-                            index: (ic * in_plane + s) as u32,
-                            weight: wv,
-                        });
-                    }
-                }
-            }
-            map.push_row(terms, b);
-        }
-    }
+    let geometry = geometry(ctx, &in_sp, kernel, false)?;
     let mut shape = vec![1, m];
-    shape.extend(&g.out_sp);
+    shape.extend(&geometry.out_sp);
+    let op = Op::Conv(Box::new(Conv {
+        geometry,
+        in_channels: c,
+        out_channels: m,
+        groups: group,
+        weight: w.data,
+        bias,
+    }));
     let (name, dtype) = (ctx.required_output(0)?, ctx.info(x).dtype);
-    ctx.add_node(Op::Sparse(map), vec![x], vec![(name, shape, dtype)]);
+    ctx.add_node(op, vec![x], vec![(name, shape, dtype)]);
     Ok(())
 }
 
@@ -272,10 +194,10 @@ pub(crate) fn pool(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             return Err(ctx.err("AveragePool with dilations is not supported"));
         }
         let kernel = kernel.into_iter().map(|k| k as usize).collect();
-        Geometry::new(ctx, &in_sp, kernel, ctx.attr_i("ceil_mode", 0) != 0)?
+        geometry(ctx, &in_sp, kernel, ctx.attr_i("ceil_mode", 0) != 0)?
     };
     let in_plane: usize = in_sp.iter().product();
-    let windows: Vec<Window> = (0..g.out_count()).map(|o| g.window(o)).collect();
+    let windows: Vec<(Taps, usize)> = (0..g.out_count()).map(|o| g.window(o)).collect();
     let mut shape = vec![1, c];
     shape.extend(&g.out_sp);
     let (name, dtype) = (ctx.required_output(0)?, ctx.info(x).dtype);
@@ -298,36 +220,60 @@ pub(crate) fn pool(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             vec![x],
             vec![(name, shape, dtype)],
         );
-    } else {
-        let include_pad = ctx.attr_i("count_include_pad", 0) != 0;
-        // With count_include_pad, a ceil-mode window that runs past the padding divides
-        // by the whole kernel before opset 19 (onnxruntime's AveragePool-7/11), by the
-        // positions inside the padded input from 19 on (ONNX's reference, PyTorch).
-        let whole_kernel = include_pad && ctx.opset() < 19;
-        let mut map = SparseMap::default();
-        for ch in 0..c {
-            for (win, padded) in &windows {
-                let inside: Vec<usize> = win.iter().filter_map(|&(_, s)| s).collect();
-                let div = match (include_pad, whole_kernel) {
-                    (true, true) => g.kernel_count(),
-                    (true, false) => *padded,
-                    (false, _) => inside.len(),
-                };
-                if div == 0 {
-                    return Err(ctx.err("a pooling window lies entirely in the padding"));
-                }
-                let wv = 1.0 / div as f64;
-                map.push_row(
-                    inside.iter().map(|&s| SparseTerm {
-                        slot: 0,
-                        index: (ch * in_plane + s) as u32,
-                        weight: wv,
-                    }),
-                    0.0,
-                );
-            }
-        }
-        ctx.add_node(Op::Sparse(map), vec![x], vec![(name, shape, dtype)]);
+        return Ok(());
     }
+    let include_pad = ctx.attr_i("count_include_pad", 0) != 0;
+    // With count_include_pad, a ceil-mode window that runs past the padding divides by
+    // the whole kernel before opset 19 (onnxruntime's AveragePool-7/11), by the
+    // positions inside the padded input from 19 on (ONNX's reference, PyTorch).
+    let whole_kernel = include_pad && ctx.opset() < 19;
+    let mut divisors = Vec::with_capacity(windows.len());
+    for (win, padded) in &windows {
+        let div = match (include_pad, whole_kernel) {
+            (true, true) => g.kernel_count(),
+            (true, false) => *padded,
+            (false, _) => win.iter().filter(|(_, s)| s.is_some()).count(),
+        };
+        if div == 0 {
+            return Err(ctx.err("a pooling window lies entirely in the padding"));
+        }
+        divisors.push(div as f64);
+    }
+    // a depthwise convolution summing each window; one divisor goes into its weights,
+    // several into a per-element scaling after it
+    let uniform = divisors.iter().all(|&d| d == divisors[0]);
+    let weight = if uniform { 1.0 / divisors[0] } else { 1.0 };
+    let kc = g.kernel_count();
+    let sum = Op::Conv(Box::new(Conv {
+        geometry: g,
+        in_channels: c,
+        out_channels: c,
+        groups: c,
+        weight: vec![weight; c * kc],
+        bias: vec![0.0; c],
+    }));
+    if uniform {
+        ctx.add_node(sum, vec![x], vec![(name, shape, dtype)]);
+        return Ok(());
+    }
+    let sums = ctx.add_sub_node(
+        "window sums",
+        sum,
+        vec![x],
+        vec![(format!("{name}/sums"), shape.clone(), dtype)],
+    )[0];
+    let numel = c * divisors.len();
+    let inverse: Vec<f64> = (0..numel)
+        .map(|e| 1.0 / divisors[e % divisors.len()])
+        .collect();
+    ctx.add_node(
+        Op::BinaryConst {
+            kind: BinaryKind::Mul,
+            constant: Tensor::new(shape.clone(), inverse, dtype),
+            constant_first: false,
+        },
+        vec![sums],
+        vec![(name, shape, dtype)],
+    );
     Ok(())
 }

@@ -23,9 +23,9 @@ pub use keys::{
 pub use latency::predicted_latency_ms;
 pub use noise::{rounding_sigmas, NoiseBudget};
 pub use params::{
-    choose_params, output_rounding_variance, predicted_variances, sources_dimension, CryptoParams,
-    KeyParams, PErrorTarget, ParamChoice, ParamError, PartitionKeyParams, PartitionParams,
-    MAX_EVALUATION_KEY_BYTES,
+    choose_params, output_rounding_variance, output_sigma, predicted_variances, sources_dimension,
+    CryptoParams, KeyParams, PErrorTarget, ParamChoice, ParamError, PartitionKeyParams,
+    PartitionParams, MAX_EVALUATION_KEY_BYTES,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -274,6 +274,10 @@ pub struct NoiseBudget {
     /// Table lookups reading an approximate rounding: where the bootstrap noise decides
     /// the rounded value near a boundary (see [`rounding_sigmas`]).
     pub approximate_reads: Vec<ApproximateRead>,
+    /// Outputs may decrypt off by fewer than `2^(k−1)` units ([`output_slack_bits`]);
+    /// 0: exactly.
+    #[serde(default)]
+    pub output_slack_bits: u32,
 }
 
 /// A table lookup that reads the top bits of an approximate rounding's operand: the
@@ -475,6 +479,7 @@ impl NoiseBudget {
             output_count,
             output_sources,
             approximate_reads,
+            output_slack_bits: output_slack_bits(c, info),
         }
     }
 
@@ -522,6 +527,67 @@ pub fn site_margin(precision: u32) -> f64 {
 /// Decoding margin of a decrypted output at encoding width `w`.
 pub fn output_margin(w: u32) -> f64 {
     (-(w as f64) - 2.0).exp2()
+}
+
+impl NoiseBudget {
+    /// Decoding margin of a decrypted output: half a unit, or `2^(k−1)` units with
+    /// [`output_slack_bits`](Self::output_slack_bits) `k`.
+    pub fn output_margin(&self) -> f64 {
+        output_margin(self.encoding_bits) * (self.output_slack_bits as f64).exp2()
+    }
+}
+
+/// Bits an output keeps exact beyond the widest table or input of the circuit.
+pub const OUTPUT_EXTRA_BITS: u32 = 4;
+
+/// How many low bits of the decrypted outputs may carry a modelled error (docs/NOISE.md,
+/// "Outputs with a modelled error"). Only where the circuit already rounds
+/// approximately (its result is already statistical): each output keeps its calibrated
+/// span to [`OUTPUT_EXTRA_BITS`] more bits than the widest table lookup or input, and
+/// the error cannot carry a value out of the encoding. Exact circuits decode exactly.
+pub fn output_slack_bits(c: &Circuit, info: &CircuitInfo) -> u32 {
+    let approximate = c.ids().any(|id| {
+        matches!(
+            c.node(id).op,
+            IntOp::Round {
+                approximate: true,
+                ..
+            }
+        )
+    });
+    if !approximate || c.outputs.is_empty() {
+        return 0;
+    }
+    let input_bits = c
+        .ids()
+        .filter_map(|id| match c.node(id).op {
+            IntOp::Input { bits, .. } => Some(bits),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let kept = info.max_tlu_bits.max(input_bits) + OUTPUT_EXTRA_BITS;
+    let limit = 1i128 << info.encoding_bits;
+    c.outputs
+        .iter()
+        .map(|&o| {
+            let r = c.node(o).range;
+            if info.nodes.get(o.index()).is_none_or(|n| n.shift != 0) {
+                return 0;
+            }
+            let span = (r.hi as i128 - r.lo as i128 + 1).max(1);
+            let span_bits = 128 - (span - 1).leading_zeros();
+            // an error below 2^(k−1) keeps every value of the range inside [−2^W, 2^W)
+            let headroom = limit - (r.lo as i128).abs().max(r.hi as i128 + 1);
+            let by_headroom = if headroom >= 1 {
+                127 - headroom.leading_zeros()
+            } else {
+                0
+            };
+            span_bits.saturating_sub(kept).min(by_headroom)
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// Variance at the input of a site's blind rotation: the carried noise scaled by

@@ -10,9 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::noise::{
-    keyswitch_variance, modulus_switch_variance, output_margin, p_error_of, pbs_variance,
-    security_std_dev, site_margin, site_variance, z_for_p_error, KeySources, NoiseBudget,
-    MIN_SECURE_DIMENSION,
+    keyswitch_variance, modulus_switch_variance, p_error_of, pbs_variance, security_std_dev,
+    site_margin, site_variance, z_for_p_error, KeySources, NoiseBudget, MIN_SECURE_DIMENSION,
 };
 
 /// One TFHE parameter set. Noise std-devs are derived from the dimensions (the minimum
@@ -273,6 +272,10 @@ pub struct ParamChoice {
     /// rounds outputs to this modulus, the fewest bits whose rounding noise keeps
     /// `p_error_output` within the target (docs/DEPLOYMENT.md).
     pub output_bits: u32,
+    /// Outputs decrypt to within `2^(k−1)` units of the circuit's value, not exactly,
+    /// with probability `1 − p_error_output` ([`NoiseBudget::output_slack_bits`]).
+    #[serde(default)]
+    pub output_slack_bits: u32,
 }
 
 impl ParamChoice {
@@ -314,7 +317,13 @@ const GRID_STEP: f64 = 0.5;
 const GRID: usize = 132; // up to 2^-6
 
 fn grid_value(i: usize) -> f64 {
-    (GRID_LO + i as f64 * GRID_STEP).exp2()
+    grid_values()[i]
+}
+
+/// The grid's variances, computed once: the search reads them millions of times.
+fn grid_values() -> &'static [f64; GRID] {
+    static VALUES: std::sync::OnceLock<[f64; GRID]> = std::sync::OnceLock::new();
+    VALUES.get_or_init(|| std::array::from_fn(|i| (GRID_LO + i as f64 * GRID_STEP).exp2()))
 }
 /// Smallest grid index whose value is ≥ v (None above the grid).
 fn grid_ceil(v: f64) -> Option<usize> {
@@ -335,6 +344,8 @@ fn grid_floor(v: f64) -> Option<usize> {
 struct PartitionTable {
     cost: Vec<f64>, // GRID × GRID, row t
     params: Vec<Option<CryptoParams>>,
+    /// The cheapest cell: no choice in this table costs less.
+    min_cost: f64,
     /// Rows below `lo` are all infeasible; rows from `hi` on are all equal.
     lo: usize,
     hi: usize,
@@ -409,9 +420,11 @@ impl PartitionTable {
         while hi > lo && last_row(hi - 1) == last_row(GRID - 1) {
             hi -= 1;
         }
+        let min_cost = cost.iter().copied().fold(f64::INFINITY, f64::min);
         PartitionTable {
             cost,
             params,
+            min_cost,
             lo,
             hi,
         }
@@ -432,7 +445,7 @@ pub fn choose_params(
         PErrorTarget::Global(g) => g / (budget.pbs_count() + budget.output_count).max(1) as f64,
     };
     let z = z_for_p_error(per_pbs);
-    let out_limit = (output_margin(budget.encoding_bits) / z).powi(2);
+    let out_limit = (budget.output_margin() / z).powi(2);
     let infeasible = || ParamError::Infeasible {
         p_error: per_pbs,
         bits: budget.encoding_bits,
@@ -472,6 +485,7 @@ pub fn choose_params(
             predicted_ms_per_sample: 0.0,
             p_error_target: target,
             output_bits: 64,
+            output_slack_bits: budget.output_slack_bits,
         };
         fill_error_probabilities(budget, &mut choice, z);
         return Ok(choice);
@@ -567,11 +581,18 @@ pub fn choose_params(
             if t.iter().any(|t| t.lo >= GRID) {
                 continue;
             }
+            // bound: every partition at its cheapest cell cannot beat the best found
+            let floor: f64 = (0..np)
+                .map(|p| t[p].min_cost * budget.partitions[p].pbs_count as f64)
+                .sum();
+            if best.as_ref().is_some_and(|(c, _)| floor >= *c) {
+                continue;
+            }
             let fresh = security_std_dev(input_dim).powi(2);
-            let mut idx: Vec<usize> = t.iter().map(|t| t.lo).collect();
             let mut var = vec![0.0; np];
             let mut allowed = vec![f64::INFINITY; np];
-            'grid: loop {
+            // the cost at one grid point (a PBS-output variance bound per partition)
+            let mut cost_at = |idx: &[usize]| -> Option<(f64, Vec<CryptoParams>)> {
                 for p in 0..np {
                     var[p] = grid_value(idx[p]);
                 }
@@ -579,51 +600,72 @@ pub fn choose_params(
                     .output
                     .as_ref()
                     .is_none_or(|o| o.variance(fresh, &var) <= out_limit);
-                if out_ok {
-                    allowed.iter_mut().for_each(|a| *a = f64::INFINITY);
-                    for (i, s) in budget.sites.iter().enumerate() {
-                        let a = site_limits[i] - site_scales[i] * s.terms.variance(fresh, &var);
-                        allowed[s.partition] = allowed[s.partition].min(a);
-                    }
-                    let mut cost = 0.0;
-                    let mut chosen = Vec::with_capacity(np);
-                    for p in 0..np {
-                        let Some(a) = grid_floor(allowed[p]) else {
-                            cost = f64::INFINITY;
-                            break;
-                        };
-                        let cell = idx[p] * GRID + a;
-                        cost += t[p].cost[cell] * budget.partitions[p].pbs_count as f64;
-                        chosen.push(t[p].params[cell]);
-                    }
-                    if cost.is_finite() && best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                        best = Some((
-                            cost,
-                            KeyParams {
-                                input_dimension: input_dim,
-                                partitions: chosen
-                                    .into_iter()
-                                    .zip(&ks_dims)
-                                    .zip(&budget.partitions)
-                                    .map(|((c, &d), part)| PartitionKeyParams {
-                                        precision: part.precision,
-                                        params: c.expect("finite cost has params"),
-                                        ks_input_dimension: d,
-                                    })
-                                    .collect(),
-                            },
-                        ));
-                    }
+                if !out_ok {
+                    return None;
                 }
-                // next grid point (odometer over partitions)
+                allowed.iter_mut().for_each(|a| *a = f64::INFINITY);
+                for (i, s) in budget.sites.iter().enumerate() {
+                    let a = site_limits[i] - site_scales[i] * s.terms.variance(fresh, &var);
+                    allowed[s.partition] = allowed[s.partition].min(a);
+                }
+                let mut cost = 0.0;
+                let mut chosen = Vec::with_capacity(np);
                 for p in 0..np {
-                    if idx[p] < t[p].hi {
-                        idx[p] += 1;
-                        continue 'grid;
-                    }
-                    idx[p] = t[p].lo;
+                    let cell = idx[p] * GRID + grid_floor(allowed[p])?;
+                    cost += t[p].cost[cell] * budget.partitions[p].pbs_count as f64;
+                    chosen.push(t[p].params[cell]?);
                 }
-                break;
+                cost.is_finite().then_some((cost, chosen))
+            };
+            // With three partitions or more the full grid is too large to walk: every
+            // fourth row first, then every row around the best point found.
+            let stride = if np >= 3 { 4 } else { 1 };
+            let ranges: Vec<(usize, usize)> = t.iter().map(|t| (t.lo, t.hi)).collect();
+            let mut local: Option<(f64, Vec<usize>, Vec<CryptoParams>)> = None;
+            let keep = |local: &mut Option<(f64, Vec<usize>, Vec<CryptoParams>)>,
+                        idx: &[usize],
+                        found: Option<(f64, Vec<CryptoParams>)>| {
+                if let Some((c, chosen)) = found {
+                    if local.as_ref().is_none_or(|l| c < l.0) {
+                        *local = Some((c, idx.to_vec(), chosen));
+                    }
+                }
+            };
+            for_each_grid_point(&ranges, stride, |idx| keep(&mut local, idx, cost_at(idx)));
+            if stride > 1 {
+                if let Some(centre) = local.as_ref().map(|l| l.1.clone()) {
+                    let around: Vec<(usize, usize)> = centre
+                        .iter()
+                        .zip(&ranges)
+                        .map(|(&c, &(lo, hi))| {
+                            (
+                                c.saturating_sub(stride - 1).max(lo),
+                                (c + stride - 1).min(hi),
+                            )
+                        })
+                        .collect();
+                    for_each_grid_point(&around, 1, |idx| keep(&mut local, idx, cost_at(idx)));
+                }
+            }
+            if let Some((cost, _, chosen)) = local {
+                if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                    best = Some((
+                        cost,
+                        KeyParams {
+                            input_dimension: input_dim,
+                            partitions: chosen
+                                .into_iter()
+                                .zip(&ks_dims)
+                                .zip(&budget.partitions)
+                                .map(|((params, &d), part)| PartitionKeyParams {
+                                    precision: part.precision,
+                                    params,
+                                    ks_input_dimension: d,
+                                })
+                                .collect(),
+                        },
+                    ));
+                }
             }
         }
         // next polynomial-size assignment
@@ -664,9 +706,33 @@ pub fn choose_params(
         predicted_ms_per_sample: cost,
         p_error_target: target,
         output_bits: 64,
+        output_slack_bits: budget.output_slack_bits,
     };
     fill_error_probabilities(budget, &mut choice, z);
     Ok(choice)
+}
+
+/// Calls `f` on every point of the box `ranges` (inclusive per axis), every `stride`-th
+/// value per axis and always its last.
+fn for_each_grid_point(ranges: &[(usize, usize)], stride: usize, mut f: impl FnMut(&[usize])) {
+    let mut idx: Vec<usize> = ranges.iter().map(|r| r.0).collect();
+    loop {
+        f(&idx);
+        // next point (odometer over axes)
+        let mut p = 0;
+        while p < idx.len() {
+            let (lo, hi) = ranges[p];
+            if idx[p] < hi {
+                idx[p] = (idx[p] + stride).min(hi);
+                break;
+            }
+            idx[p] = lo;
+            p += 1;
+        }
+        if p == idx.len() {
+            return;
+        }
+    }
 }
 
 /// Fewest bits a bootstrap-key body is rounded to.
@@ -682,7 +748,7 @@ fn round_bootstrap_keys(budget: &NoiseBudget, keys: &mut KeyParams, z: f64) {
         .iter()
         .map(|s| (site_margin(s.precision) / z).powi(2))
         .collect();
-    let out_limit = (output_margin(budget.encoding_bits) / z).powi(2);
+    let out_limit = (budget.output_margin() / z).powi(2);
     let variances = |keys: &KeyParams| -> (Vec<f64>, Option<f64>) {
         let (fresh, pbs, input) = predicted_variances(keys);
         let sites = budget
@@ -787,7 +853,7 @@ fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice, z: f
     let (fresh, pbs, input) = predicted_variances(&choice.keys);
     if let Some(o) = &budget.output {
         let dim = sources_dimension(o.sources, &choice.keys);
-        let limit = (output_margin(budget.encoding_bits) / z).powi(2);
+        let limit = (budget.output_margin() / z).powi(2);
         choice.output_bits =
             fewest_output_bits(budget.encoding_bits, dim, o.variance(fresh, &pbs), limit)
                 .unwrap_or(64);
@@ -801,11 +867,28 @@ fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice, z: f
         part.p_error = part.p_error.max(p);
         choice.p_error_per_pbs = choice.p_error_per_pbs.max(p);
     }
-    if let Some(o) = &budget.output {
-        let dim = sources_dimension(o.sources, &choice.keys);
-        let v = o.variance(fresh, &pbs) + output_rounding_variance(dim, choice.output_bits);
-        choice.p_error_output = p_error_of(output_margin(budget.encoding_bits), v.sqrt());
+    if budget.output.is_some() {
+        let v = output_variance(budget, choice);
+        choice.p_error_output = p_error_of(budget.output_margin(), v.sqrt());
         total += choice.p_error_output * budget.output_count as f64;
     }
     choice.p_error_circuit = total.min(1.0);
+}
+
+/// Variance of the worst decrypted output (torus units): its noise plus the rounding of
+/// output ciphertexts to `choice.output_bits`; 0 without outputs.
+fn output_variance(budget: &NoiseBudget, choice: &ParamChoice) -> f64 {
+    let Some(o) = &budget.output else {
+        return 0.0;
+    };
+    let (fresh, pbs, _) = predicted_variances(&choice.keys);
+    let dim = sources_dimension(o.sources, &choice.keys);
+    o.variance(fresh, &pbs) + output_rounding_variance(dim, choice.output_bits)
+}
+
+/// Standard deviation of the worst decrypted output's error in output units (one unit
+/// is `2^−(W+1)` of the torus): what simulation draws when outputs carry a modelled
+/// error ([`NoiseBudget::output_slack_bits`]).
+pub fn output_sigma(budget: &NoiseBudget, choice: &ParamChoice) -> f64 {
+    output_variance(budget, choice).sqrt() * ((budget.encoding_bits + 1) as f64).exp2()
 }

@@ -234,6 +234,11 @@ fn approximate_rounding_error_rate_matches_the_model() {
     let sigma = fhec_backend_tfhe::rounding_sigmas(&budget, &choice.keys, c.len());
     let noise = fhec_ir::interp::RoundingNoise {
         sigma: sigma.clone(),
+        output_sigma: if budget.output_slack_bits > 0 {
+            fhec_backend_tfhe::output_sigma(&budget, &choice)
+        } else {
+            0.0
+        },
     };
     // every value twice, so both sides of each boundary are well sampled
     let values: Vec<i64> = (0..N as i64).map(|i| i % 240).collect();
@@ -282,4 +287,105 @@ fn approximate_rounding_error_rate_matches_the_model() {
         (measured as f64 - simulated).abs() <= bound,
         "FHE rounded {measured} of {N} values off by one, the model predicts {simulated:.1} (± {bound:.1})"
     );
+}
+
+/// x (6 bits) → a rounding of 2 bits → a 4-bit table → one output `bias + w·Σ`: an
+/// output whose span is `60·w + 1` units.
+fn wide_output_circuit(approximate: bool, w: i64, bias: i64) -> Circuit {
+    let mut c = Circuit::default();
+    let x = c.add(
+        Node {
+            name: "x".into(),
+            op: IntOp::Input { index: 0, bits: 6 },
+            shape: vec![1, 4],
+            status: Status::Encrypted,
+            range: Range::new(0, 63),
+        },
+        &[],
+    );
+    let r = c.add(
+        Node {
+            name: "x/round".into(),
+            op: IntOp::Round {
+                drop_bits: 2,
+                approximate,
+            },
+            shape: vec![1, 4],
+            status: Status::Encrypted,
+            range: Range::new(0, 16),
+        },
+        &[x],
+    );
+    let t = c.add(
+        Node {
+            name: "relu".into(),
+            op: IntOp::Lut {
+                precision: 5,
+                tables: vec![(0..32).map(|v: i64| v.min(15)).collect()],
+                table_of: vec![0; 4],
+            },
+            shape: vec![1, 4],
+            status: Status::Encrypted,
+            range: Range::new(0, 15),
+        },
+        &[r],
+    );
+    let y = c.add(
+        Node {
+            name: "y".into(),
+            op: IntOp::Linear {
+                inputs: 4,
+                outputs: 1,
+                weight: vec![w; 4],
+                bias: vec![bias],
+            },
+            shape: vec![1, 1],
+            status: Status::Encrypted,
+            range: Range::new(bias, bias + 60 * w),
+        },
+        &[t],
+    );
+    c.inputs = vec![x];
+    c.outputs = vec![y];
+    c
+}
+
+/// Outputs carry a modelled error only where the circuit already rounds approximately,
+/// only when they keep more bits than anything that computed them, and never so much
+/// that a value could wrap out of the encoding; the parameters honour the looser margin
+/// and report it.
+#[test]
+fn outputs_carry_a_modelled_error_only_where_it_is_safe() {
+    let slack = |c: &Circuit| {
+        let info = verify(c).unwrap();
+        fhec_backend_tfhe::noise::output_slack_bits(c, &info)
+    };
+    let wide = wide_output_circuit(true, 1000, 0);
+    let k = slack(&wide);
+    assert!(k > 0, "a 16-bit output of 4-bit tables keeps its low bits: {k}");
+    assert_eq!(slack(&wide_output_circuit(false, 1000, 0)), 0, "exact circuit");
+    assert_eq!(slack(&wide_output_circuit(true, 1, 0)), 0, "a narrow output");
+    // near the top of the encoding, the headroom bounds the error
+    let edge = wide_output_circuit(true, 1000, 5500);
+    let info = verify(&edge).unwrap();
+    let top = edge.node(edge.outputs[0]).range.hi;
+    let k_edge = slack(&edge);
+    assert!(k_edge < k, "{k_edge} at the edge, {k} inside");
+    assert!(
+        top + (1i64 << k_edge.saturating_sub(1)) < 1i64 << info.encoding_bits,
+        "an error of 2^(k−1) could wrap {top} at W = {}",
+        info.encoding_bits
+    );
+    let budget = fhec_backend_tfhe::NoiseBudget::of(&wide, &verify(&wide).unwrap());
+    assert_eq!(budget.output_slack_bits, k);
+    let choice = fhec_backend_tfhe::choose_params(
+        &budget,
+        fhec_backend_tfhe::PErrorTarget::PerPbs(2f64.powi(-40)),
+    )
+    .unwrap();
+    assert_eq!(choice.output_slack_bits, k);
+    assert!(choice.p_error_output <= 2f64.powi(-40));
+    // simulation draws the error: about the predicted deviation, in output units
+    let sigma = fhec_backend_tfhe::output_sigma(&budget, &choice);
+    assert!(sigma > 0.0 && sigma * 7.0 < (1u64 << (k - 1)) as f64 + 0.5, "σ = {sigma}");
 }

@@ -283,6 +283,7 @@ impl QuantArgs {
                 weight_bits: default_bits && self.weight_bits.is_none(),
                 activation_bits: default_bits && self.activation_bits.is_none(),
                 rounding_bits: self.rounding_threshold_bits.is_none() && !self.no_rounding,
+                comparison_bits: self.comparison_bits.is_none(),
             },
             strict,
         }

@@ -297,40 +297,71 @@ fn tree_ensembles_simulate_close_to_the_float_model() {
     }
 }
 
-/// `--comparison-bits 4` reads 4 bits of the feature shifted so its threshold lies on a
-/// rounding boundary: without noise it decides exactly as the full-precision table
-/// does, on every test sample, at fewer bits per bootstrap.
+/// Threshold-aligned comparisons read a few bits of the feature shifted so its threshold
+/// lies on a rounding boundary: approximately rounded (`--comparison-bits 4`) they decide
+/// as the full-precision table does when there is no noise; exactly rounded (what
+/// `compile` may choose by itself, at 2, 3 or 4 bits) they do at any noise within
+/// `p_error`. Both read fewer bits per bootstrap; every test sample decides the same.
 #[test]
-fn threshold_aligned_comparisons_are_exact_without_noise() {
+fn threshold_aligned_comparisons_decide_as_the_full_comparisons() {
     for &(name, _) in TREES {
-        // one leaf stage for both: pairs quantize a two-class ensemble's scores differently
-        let aligned = fhec_quant::QuantConfig {
-            comparison_bits: Some(4),
+        let (graph, train) = fhec::files::import_with_inputset(
+            &fixture(name).join("model.onnx"),
+            &fixture(name).join("train.npy"),
+        )
+        .unwrap();
+        let test = fhec::files::load_samples(&fixture(name).join("test_x.npy"), &graph).unwrap();
+        // one leaf stage for all: pairs quantize a two-class ensemble's scores differently
+        let base = fhec_quant::QuantConfig {
             sibling_leaves: false,
             ..Default::default()
         };
-        let (approx, approx_info) = compile(name, Some(aligned));
-        let full = fhec_quant::QuantConfig {
-            sibling_leaves: false,
-            ..Default::default()
+        let run = |cfg: &fhec_quant::QuantConfig| {
+            let l = fhec_compiler::lower(&graph, &train, cfg).unwrap();
+            let outputs: Vec<Vec<Vec<i64>>> = test
+                .iter()
+                .map(|s| {
+                    let q = l.quantized.client.quantize_inputs(&graph, s).unwrap();
+                    fhec_ir::interp::simulate(&l.quantized.circuit, &l.info, &q).unwrap()
+                })
+                .collect();
+            (l.info, outputs)
         };
-        let (exact, exact_info) = compile(name, Some(full));
-        assert!(
-            approx_info.max_tlu_bits < exact_info.max_tlu_bits,
-            "{name}: aligned comparisons read {} bits, full tables {}",
-            approx_info.max_tlu_bits,
-            exact_info.max_tlu_bits
-        );
-        assert_eq!(
-            approx_info.pbs_per_sample, exact_info.pbs_per_sample,
-            "{name}"
-        );
-        let samples = test_samples(name, &approx);
-        for (i, s) in samples.iter().enumerate() {
-            let a = fhec_runtime::simulate::simulate(&approx, &approx_info, s).unwrap();
-            let e = fhec_runtime::simulate::simulate(&exact, &exact_info, s).unwrap();
-            for (x, y) in a.outputs.iter().zip(&e.outputs) {
-                assert_eq!(x.data, y.data, "{name} sample {i}");
+        let (full_info, full) = run(&base);
+        let mut variants = vec![(
+            "approximate, 4 bits",
+            fhec_quant::QuantConfig {
+                comparison_bits: Some(4),
+                ..base.clone()
+            },
+        )];
+        for (c, label) in [
+            (2, "exact, 2 bits"),
+            (3, "exact, 3 bits"),
+            (4, "exact, 4 bits"),
+        ] {
+            variants.push((
+                label,
+                fhec_quant::QuantConfig {
+                    comparison_bits: Some(c),
+                    comparison_exact: true,
+                    ..base.clone()
+                },
+            ));
+        }
+        for (label, cfg) in &variants {
+            let (info, outputs) = run(cfg);
+            assert!(
+                info.max_tlu_bits < full_info.max_tlu_bits,
+                "{name} ({label}): aligned comparisons read {} bits, full tables {}",
+                info.max_tlu_bits,
+                full_info.max_tlu_bits
+            );
+            if cfg.comparison_exact {
+                assert!(info.rounding_pbs > 0, "{name} ({label}): no exact rounding");
+            }
+            for (i, (x, y)) in outputs.iter().zip(&full).enumerate() {
+                assert_eq!(x, y, "{name} ({label}) sample {i}");
             }
         }
     }

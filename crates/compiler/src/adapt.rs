@@ -9,8 +9,9 @@
 //! `strict` keeps the settings: the failure is returned, with the working settings the
 //! search found as its suggestion.
 
-use fhec_backend_tfhe::{PErrorTarget, ParamChoice};
+use fhec_backend_tfhe::{NoiseBudget, PErrorTarget, ParamChoice};
 use fhec_frontend_onnx::{interp, FloatGraph, Tensor};
+use fhec_ir::interp::RoundingNoise;
 use fhec_quant::QuantConfig;
 use serde::Serialize;
 
@@ -23,6 +24,8 @@ pub struct Knobs {
     pub weight_bits: bool,
     pub activation_bits: bool,
     pub rounding_bits: bool,
+    /// Tree comparisons may read fewer bits (`--comparison-bits`).
+    pub comparison_bits: bool,
 }
 
 impl Knobs {
@@ -32,6 +35,7 @@ impl Knobs {
             weight_bits: true,
             activation_bits: true,
             rounding_bits: true,
+            comparison_bits: true,
         }
     }
     fn any(self) -> bool {
@@ -94,7 +98,22 @@ pub fn fidelity(
     l: &Lowered,
     samples: &[Vec<Tensor>],
 ) -> Result<Fidelity, CompileError> {
-    let take = &samples[..samples.len().min(FIDELITY_SAMPLES)];
+    fidelity_on(
+        graph,
+        l,
+        &samples[..samples.len().min(FIDELITY_SAMPLES)],
+        None,
+    )
+}
+
+/// Simulation against the float model on `take`: exact, or with `noise` as FHE
+/// behaves (`seed`).
+fn fidelity_on(
+    graph: &FloatGraph,
+    l: &Lowered,
+    take: &[Vec<Tensor>],
+    noise: Option<(&RoundingNoise, u64)>,
+) -> Result<Fidelity, CompileError> {
     let spec = &l.quantized.client;
     // a classifier's scores (a float output of several elements) tell more than its label
     let k = graph
@@ -111,14 +130,24 @@ pub fn fidelity(
     let (mut agree, mut top1_known) = (0usize, true);
     let (mut sse, mut floats) = (0.0f64, Vec::new());
     let mut sims = Vec::new();
-    for s in take {
+    for (i, s) in take.iter().enumerate() {
         let env = interp::evaluate(graph, s)?;
         let float = env[graph.outputs[k].0 as usize]
             .clone()
             .ok_or_else(|| CompileError::Internal("the float model computes no output".into()))?;
         let q = spec.quantize_inputs(graph, s)?;
-        let out = fhec_ir::interp::simulate(&l.quantized.circuit, &l.info, &q)
-            .map_err(|e| CompileError::Internal(e.to_string()))?;
+        let out = match noise {
+            Some((n, seed)) => fhec_ir::interp::simulate_noisy(
+                &l.quantized.circuit,
+                &l.info,
+                &q,
+                n,
+                // one stream per (seed, sample)
+                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
+            ),
+            None => fhec_ir::interp::simulate(&l.quantized.circuit, &l.info, &q),
+        }
+        .map_err(|e| CompileError::Internal(e.to_string()))?;
         let sim = spec.finish(graph, &out)?.swap_remove(k);
         if float.data.len() > 1 {
             let argmax = |d: &[f64]| {
@@ -194,6 +223,17 @@ fn describe(from: &QuantConfig, to: &QuantConfig) -> (Vec<String>, String) {
         if a != b {
             changes.push(format!("{name} {a} → {b}"));
             flags.push(format!("{flag} {b}"));
+        }
+    }
+    // exactly rounded comparisons are a lowering choice with the same results
+    let approximate_comparisons =
+        |c: &QuantConfig| c.comparison_bits.filter(|_| !c.comparison_exact);
+    if approximate_comparisons(from) != approximate_comparisons(to) {
+        if let Some(c) = approximate_comparisons(to) {
+            changes.push(format!(
+                "tree comparisons read {c} bits aligned on their thresholds"
+            ));
+            flags.push(format!("--comparison-bits {c}"));
         }
     }
     if from.rounding_bits != to.rounding_bits {
@@ -284,6 +324,146 @@ fn search(
     Ok(None)
 }
 
+/// Most inputset samples the speed choice simulates: it must see rare disagreements.
+const SPEED_SAMPLES: usize = 512;
+
+/// Seeds of the noisy simulations a speed choice averages.
+const SPEED_SEEDS: u64 = 4;
+
+/// The error model FHE has under `params`: approximate roundings off by one near a
+/// boundary, outputs with their modelled error (docs/NOISE.md).
+fn noise_of(l: &Lowered, params: &ParamChoice) -> RoundingNoise {
+    let c = &l.quantized.circuit;
+    let budget = NoiseBudget::of(c, &l.info);
+    RoundingNoise {
+        sigma: fhec_backend_tfhe::rounding_sigmas(&budget, &params.keys, c.len()),
+        output_sigma: if budget.output_slack_bits > 0 {
+            fhec_backend_tfhe::output_sigma(&budget, params)
+        } else {
+            0.0
+        },
+    }
+}
+
+/// Agreement with the float model as FHE would give it: the mean over
+/// [`SPEED_SEEDS`] noisy simulations of the first [`SPEED_SAMPLES`] samples.
+fn noisy_fidelity(
+    graph: &FloatGraph,
+    c: &Candidate,
+    samples: &[Vec<Tensor>],
+) -> Result<Fidelity, CompileError> {
+    let take = &samples[..samples.len().min(SPEED_SAMPLES)];
+    let noise = noise_of(&c.0, &c.1);
+    let mut sum = Fidelity {
+        samples: take.len(),
+        top1_agreement: None,
+        r2: 0.0,
+    };
+    for seed in 0..SPEED_SEEDS {
+        let f = fidelity_on(graph, &c.0, take, Some((&noise, seed)))?;
+        sum.r2 += f.r2 / SPEED_SEEDS as f64;
+        if let Some(a) = f.top1_agreement {
+            *sum.top1_agreement.get_or_insert(0.0) += a / SPEED_SEEDS as f64;
+        }
+    }
+    Ok(sum)
+}
+
+/// Faster settings than `cfg`'s where the user left them free and the inputset shows
+/// they cost nothing: tree comparisons that read 4 bits of their feature aligned on the
+/// threshold, or a rounding threshold one lower. Each is kept only if its predicted
+/// latency is at least a fifth lower and its noisy simulation (as FHE would decrypt)
+/// agrees with the float model on the inputset as well as the settings before it.
+fn faster(
+    graph: &FloatGraph,
+    samples: &[Vec<Tensor>],
+    cfg: &QuantConfig,
+    knobs: Knobs,
+    target: PErrorTarget,
+    base: Candidate,
+) -> Result<(Candidate, Option<Adaptation>), CompileError> {
+    // each step applies to the settings kept so far, lowering choices included (sibling
+    // leaves, exactly rounded comparisons), so it is one lowering, not a new search
+    type Step = fn(&QuantConfig) -> Option<QuantConfig>;
+    let comparisons: Step = |u| {
+        let exact = u.comparison_bits.is_none() || u.comparison_exact;
+        (exact && u.rounding_approximate).then(|| QuantConfig {
+            comparison_bits: Some(4),
+            comparison_exact: false,
+            ..u.clone()
+        })
+    };
+    let rounding: Step = |u| {
+        let r = u.rounding_bits.filter(|&r| r > 3)?;
+        Some(QuantConfig {
+            rounding_bits: Some(r - 1),
+            ..u.clone()
+        })
+    };
+    let mut steps: Vec<Step> = Vec::new();
+    if knobs.comparison_bits {
+        steps.push(comparisons);
+    }
+    if knobs.rounding_bits {
+        steps.push(rounding);
+    }
+    let mut kept = base;
+    let mut kept_fidelity: Option<Fidelity> = None;
+    let mut changed = false;
+    let was = kept.1.predicted_ms_per_sample;
+    for next in steps {
+        let Some(step) = next(&kept.2) else {
+            continue;
+        };
+        let Ok(c) = attempt(graph, samples, &step, target) else {
+            continue;
+        };
+        if c.1.predicted_ms_per_sample > 0.8 * kept.1.predicted_ms_per_sample {
+            continue;
+        }
+        let before = match &kept_fidelity {
+            Some(f) => f.clone(),
+            None => noisy_fidelity(graph, &kept, samples)?,
+        };
+        let after = noisy_fidelity(graph, &c, samples)?;
+        if as_good(&before, &after) {
+            kept = c;
+            kept_fidelity = Some(after);
+            changed = true;
+        } else {
+            kept_fidelity = Some(before);
+        }
+    }
+    let Some(fidelity) = kept_fidelity.filter(|_| changed) else {
+        return Ok((kept, None));
+    };
+    let (changes, flags) = describe(cfg, &kept.2);
+    let reason = format!(
+        "{:.0} ms per sample predicted instead of {was:.0}, agreeing with the float model as often on the inputset",
+        kept.1.predicted_ms_per_sample
+    );
+    Ok((
+        kept,
+        Some(Adaptation {
+            changes,
+            reason,
+            fidelity,
+            flags,
+        }),
+    ))
+}
+
+/// Whether `after` agrees with the float model as well as `before`: top-1 agreement
+/// at most a fifth of a point lower (noisy draws differ by chance), and at most a tenth
+/// more unexplained variance.
+fn as_good(before: &Fidelity, after: &Fidelity) -> bool {
+    let top1 = match (before.top1_agreement, after.top1_agreement) {
+        (Some(b), Some(a)) => a >= b - 0.002,
+        _ => true,
+    };
+    top1 && (1.0 - after.r2) <= 1.1 * (1.0 - before.r2) + 1e-9
+}
+
 /// Compiles with `cfg`, adapting the free `knobs` as the module doc says. Returns the
 /// candidate and what was adapted (`None`: the settings as given).
 pub(crate) fn compile_adaptive(
@@ -297,7 +477,13 @@ pub(crate) fn compile_adaptive(
     let first = attempt(graph, samples, cfg, target);
     match first {
         Ok(c) => {
-            if strict || !knobs.input_bits || !knobs.weight_bits || c.0.info.pbs_per_sample > 0 {
+            if strict {
+                return Ok((c, None));
+            }
+            if c.0.info.pbs_per_sample > 0 {
+                return faster(graph, samples, cfg, knobs, target, c);
+            }
+            if !knobs.input_bits || !knobs.weight_bits {
                 return Ok((c, None));
             }
             // no bootstrap: bits cost no bootstrap, only the 16-bit accumulator limit and output bytes

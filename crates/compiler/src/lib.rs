@@ -152,13 +152,25 @@ pub fn choose(
     } else {
         vec![None]
     };
+    // the widths' searches are independent: one per core
+    let tried: Vec<_> = {
+        use rayon::prelude::*;
+        let c = &*c;
+        widths
+            .into_par_iter()
+            .map(|width| {
+                let mut c = c.clone();
+                c.rounding_chunk_bits = width;
+                let info = fhec_ir::verify(&c).map_err(internal)?;
+                let budget = NoiseBudget::of(&c, &info);
+                Ok((width, info, choose_params(&budget, target), budget))
+            })
+            .collect::<Result<Vec<_>, CompileError>>()?
+    };
     let mut best: Option<(ParamChoice, NoiseBudget, Option<u32>, CircuitInfo)> = None;
     let mut first_error = None;
-    for width in widths {
-        c.rounding_chunk_bits = width;
-        let info = fhec_ir::verify(c).map_err(internal)?;
-        let budget = NoiseBudget::of(c, &info);
-        match choose_params(&budget, target) {
+    for (width, info, choice, budget) in tried {
+        match choice {
             Ok(choice) => {
                 if best.as_ref().is_none_or(|(b, ..)| {
                     choice.predicted_ms_per_sample < b.predicted_ms_per_sample
@@ -184,9 +196,12 @@ pub fn choose(
 }
 
 /// Lowers the model and chooses its parameters (`None` when a value exceeds 16 bits).
-/// With tree ensembles it also lowers without sibling-leaf pairs and keeps the lowering
-/// predicted cheaper: pairs save lookups but add noise to the path sums, which can cost
-/// the comparisons a decomposition level (docs/TREES.md). Returns the configuration kept.
+/// With tree ensembles it also tries lowerings that compute the same result at another
+/// cost and keeps the one predicted cheapest (docs/TREES.md): without sibling-leaf pairs
+/// (pairs save lookups but add noise to the path sums, which can cost the comparisons a
+/// decomposition level), and, when `comparison_bits` is unset, threshold-aligned
+/// comparisons rounded exactly to 2, 3 or 4 bits (small bootstraps instead of one that
+/// reads the whole feature). Returns the configuration kept.
 pub fn lower_and_choose(
     graph: &FloatGraph,
     samples: &[Vec<Tensor>],
@@ -202,21 +217,47 @@ pub fn lower_and_choose(
         .nodes
         .iter()
         .any(|n| matches!(n.op, fhec_frontend_onnx::Op::TreeEnsemble(_)));
-    if cfg.sibling_leaves && trees {
-        let alt_cfg = QuantConfig {
-            sibling_leaves: false,
-            ..cfg.clone()
-        };
-        let mut alt = lower(graph, samples, &alt_cfg)?;
-        if alt.info.violations.is_empty() {
-            if let Ok((p, _)) = choose(&mut alt, target) {
-                if p.predicted_ms_per_sample < params.predicted_ms_per_sample {
-                    return Ok((alt, Some(p), alt_cfg));
-                }
+    if !trees {
+        return Ok((l, Some(params), cfg.clone()));
+    }
+    let mut alternatives = Vec::new();
+    let comparisons: Vec<(Option<u32>, bool)> = match cfg.comparison_bits {
+        Some(_) => vec![(cfg.comparison_bits, cfg.comparison_exact)],
+        None => std::iter::once((None, false))
+            .chain((2..=4).map(|c| (Some(c), true)))
+            .collect(),
+    };
+    let siblings: &[bool] = if cfg.sibling_leaves {
+        &[true, false]
+    } else {
+        &[false]
+    };
+    for &(comparison_bits, comparison_exact) in &comparisons {
+        for &sibling_leaves in siblings {
+            let alt = QuantConfig {
+                comparison_bits,
+                comparison_exact,
+                sibling_leaves,
+                ..cfg.clone()
+            };
+            if alt != *cfg {
+                alternatives.push(alt);
             }
         }
     }
-    Ok((l, Some(params), cfg.clone()))
+    let mut best = (l, params, cfg.clone());
+    for alt_cfg in alternatives {
+        let mut alt = lower(graph, samples, &alt_cfg)?;
+        if !alt.info.violations.is_empty() {
+            continue;
+        }
+        if let Ok((p, _)) = choose(&mut alt, target) {
+            if p.predicted_ms_per_sample < best.1.predicted_ms_per_sample {
+                best = (alt, p, alt_cfg);
+            }
+        }
+    }
+    Ok((best.0, Some(best.1), best.2))
 }
 
 /// Compiles an ONNX model (`source` names it in messages and files) on an inputset.

@@ -405,8 +405,12 @@ pub fn params_line(p: &ParamChoice, latency: Option<&PredictedLatency>) -> Strin
         );
     }
     let (bsk, ksk) = p.eval_key_bytes();
+    let within = match p.output_slack_bits {
+        0 => String::new(),
+        k => format!(" (to within {} units)", 1u64 << (k - 1)),
+    };
     s += &format!(
-        "  p_error: per PBS ≤ 2^{:.1}, output decode 2^{:.1}, whole sample 2^{:.1} ({target})\n",
+        "  p_error: per PBS ≤ 2^{:.1}, output decode{within} 2^{:.1}, whole sample 2^{:.1} ({target})\n",
         log2(p.p_error_per_pbs),
         log2(p.p_error_output),
         log2(p.p_error_circuit),

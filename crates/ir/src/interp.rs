@@ -50,12 +50,15 @@ pub fn simulate(
 pub struct RoundingNoise {
     /// Per node index; 0 (or missing) for nodes that are not approximate roundings.
     pub sigma: Vec<f64>,
+    /// Standard deviation of the error decrypted outputs carry, in output units (0:
+    /// outputs decrypt exactly); each output element gets it rounded to an integer.
+    pub output_sigma: f64,
 }
 
 impl RoundingNoise {
-    /// True when some approximate rounding has a non-zero error.
+    /// True when some approximate rounding or the outputs have a non-zero error.
     pub fn is_active(&self) -> bool {
-        self.sigma.iter().any(|&s| s > 0.0)
+        self.sigma.iter().any(|&s| s > 0.0) || self.output_sigma > 0.0
     }
 }
 
@@ -73,9 +76,18 @@ pub fn simulate_noisy(
         rng: Gaussian::new(seed),
     };
     let values = evaluate_with(c, inputs, Some(info.encoding_bits), Some(&mut draw))?;
+    let sigma = noise.output_sigma;
     Ok(c.outputs
         .iter()
-        .map(|o| values[o.index()].clone())
+        .map(|o| {
+            let mut v = values[o.index()].clone();
+            if sigma > 0.0 {
+                for x in &mut v {
+                    *x += (sigma * draw.rng.sample()).round() as i64;
+                }
+            }
+            v
+        })
         .collect())
 }
 

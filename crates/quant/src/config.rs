@@ -22,6 +22,13 @@ pub struct QuantConfig {
     /// rounding, reads the whole feature exactly.
     #[serde(default)]
     pub comparison_bits: Option<u32>,
+    /// Threshold-aligned comparisons round their feature exactly (in chunks of small
+    /// bootstraps, as exact rounding does) instead of approximately: the same result as
+    /// comparing the whole feature, through cheaper bootstraps. `fhec compile` tries it
+    /// at 2, 3 and 4 comparison bits when `comparison_bits` is left unset and keeps the
+    /// cheapest lowering (docs/TREES.md).
+    #[serde(default)]
+    pub comparison_exact: bool,
     /// Tree ensembles with one independent score per leaf: two sibling leaves share one
     /// lookup (docs/TREES.md). `fhec compile` also tries without and keeps the cheaper.
     #[serde(default = "enabled")]
@@ -41,6 +48,7 @@ impl Default for QuantConfig {
             rounding_bits: Some(6),
             rounding_approximate: true,
             comparison_bits: None,
+            comparison_exact: false,
             sibling_leaves: true,
             range_margin: 0.25,
         }

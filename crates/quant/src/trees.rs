@@ -13,7 +13,8 @@
 //!
 //! With `comparison_bits`, a step-shaped comparison reads its feature shifted so the
 //! threshold lies on a rounding boundary, through an approximate rounding (fewer bits
-//! per bootstrap, exact without noise). When each leaf has one independent score,
+//! per bootstrap, exact without noise) or, with `comparison_exact`, an exact one (the
+//! same result as the whole feature, through chains of small bootstraps). When each leaf has one independent score,
 //! steps 3–4 become `Lowering::leaf_values`: tables yield leaf values, and two
 //! sibling leaves share one table.
 
@@ -146,7 +147,8 @@ impl Lowering<'_> {
                 rows,
                 Range::new(lo, levels - 1 + hi),
             );
-            let input = self.rounded(name, name, shifted, &calib, drop, true)?;
+            let approximate = !self.cfg.comparison_exact;
+            let input = self.rounded(name, name, shifted, &calib, drop, approximate)?;
             let out = self.lut(format!("{name}/compare_rounded"), &input, |c, v| {
                 let (k, s) = steps[c];
                 let table = &lookups[k].1;
@@ -333,14 +335,15 @@ impl Lowering<'_> {
         let c = self
             .cfg
             .comparison_bits
-            .filter(|_| self.cfg.rounding_approximate)?;
+            .filter(|_| self.cfg.rounding_approximate || self.cfg.comparison_exact)?;
+        let approximate = !self.cfg.comparison_exact;
         // v < levels + 2^drop; the smallest drop whose rounded range fits c bits
         let bits = |top: i64| bits_for_range(Range::new(0, top));
         (1..16)
             .map(|d| {
                 (
                     d,
-                    crate::tlu::rounded_top(levels - 1 + (1 << d) - 1, d, true),
+                    crate::tlu::rounded_top(levels - 1 + (1 << d) - 1, d, approximate),
                 )
             })
             .find(|&(_, top)| bits(top) <= c)

@@ -112,11 +112,20 @@ pub fn rounding_noise(a: &Artifact, info: &CircuitInfo) -> RoundingNoise {
             }
         )
     });
-    let sigma = if any && a.server.params.needs_bootstrap() {
-        let budget = fhec_backend_tfhe::NoiseBudget::of(c, info);
-        fhec_backend_tfhe::rounding_sigmas(&budget, &a.server.params.keys, c.len())
+    if !(any && a.server.params.needs_bootstrap()) {
+        return RoundingNoise {
+            sigma: Vec::new(),
+            output_sigma: 0.0,
+        };
+    }
+    let budget = fhec_backend_tfhe::NoiseBudget::of(c, info);
+    let output_sigma = if budget.output_slack_bits > 0 {
+        fhec_backend_tfhe::output_sigma(&budget, &a.server.params)
     } else {
-        Vec::new()
+        0.0
     };
-    RoundingNoise { sigma }
+    RoundingNoise {
+        sigma: fhec_backend_tfhe::rounding_sigmas(&budget, &a.server.params.keys, c.len()),
+        output_sigma,
+    }
 }

@@ -362,9 +362,20 @@ fn outputs_carry_a_modelled_error_only_where_it_is_safe() {
     };
     let wide = wide_output_circuit(true, 1000, 0);
     let k = slack(&wide);
-    assert!(k > 0, "a 16-bit output of 4-bit tables keeps its low bits: {k}");
-    assert_eq!(slack(&wide_output_circuit(false, 1000, 0)), 0, "exact circuit");
-    assert_eq!(slack(&wide_output_circuit(true, 1, 0)), 0, "a narrow output");
+    assert!(
+        k > 0,
+        "a 16-bit output of 4-bit tables keeps its low bits: {k}"
+    );
+    assert_eq!(
+        slack(&wide_output_circuit(false, 1000, 0)),
+        0,
+        "exact circuit"
+    );
+    assert_eq!(
+        slack(&wide_output_circuit(true, 1, 0)),
+        0,
+        "a narrow output"
+    );
     // near the top of the encoding, the headroom bounds the error
     let edge = wide_output_circuit(true, 1000, 5500);
     let info = verify(&edge).unwrap();
@@ -387,5 +398,8 @@ fn outputs_carry_a_modelled_error_only_where_it_is_safe() {
     assert!(choice.p_error_output <= 2f64.powi(-40));
     // simulation draws the error: about the predicted deviation, in output units
     let sigma = fhec_backend_tfhe::output_sigma(&budget, &choice);
-    assert!(sigma > 0.0 && sigma * 7.0 < (1u64 << (k - 1)) as f64 + 0.5, "σ = {sigma}");
+    assert!(
+        sigma > 0.0 && sigma * 7.0 < (1u64 << (k - 1)) as f64 + 0.5,
+        "σ = {sigma}"
+    );
 }

@@ -200,6 +200,11 @@ fn remote_matches_simulate(name: &str) {
         )),
         "{metrics}"
     );
+    // prepared once (on upload), then served from memory
+    assert!(
+        metrics.contains("fhec_key_preparations_total 1\n"),
+        "{metrics}"
+    );
     served.assert_no_panic();
 }
 

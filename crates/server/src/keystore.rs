@@ -20,6 +20,8 @@ pub struct KeyStore {
     /// Keys are prepared one at a time (each preparation is itself parallel), so a
     /// burst of requests for one new key prepares it once.
     preparing: Mutex<()>,
+    /// Preparations done and the seconds they took (Fourier conversion, tables).
+    preparations: Mutex<(u64, f64)>,
     /// Most bytes of prepared keys kept; at least one key is always kept.
     bound: usize,
     /// Estimated bytes of one prepared key of this model.
@@ -53,6 +55,7 @@ impl KeyStore {
             server,
             cache: Mutex::new(Vec::new()),
             preparing: Mutex::new(()),
+            preparations: Mutex::new((0, 0.0)),
             bound,
             key_bytes: bsk + ksk,
             max_keys,
@@ -159,7 +162,13 @@ impl KeyStore {
             .server
             .evaluation_key(&bytes)
             .map_err(|e| ApiError::internal(format!("stored key {id}: {e}")))?;
+        let start = std::time::Instant::now();
         let prepared = Arc::new(self.server.prepare(&key).map_err(ApiError::internal)?);
+        {
+            let mut p = self.preparations.lock().unwrap_or_else(|e| e.into_inner());
+            p.0 += 1;
+            p.1 += start.elapsed().as_secs_f64();
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.push((id, prepared.clone()));
         while cache.len() > 1
@@ -168,6 +177,11 @@ impl KeyStore {
             cache.remove(0);
         }
         Ok(prepared)
+    }
+
+    /// Preparations done so far and the seconds they took in all.
+    pub fn preparations(&self) -> (u64, f64) {
+        *self.preparations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn cached(&self, id: KeyId) -> Option<Arc<PreparedKey>> {

@@ -311,6 +311,8 @@ async fn model(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let g = metrics::Gauges {
         queue_pending: state.pool.pending(),
+        key_preparations: state.keys.preparations().0,
+        key_prepare_seconds: state.keys.preparations().1,
         prepared_keys: state.keys.prepared_count(),
         prepared_key_bytes: state.keys.prepared_count() * state.keys.prepared_key_bytes(),
     };
@@ -396,6 +398,12 @@ async fn register_key(
     if new {
         state.metrics.key_registered();
     }
+    // prepare the key now, while the client encrypts and sends its inputs, so the first
+    // prediction does not wait for it; with the queue full, the first prediction will
+    let keys = state.keys.clone();
+    let _ = state.pool.submit(move || {
+        let _ = keys.prepared(id);
+    });
     Ok((
         status,
         Json(serde_json::json!({ "key": id.to_string(), "new": new })),

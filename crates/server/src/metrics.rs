@@ -38,6 +38,9 @@ pub struct Gauges {
     pub queue_pending: usize,
     pub prepared_keys: usize,
     pub prepared_key_bytes: usize,
+    /// Key preparations done, and the seconds they took in all.
+    pub key_preparations: u64,
+    pub key_prepare_seconds: f64,
 }
 
 impl Metrics {
@@ -133,6 +136,16 @@ impl Metrics {
                     "fhec_bootstraps_total",
                     "Bootstraps evaluated.",
                     m.bootstraps as f64,
+                ),
+                (
+                    "fhec_key_preparations_total",
+                    "Evaluation keys prepared (Fourier conversion, tables), on upload or after eviction.",
+                    g.key_preparations as f64,
+                ),
+                (
+                    "fhec_key_prepare_seconds_total",
+                    "Seconds spent preparing evaluation keys.",
+                    g.key_prepare_seconds,
                 ),
                 (
                     "fhec_compute_seconds_total",

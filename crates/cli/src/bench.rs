@@ -179,3 +179,72 @@ pub fn bench_params(count: usize) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Multi-bit against classic bootstrapping at the parameter sets the fixtures use
+/// (docs/PARAMETERS.md, "Levers"): per bootstrap, and per bootstrap of a layer whose
+/// bootstraps spread over every core (classic: one bootstrap per core at a time).
+pub fn bench_multi_bit(count: usize) -> Result<ExitCode> {
+    let threads = rayon::current_num_threads();
+    // (n, k, N, PBS base log, levels): 6-bit tables of the MLPs and CNNs (3 and 4
+    // levels), the trees' rounding and 4-bit comparison bootstraps
+    let sets = [
+        (826, 1, 8192, 12, 3),
+        (826, 1, 8192, 9, 4),
+        (730, 1, 2048, 16, 2),
+        (858, 1, 2048, 23, 1),
+    ]
+    .map(|(n, k, big_n, pb, pl)| CryptoParams {
+        lwe_dimension: n,
+        glwe_dimension: k,
+        polynomial_size: big_n,
+        pbs_base_log: pb,
+        pbs_level: pl,
+        ks_base_log: 2,
+        ks_level: 8,
+        bsk_body_bits: 64,
+    });
+    println!(
+        "{:<36} {:>12} {:>12} {:>12} {:>12} {:>12}   best for a layer on {threads} cores",
+        "parameters (n rounded to 6)",
+        "classic 1t",
+        "mb g=2 1t",
+        format!("mb g=2 {threads}t"),
+        "mb g=3 1t",
+        format!("mb g=3 {threads}t"),
+    );
+    for p in sets {
+        let t = fhec_backend_tfhe::bench::time_multi_bit(&p, threads, count)?;
+        let at = |g: usize, th: usize| {
+            t.multi_bit_ms
+                .iter()
+                .find(|m| m.0 == g && m.1 == th)
+                .map_or(f64::NAN, |m| m.2)
+        };
+        // a layer of many bootstraps: classic runs one per core, multi-bit one at a time
+        // on every core
+        let classic_layer = t.classic_ms / threads as f64;
+        let multi_layer = at(2, threads).min(at(3, threads));
+        let verdict = if multi_layer < classic_layer {
+            "multi-bit"
+        } else {
+            "classic"
+        };
+        println!(
+            "n={:<4} k={} N={:<5} 2^{}x{:<18} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1}   {verdict} ({:.1} vs {:.1} ms per bootstrap); one lone bootstrap: {}",
+            t.lwe_dimension,
+            p.glwe_dimension,
+            p.polynomial_size,
+            p.pbs_base_log,
+            p.pbs_level,
+            t.classic_ms,
+            at(2, 1),
+            at(2, threads),
+            at(3, 1),
+            at(3, threads),
+            classic_layer,
+            multi_layer,
+            if multi_layer < t.classic_ms { "multi-bit" } else { "classic" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -206,6 +206,10 @@ enum Command {
         /// Bootstraps timed per parameter set.
         #[arg(long, default_value_t = 16)]
         count: usize,
+        /// Time multi-bit bootstrapping (grouping 2 and 3) against classic at the
+        /// parameters the fixtures use, instead of the cost-model sets.
+        #[arg(long)]
+        multi_bit: bool,
     },
     /// Measure compile time, keygen time, key size, FHE latency and #PBS of a model.
     Bench {
@@ -467,7 +471,13 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             samples,
             q,
         } => bench::bench(&model, &inputset, &input, samples, &q.options(false)),
-        Command::BenchParams { count } => bench::bench_params(count),
+        Command::BenchParams { count, multi_bit } => {
+            if multi_bit {
+                bench::bench_multi_bit(count)
+            } else {
+                bench::bench_params(count)
+            }
+        }
         Command::BenchServe {
             server,
             input,

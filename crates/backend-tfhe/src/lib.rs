@@ -10,6 +10,7 @@
 
 pub mod bench;
 mod engine;
+mod grid;
 mod keys;
 mod latency;
 pub mod noise;

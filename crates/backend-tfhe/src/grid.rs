@@ -80,16 +80,8 @@ impl PartitionTable {
                     let c = pbs_cost_ms(n, k, big_n, pl) + ks_cost_ms(ks_dim, kl, n);
                     if c < cost[t * GRID + a] {
                         cost[t * GRID + a] = c;
-                        params[t * GRID + a] = Some(CryptoParams {
-                            lwe_dimension: n,
-                            glwe_dimension: k,
-                            polynomial_size: big_n,
-                            pbs_base_log: pb,
-                            pbs_level: pl,
-                            ks_base_log: kb,
-                            ks_level: kl,
-                            bsk_body_bits: 64,
-                        });
+                        params[t * GRID + a] =
+                            Some(CryptoParams::new(n, k, big_n, (pb, pl), (kb, kl)));
                     }
                 }
             }

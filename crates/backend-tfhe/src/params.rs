@@ -40,6 +40,27 @@ fn all_bits() -> u32 {
 }
 
 impl CryptoParams {
+    /// `n`, `k`, `N`, the bootstrap and key-switch decompositions `(base log, levels)`,
+    /// every bootstrap-key body bit kept.
+    pub fn new(
+        lwe_dimension: usize,
+        glwe_dimension: usize,
+        polynomial_size: usize,
+        (pbs_base_log, pbs_level): (usize, usize),
+        (ks_base_log, ks_level): (usize, usize),
+    ) -> Self {
+        CryptoParams {
+            lwe_dimension,
+            glwe_dimension,
+            polynomial_size,
+            pbs_base_log,
+            pbs_level,
+            ks_base_log,
+            ks_level,
+            bsk_body_bits: 64,
+        }
+    }
+
     /// Variance of a bootstrap's output ([`pbs_variance`]).
     pub fn pbs_variance(&self) -> f64 {
         pbs_variance(

@@ -40,16 +40,7 @@ fn every_parameter_set_the_search_can_emit_is_on_the_curve() {
                 if k * big_n < 512 || k * big_n > 1 << 16 {
                     continue;
                 }
-                let p = CryptoParams {
-                    lwe_dimension: n,
-                    glwe_dimension: k,
-                    polynomial_size: big_n,
-                    pbs_base_log: 10,
-                    pbs_level: 2,
-                    ks_base_log: 3,
-                    ks_level: 5,
-                    bsk_body_bits: 64,
-                };
+                let p = CryptoParams::new(n, k, big_n, (10, 2), (3, 5));
                 assert_eq!(p.lwe_std_dev(), security_std_dev(n));
                 assert_eq!(p.glwe_std_dev(), security_std_dev(k * big_n));
                 assert!(security_std_dev(n) >= security_std_dev(n + 8));

@@ -150,16 +150,7 @@ pub fn bench_params(count: usize) -> Result<ExitCode> {
         (850, 1, 8192, 9, 4, 2, 9),
         (914, 1, 8192, 9, 4, 3, 6),
     ]
-    .map(|(n, k, big_n, pb, pl, kb, kl)| CryptoParams {
-        lwe_dimension: n,
-        glwe_dimension: k,
-        polynomial_size: big_n,
-        pbs_base_log: pb,
-        pbs_level: pl,
-        ks_base_log: kb,
-        ks_level: kl,
-        bsk_body_bits: 64,
-    });
+    .map(|(n, k, big_n, pb, pl, kb, kl)| CryptoParams::new(n, k, big_n, (pb, pl), (kb, kl)));
     println!(
         "{:<44} {:>10} {:>12} {:>12} {:>7}",
         "parameters", "keygen s", "predicted ms", "measured ms", "ratio"
@@ -193,16 +184,7 @@ pub fn bench_multi_bit(count: usize) -> Result<ExitCode> {
         (730, 1, 2048, 16, 2),
         (858, 1, 2048, 23, 1),
     ]
-    .map(|(n, k, big_n, pb, pl)| CryptoParams {
-        lwe_dimension: n,
-        glwe_dimension: k,
-        polynomial_size: big_n,
-        pbs_base_log: pb,
-        pbs_level: pl,
-        ks_base_log: 2,
-        ks_level: 8,
-        bsk_body_bits: 64,
-    });
+    .map(|(n, k, big_n, pb, pl)| CryptoParams::new(n, k, big_n, (pb, pl), (2, 8)));
     println!(
         "{:<36} {:>12} {:>12} {:>12} {:>12} {:>12}   best for a layer on {threads} cores",
         "parameters (n rounded to 6)",

@@ -255,7 +255,11 @@ pub fn circuit_precisions(c: &Circuit, info: &CircuitInfo) -> Vec<u32> {
             _ => None,
         })
         .collect();
-    partition_precisions(all)
+    let mut precisions = partition_precisions(all);
+    // a merged precision runs in the next wider partition (the widest one stays)
+    let widest = precisions.last().copied();
+    precisions.retain(|p| Some(*p) == widest || !c.merged_precisions.contains(p));
+    precisions
 }
 
 /// What a parameter set must satisfy for one circuit.

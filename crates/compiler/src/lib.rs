@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fhec_backend_tfhe::{choose_params, NoiseBudget, PErrorTarget, ParamChoice, ParamError};
 use fhec_frontend_onnx::{FloatGraph, ImportError, Tensor};
-use fhec_ir::{CircuitInfo, IntOp};
+use fhec_ir::{Circuit, CircuitInfo, IntOp};
 use fhec_quant::{ClientSpec, QuantConfig, QuantError, Quantized};
 use fhec_runtime::{Array, Artifact, ClientPart, ModelId, ServerPart};
 
@@ -187,12 +187,60 @@ pub fn choose(
         Some((choice, budget, width, info)) => {
             c.rounding_chunk_bits = width;
             l.info = info;
-            Ok((choice, budget))
+            Ok(merge_partitions(c, &mut l.info, target, choice, budget))
         }
         None => Err(first_error
             .map(CompileError::from)
             .unwrap_or_else(|| internal("no rounding width was tried"))),
     }
+}
+
+/// How much predicted latency merging partitions may cost (docs/PARAMETERS.md).
+const MERGE_SLACK: f64 = 0.05;
+
+/// Merges partitions into the next wider one, narrowest first, while that keeps the
+/// predicted latency within [`MERGE_SLACK`] of `choice`'s and shrinks the evaluation
+/// key: one key fewer to generate, send and hold, for slightly dearer bootstraps.
+fn merge_partitions(
+    c: &mut Circuit,
+    info: &mut CircuitInfo,
+    target: PErrorTarget,
+    mut choice: ParamChoice,
+    mut budget: NoiseBudget,
+) -> (ParamChoice, NoiseBudget) {
+    let limit = choice.predicted_ms_per_sample * (1.0 + MERGE_SLACK);
+    let key_bytes = |p: &ParamChoice| {
+        let (bsk, ksk) = p.eval_key_bytes();
+        bsk + ksk
+    };
+    let narrower: Vec<u32> = budget
+        .partitions
+        .iter()
+        .map(|p| p.precision)
+        .rev()
+        .skip(1)
+        .rev()
+        .collect();
+    for precision in narrower {
+        let mut merged = c.clone();
+        merged.merged_precisions.push(precision);
+        let Ok(merged_info) = fhec_ir::verify(&merged) else {
+            continue;
+        };
+        let merged_budget = NoiseBudget::of(&merged, &merged_info);
+        let Ok(merged_choice) = choose_params(&merged_budget, target) else {
+            continue;
+        };
+        if merged_choice.predicted_ms_per_sample <= limit
+            && key_bytes(&merged_choice) < key_bytes(&choice)
+        {
+            *c = merged;
+            *info = merged_info;
+            choice = merged_choice;
+            budget = merged_budget;
+        }
+    }
+    (choice, budget)
 }
 
 /// Lowers the model and chooses its parameters (`None` when a value exceeds 16 bits).

@@ -203,6 +203,11 @@ pub struct Circuit {
     /// the widest table precision + 1.
     #[serde(default)]
     pub rounding_chunk_bits: Option<u32>,
+    /// Bootstrap precisions that run in the next wider precision's parameter set
+    /// instead of their own (one key fewer, slightly dearer bootstraps). Chosen by the
+    /// parameter optimizer; empty: one partition per precision.
+    #[serde(default)]
+    pub merged_precisions: Vec<u32>,
 }
 
 impl Circuit {

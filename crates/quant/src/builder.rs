@@ -150,6 +150,7 @@ fn without_dead_nodes(c: Circuit) -> Circuit {
     }
     let mut out = Circuit {
         rounding_chunk_bits: c.rounding_chunk_bits,
+        merged_precisions: c.merged_precisions.clone(),
         ..Circuit::default()
     };
     let mut new_id: Vec<Option<NodeId>> = vec![None; c.len()];

@@ -492,6 +492,42 @@ impl NoiseBudget {
     }
 }
 
+/// The error model FHE has for circuit `c` under `params` (docs/NOISE.md): approximate
+/// roundings off by one near a boundary ([`rounding_sigmas`]) and decrypted outputs
+/// with their modelled error ([`crate::output_sigma`]). Inactive for circuits that
+/// round exactly or never bootstrap.
+pub fn error_model(
+    c: &Circuit,
+    info: &CircuitInfo,
+    params: &crate::ParamChoice,
+) -> fhec_ir::interp::RoundingNoise {
+    let approximate = c.ids().any(|id| {
+        matches!(
+            c.node(id).op,
+            IntOp::Round {
+                approximate: true,
+                ..
+            }
+        )
+    });
+    if !(approximate && params.needs_bootstrap()) {
+        return fhec_ir::interp::RoundingNoise {
+            sigma: Vec::new(),
+            output_sigma: 0.0,
+        };
+    }
+    let budget = NoiseBudget::of(c, info);
+    let output_sigma = if budget.output_slack_bits > 0 {
+        crate::output_sigma(&budget, params)
+    } else {
+        0.0
+    };
+    fhec_ir::interp::RoundingNoise {
+        sigma: rounding_sigmas(&budget, &params.keys, c.len()),
+        output_sigma,
+    }
+}
+
 /// Per circuit node, the standard deviation (in units of its operand) of the Gaussian
 /// error an approximate rounding's reader adds before reading the top bits under the
 /// key set `keys`; 0 for every other node. A rounding read by several tables gets the

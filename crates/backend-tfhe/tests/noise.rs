@@ -231,15 +231,8 @@ fn approximate_rounding_error_rate_matches_the_model() {
         fhec_backend_tfhe::PErrorTarget::PerPbs(2f64.powi(-40)),
     )
     .unwrap();
-    let sigma = fhec_backend_tfhe::rounding_sigmas(&budget, &choice.keys, c.len());
-    let noise = fhec_ir::interp::RoundingNoise {
-        sigma: sigma.clone(),
-        output_sigma: if budget.output_slack_bits > 0 {
-            fhec_backend_tfhe::output_sigma(&budget, &choice)
-        } else {
-            0.0
-        },
-    };
+    let noise = fhec_backend_tfhe::noise::error_model(&c, &info, &choice);
+    let sigma = noise.sigma.clone();
     // every value twice, so both sides of each boundary are well sampled
     let values: Vec<i64> = (0..N as i64).map(|i| i % 240).collect();
     let expected = fhec_ir::interp::simulate(&c, &info, std::slice::from_ref(&values)).unwrap();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fhec, fixture, tmp};
+use common::{compile_fixture, fhec, fixture, tmp};
 
 #[test]
 fn compile_writes_artifact_and_mlir_and_inspect_reads_them() {
@@ -372,15 +372,7 @@ fn artifacts_with_infinite_bounds_load_back() {
         let f = fixture(name);
         let out = d.join(format!("{name}.fhe"));
         let x = f.join("test_x.npy").to_str().unwrap().to_string();
-        let (code, _, err) = fhec(&[
-            "compile",
-            f.join("model.onnx").to_str().unwrap(),
-            "--inputset",
-            f.join("train.npy").to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "{name}: {err}");
+        compile_fixture(name, &out, &[]);
         for mode in ["clear", "simulate"] {
             let (code, _, err) = fhec(&[
                 "predict",

@@ -97,16 +97,8 @@ fn a_killed_compile_leaves_whole_files_or_none() {
 fn a_killed_keygen_leaves_whole_keys_or_none() {
     let d = tmp("interrupted-keygen");
     // a bootstrapped model with a quick keygen: the kills land around the writes
-    let f = fixture("dt_breast");
     let out = d.join("m.fhe");
-    ok(&[
-        "compile",
-        s(&f.join("model.onnx")),
-        "--inputset",
-        s(&f.join("train.npy")),
-        "-o",
-        s(&out),
-    ]);
+    compile_fixture("dt_breast", &out, &[]);
     let (client_path, server_path) = fhec::files::part_paths(&out);
     let client = fhec::files::load_client(&client_path).unwrap();
     let server = fhec::files::load_server(&server_path).unwrap();

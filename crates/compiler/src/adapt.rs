@@ -9,7 +9,9 @@
 //! `strict` keeps the settings: the failure is returned, with the working settings the
 //! search found as its suggestion.
 
-use fhec_backend_tfhe::{NoiseBudget, PErrorTarget, ParamChoice};
+use std::cell::{Ref, RefCell};
+
+use fhec_backend_tfhe::{PErrorTarget, ParamChoice};
 use fhec_frontend_onnx::{interp, FloatGraph, Tensor};
 use fhec_ir::interp::RoundingNoise;
 use fhec_quant::QuantConfig;
@@ -98,91 +100,132 @@ pub fn fidelity(
     l: &Lowered,
     samples: &[Vec<Tensor>],
 ) -> Result<Fidelity, CompileError> {
-    fidelity_on(
-        graph,
-        l,
-        &samples[..samples.len().min(FIDELITY_SAMPLES)],
-        None,
-    )
+    Reference::new(graph, samples).fidelity(l, FIDELITY_SAMPLES, None)
 }
 
-/// Simulation against the float model on `take`: exact, or with `noise` as FHE
-/// behaves (`seed`).
-fn fidelity_on(
-    graph: &FloatGraph,
-    l: &Lowered,
-    take: &[Vec<Tensor>],
-    noise: Option<(&RoundingNoise, u64)>,
-) -> Result<Fidelity, CompileError> {
-    let spec = &l.quantized.client;
-    // a classifier's scores (a float output of several elements) tell more than its label
-    let k = graph
-        .outputs
-        .iter()
-        .position(|&o| {
-            let v = graph.value(o);
-            matches!(
-                v.dtype,
-                fhec_frontend_onnx::DType::F32 | fhec_frontend_onnx::DType::F64
-            ) && v.shape.iter().product::<usize>() > 1
-        })
-        .unwrap_or(0);
-    let (mut agree, mut top1_known) = (0usize, true);
-    let (mut sse, mut floats) = (0.0f64, Vec::new());
-    let mut sims = Vec::new();
-    for (i, s) in take.iter().enumerate() {
-        let env = interp::evaluate(graph, s)?;
-        let float = env[graph.outputs[k].0 as usize]
-            .clone()
-            .ok_or_else(|| CompileError::Internal("the float model computes no output".into()))?;
-        let q = spec.quantize_inputs(graph, s)?;
-        let out = match noise {
-            Some((n, seed)) => fhec_ir::interp::simulate_noisy(
-                &l.quantized.circuit,
-                &l.info,
-                &q,
-                n,
-                // one stream per (seed, sample)
-                seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
-            ),
-            None => fhec_ir::interp::simulate(&l.quantized.circuit, &l.info, &q),
+/// The inputset and the float model's outputs on it, evaluated once (as far as a
+/// comparison needs) and compared with every candidate.
+struct Reference<'a> {
+    graph: &'a FloatGraph,
+    samples: &'a [Vec<Tensor>],
+    /// The output compared: a classifier's scores (a float output of several elements)
+    /// tell more than its label; else the first.
+    output: usize,
+    /// That output's float value for the first samples.
+    floats: RefCell<Vec<Tensor>>,
+}
+
+impl<'a> Reference<'a> {
+    fn new(graph: &'a FloatGraph, samples: &'a [Vec<Tensor>]) -> Self {
+        let output = graph
+            .outputs
+            .iter()
+            .position(|&o| {
+                let v = graph.value(o);
+                matches!(
+                    v.dtype,
+                    fhec_frontend_onnx::DType::F32 | fhec_frontend_onnx::DType::F64
+                ) && v.shape.iter().product::<usize>() > 1
+            })
+            .unwrap_or(0);
+        Reference {
+            graph,
+            samples,
+            output,
+            floats: RefCell::new(Vec::new()),
         }
-        .map_err(|e| CompileError::Internal(e.to_string()))?;
-        let sim = spec.finish(graph, &out)?.swap_remove(k);
-        if float.data.len() > 1 {
-            let argmax = |d: &[f64]| {
-                d.iter()
-                    .enumerate()
-                    .fold(
-                        (0, f64::NEG_INFINITY),
-                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                    )
-                    .0
-            };
-            agree += (argmax(&float.data) == argmax(&sim.data)) as usize;
-        } else {
-            top1_known = false;
-        }
-        for (a, b) in sim.data.iter().zip(&float.data) {
-            sse += (a - b).powi(2);
-        }
-        floats.extend(float.data.iter().copied());
-        sims.extend(sim.data);
     }
-    let mean = floats.iter().sum::<f64>() / floats.len().max(1) as f64;
-    let sst: f64 = floats.iter().map(|f| (f - mean).powi(2)).sum();
-    let r2 = if sst > 0.0 {
-        1.0 - sse / sst
-    } else if sse == 0.0 {
-        1.0
-    } else {
-        0.0
-    };
-    Ok(Fidelity {
-        samples: take.len(),
-        top1_agreement: top1_known.then(|| agree as f64 / take.len().max(1) as f64),
-        r2,
-    })
+
+    /// The float outputs of the first `n` samples, evaluating those not seen yet.
+    fn floats(&self, n: usize) -> Result<Ref<'_, Vec<Tensor>>, CompileError> {
+        {
+            let mut floats = self.floats.borrow_mut();
+            while floats.len() < n {
+                let env = interp::evaluate(self.graph, &self.samples[floats.len()])?;
+                let float = env[self.graph.outputs[self.output].0 as usize]
+                    .clone()
+                    .ok_or_else(|| {
+                        CompileError::Internal("the float model computes no output".into())
+                    })?;
+                floats.push(float);
+            }
+        }
+        Ok(self.floats.borrow())
+    }
+
+    /// `l`'s simulation against the float model on the first `n` samples (at most):
+    /// exact, or with `noise` as FHE behaves (`seed`).
+    fn fidelity(
+        &self,
+        l: &Lowered,
+        n: usize,
+        noise: Option<(&RoundingNoise, u64)>,
+    ) -> Result<Fidelity, CompileError> {
+        let (graph, spec) = (self.graph, &l.quantized.client);
+        let take = &self.samples[..self.samples.len().min(n)];
+        let floats = self.floats(take.len())?;
+        let (mut agree, mut top1_known) = (0usize, true);
+        let mut sse = 0.0f64;
+        for (i, (s, float)) in take.iter().zip(floats.iter()).enumerate() {
+            let q = spec.quantize_inputs(graph, s)?;
+            let out = match noise {
+                Some((model, seed)) => fhec_ir::interp::simulate_noisy(
+                    &l.quantized.circuit,
+                    &l.info,
+                    &q,
+                    model,
+                    // one stream per (seed, sample)
+                    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64,
+                ),
+                None => fhec_ir::interp::simulate(&l.quantized.circuit, &l.info, &q),
+            }
+            .map_err(|e| CompileError::Internal(e.to_string()))?;
+            let sim = spec.finish(graph, &out)?.swap_remove(self.output);
+            if float.data.len() > 1 {
+                let argmax = |d: &[f64]| {
+                    d.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f64::NEG_INFINITY),
+                            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                        )
+                        .0
+                };
+                agree += (argmax(&float.data) == argmax(&sim.data)) as usize;
+            } else {
+                top1_known = false;
+            }
+            for (a, b) in sim.data.iter().zip(&float.data) {
+                sse += (a - b).powi(2);
+            }
+        }
+        let count = floats[..take.len()]
+            .iter()
+            .map(|f| f.data.len())
+            .sum::<usize>();
+        let mean = floats[..take.len()]
+            .iter()
+            .flat_map(|f| f.data.iter())
+            .sum::<f64>()
+            / count.max(1) as f64;
+        let sst: f64 = floats[..take.len()]
+            .iter()
+            .flat_map(|f| f.data.iter())
+            .map(|f| (f - mean).powi(2))
+            .sum();
+        let r2 = if sst > 0.0 {
+            1.0 - sse / sst
+        } else if sse == 0.0 {
+            1.0
+        } else {
+            0.0
+        };
+        Ok(Fidelity {
+            samples: take.len(),
+            top1_agreement: top1_known.then(|| agree as f64 / take.len().max(1) as f64),
+            r2,
+        })
+    }
 }
 
 /// A compiled candidate: lowered, its parameters, the settings kept.
@@ -284,17 +327,16 @@ fn below(cfg: &QuantConfig, knobs: Knobs, d: u32) -> Vec<QuantConfig> {
 
 /// The most accurate candidate among `cfgs` that compiles, with its fidelity.
 fn best_of(
-    graph: &FloatGraph,
-    samples: &[Vec<Tensor>],
+    r: &Reference,
     cfgs: &[QuantConfig],
     target: PErrorTarget,
 ) -> Result<Option<(Candidate, Fidelity)>, CompileError> {
     let mut best: Option<(Candidate, Fidelity)> = None;
     for cfg in cfgs {
-        let Ok(c) = attempt(graph, samples, cfg, target) else {
+        let Ok(c) = attempt(r.graph, r.samples, cfg, target) else {
             continue;
         };
-        let f = fidelity(graph, &c.0, samples)?;
+        let f = r.fidelity(&c.0, FIDELITY_SAMPLES, None)?;
         let better = best.as_ref().is_none_or(|(b, bf)| {
             f.score() > bf.score()
                 || (f.score() == bf.score()
@@ -310,14 +352,13 @@ fn best_of(
 /// The first level of reductions (1 to 4 steps in all) at which some setting compiles,
 /// and its most accurate setting there.
 fn search(
-    graph: &FloatGraph,
-    samples: &[Vec<Tensor>],
+    r: &Reference,
     cfg: &QuantConfig,
     knobs: Knobs,
     target: PErrorTarget,
 ) -> Result<Option<(Candidate, Fidelity)>, CompileError> {
     for d in 1..=4 {
-        if let Some(found) = best_of(graph, samples, &below(cfg, knobs, d), target)? {
+        if let Some(found) = best_of(r, &below(cfg, knobs, d), target)? {
             return Ok(Some(found));
         }
     }
@@ -330,37 +371,17 @@ const SPEED_SAMPLES: usize = 512;
 /// Seeds of the noisy simulations a speed choice averages.
 const SPEED_SEEDS: u64 = 4;
 
-/// The error model FHE has under `params`: approximate roundings off by one near a
-/// boundary, outputs with their modelled error (docs/NOISE.md).
-fn noise_of(l: &Lowered, params: &ParamChoice) -> RoundingNoise {
-    let c = &l.quantized.circuit;
-    let budget = NoiseBudget::of(c, &l.info);
-    RoundingNoise {
-        sigma: fhec_backend_tfhe::rounding_sigmas(&budget, &params.keys, c.len()),
-        output_sigma: if budget.output_slack_bits > 0 {
-            fhec_backend_tfhe::output_sigma(&budget, params)
-        } else {
-            0.0
-        },
-    }
-}
-
 /// Agreement with the float model as FHE would give it: the mean over
 /// [`SPEED_SEEDS`] noisy simulations of the first [`SPEED_SAMPLES`] samples.
-fn noisy_fidelity(
-    graph: &FloatGraph,
-    c: &Candidate,
-    samples: &[Vec<Tensor>],
-) -> Result<Fidelity, CompileError> {
-    let take = &samples[..samples.len().min(SPEED_SAMPLES)];
-    let noise = noise_of(&c.0, &c.1);
+fn noisy_fidelity(r: &Reference, c: &Candidate) -> Result<Fidelity, CompileError> {
+    let noise = fhec_backend_tfhe::noise::error_model(&c.0.quantized.circuit, &c.0.info, &c.1);
     let mut sum = Fidelity {
-        samples: take.len(),
+        samples: r.samples.len().min(SPEED_SAMPLES),
         top1_agreement: None,
         r2: 0.0,
     };
     for seed in 0..SPEED_SEEDS {
-        let f = fidelity_on(graph, &c.0, take, Some((&noise, seed)))?;
+        let f = r.fidelity(&c.0, SPEED_SAMPLES, Some((&noise, seed)))?;
         sum.r2 += f.r2 / SPEED_SEEDS as f64;
         if let Some(a) = f.top1_agreement {
             *sum.top1_agreement.get_or_insert(0.0) += a / SPEED_SEEDS as f64;
@@ -375,8 +396,7 @@ fn noisy_fidelity(
 /// latency is at least a fifth lower and its noisy simulation (as FHE would decrypt)
 /// agrees with the float model on the inputset as well as the settings before it.
 fn faster(
-    graph: &FloatGraph,
-    samples: &[Vec<Tensor>],
+    r: &Reference,
     cfg: &QuantConfig,
     knobs: Knobs,
     target: PErrorTarget,
@@ -415,7 +435,7 @@ fn faster(
         let Some(step) = next(&kept.2) else {
             continue;
         };
-        let Ok(c) = attempt(graph, samples, &step, target) else {
+        let Ok(c) = attempt(r.graph, r.samples, &step, target) else {
             continue;
         };
         if c.1.predicted_ms_per_sample > 0.8 * kept.1.predicted_ms_per_sample {
@@ -423,9 +443,9 @@ fn faster(
         }
         let before = match &kept_fidelity {
             Some(f) => f.clone(),
-            None => noisy_fidelity(graph, &kept, samples)?,
+            None => noisy_fidelity(r, &kept)?,
         };
-        let after = noisy_fidelity(graph, &c, samples)?;
+        let after = noisy_fidelity(r, &c)?;
         if as_good(&before, &after) {
             kept = c;
             kept_fidelity = Some(after);
@@ -474,6 +494,7 @@ pub(crate) fn compile_adaptive(
     knobs: Knobs,
     strict: bool,
 ) -> Result<(Candidate, Option<Adaptation>), CompileError> {
+    let r = Reference::new(graph, samples);
     let first = attempt(graph, samples, cfg, target);
     match first {
         Ok(c) => {
@@ -481,13 +502,13 @@ pub(crate) fn compile_adaptive(
                 return Ok((c, None));
             }
             if c.0.info.pbs_per_sample > 0 {
-                return faster(graph, samples, cfg, knobs, target, c);
+                return faster(&r, cfg, knobs, target, c);
             }
             if !knobs.input_bits || !knobs.weight_bits {
                 return Ok((c, None));
             }
             // no bootstrap: bits cost no bootstrap, only the 16-bit accumulator limit and output bytes
-            let base = fidelity(graph, &c.0, samples)?;
+            let base = r.fidelity(&c.0, FIDELITY_SAMPLES, None)?;
             let more: Vec<QuantConfig> = (cfg.input_bits.max(cfg.weight_bits) + 1..=8)
                 .rev()
                 .map(|b| QuantConfig {
@@ -499,7 +520,7 @@ pub(crate) fn compile_adaptive(
             for m in more {
                 if let Ok(better) = attempt(graph, samples, &m, target) {
                     if better.0.info.pbs_per_sample == 0 {
-                        let f = fidelity(graph, &better.0, samples)?;
+                        let f = r.fidelity(&better.0, FIDELITY_SAMPLES, None)?;
                         if f.score() >= base.score() {
                             let (changes, flags) = describe(cfg, &better.2);
                             return Ok((
@@ -522,7 +543,7 @@ pub(crate) fn compile_adaptive(
             // adapt the free knobs; failing that (or in strict mode), find settings over
             // every knob to suggest
             if !strict && knobs.any() {
-                if let Some((c, f)) = search(graph, samples, cfg, knobs, target)? {
+                if let Some((c, f)) = search(&r, cfg, knobs, target)? {
                     let (changes, flags) = describe(cfg, &c.2);
                     let reason = e.to_string();
                     return Ok((
@@ -536,7 +557,7 @@ pub(crate) fn compile_adaptive(
                     ));
                 }
             }
-            match search(graph, samples, cfg, Knobs::all(), target)? {
+            match search(&r, cfg, Knobs::all(), target)? {
                 Some((c, f)) => Err(CompileError::Suggestion {
                     failure: Box::new(e),
                     flags: describe(cfg, &c.2).1,

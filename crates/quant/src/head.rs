@@ -85,20 +85,16 @@ pub(crate) fn client_head(graph: &FloatGraph) -> Vec<bool> {
 /// nodes (model inputs first, in model order, then head outputs in node order), and any
 /// model input nothing reads (so that every input keeps a circuit input).
 pub(crate) fn circuit_inputs(graph: &FloatGraph, head: &[bool], side: &[bool]) -> Vec<ValueId> {
-    let read_by_circuit = |v: ValueId| {
+    // whether a node marked in `mask` reads `v`
+    let read_by = |mask: &[bool], v: ValueId| {
         graph
             .nodes
             .iter()
-            .zip(side)
-            .any(|(n, &s)| s && n.inputs.contains(&v))
+            .zip(mask)
+            .any(|(n, &m)| m && n.inputs.contains(&v))
     };
-    let read_by_head = |v: ValueId| {
-        graph
-            .nodes
-            .iter()
-            .zip(head)
-            .any(|(n, &h)| h && n.inputs.contains(&v))
-    };
+    let read_by_circuit = |v: ValueId| read_by(side, v);
+    let read_by_head = |v: ValueId| read_by(head, v);
     let mut out: Vec<ValueId> = graph
         .inputs
         .iter()

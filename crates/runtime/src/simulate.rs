@@ -2,7 +2,7 @@
 
 use fhec_frontend_onnx::Tensor;
 use fhec_ir::interp::RoundingNoise;
-use fhec_ir::{CircuitInfo, IntOp};
+use fhec_ir::CircuitInfo;
 
 use crate::client::SampleResult;
 use crate::parts::Artifact;
@@ -100,32 +100,8 @@ fn sample_seed(seed: u64, index: usize) -> u64 {
     seed ^ (index as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03)
 }
 
-/// The error model of the artifact's approximate roundings under its parameters.
+/// The error model of the artifact's approximate roundings and outputs under its
+/// parameters.
 pub fn rounding_noise(a: &Artifact, info: &CircuitInfo) -> RoundingNoise {
-    let c = &a.server.circuit;
-    let any = c.ids().any(|id| {
-        matches!(
-            c.node(id).op,
-            IntOp::Round {
-                approximate: true,
-                ..
-            }
-        )
-    });
-    if !(any && a.server.params.needs_bootstrap()) {
-        return RoundingNoise {
-            sigma: Vec::new(),
-            output_sigma: 0.0,
-        };
-    }
-    let budget = fhec_backend_tfhe::NoiseBudget::of(c, info);
-    let output_sigma = if budget.output_slack_bits > 0 {
-        fhec_backend_tfhe::output_sigma(&budget, &a.server.params)
-    } else {
-        0.0
-    };
-    RoundingNoise {
-        sigma: fhec_backend_tfhe::rounding_sigmas(&budget, &a.server.params.keys, c.len()),
-        output_sigma,
-    }
+    fhec_backend_tfhe::noise::error_model(&a.server.circuit, info, &a.server.params)
 }

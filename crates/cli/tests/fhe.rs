@@ -98,8 +98,11 @@ fn one_op_sigmoid_fhe_equals_simulate() {
 }
 
 /// Approximate rounding (the default): FHE agrees with simulate's error model. Each
-/// output element of the first `samples` test samples must lie within twice the widest
-/// deviation `DRAWS` seeded simulations produce, the number of elements off the
+/// output element of the first `samples` test samples must lie within 1.5 times the
+/// widest deviation `DRAWS` seeded simulations produce (the deviations are heavy-tailed:
+/// mostly none, sometimes a few off-by-one roundings times a large weight, so the bound
+/// comes from many draws; a 32-draw bound failed about one run in fifty on
+/// residual_digits while FHE stayed inside the simulated distribution), the number of elements off the
 /// expected value must be a plausible binomial draw around the simulated mean, and a
 /// classifier's FHE class must be one that some simulation also predicts. Returns the
 /// elements FHE got off the expected value.
@@ -108,7 +111,7 @@ fn fhe_agrees_with_noisy_simulate(
     cfg: Option<fhec_quant::QuantConfig>,
     samples: usize,
 ) -> usize {
-    const DRAWS: u64 = 32;
+    const DRAWS: u64 = 500;
     let (a, info) = compile(name, cfg);
     assert!(
         a.server.circuit.ids().any(|id| matches!(
@@ -152,7 +155,7 @@ fn fhe_agrees_with_noisy_simulate(
         for (o, (x, y)) in fhe.circuit_outputs.iter().zip(&expected).enumerate() {
             for (j, (x, y)) in x.iter().zip(y).enumerate() {
                 assert!(
-                    (x - y).abs() <= 2 * spread[o][j].max(1),
+                    2 * (x - y).abs() <= 3 * spread[o][j] + 4,
                     "{name} sample {i} output {o}[{j}]: FHE {x}, expected {y}, simulated deviations up to {}",
                     spread[o][j]
                 );
@@ -229,3 +232,4 @@ fn max_of_two_encrypted_fhe_equals_simulate() {
 fn product_of_two_encrypted_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("op_mul_two", 1) > 0);
 }
+

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::*;
-use fhec_ir::IntOp;
+use fhec_ir::{IntOp, NodeId};
 
 fn fixture_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fixtures())
@@ -82,6 +82,38 @@ fn result_elements(line: &str) -> usize {
         .product()
 }
 
+/// Gathers of a map emitted element by element: per operand, the most terms a row
+/// reads from it.
+fn gather_positions(c: &fhec_ir::Circuit, id: NodeId) -> usize {
+    let m = c.node(id).numel();
+    match &c.node(id).op {
+        IntOp::Affine {
+            row_start, terms, ..
+        } => (0..c.operands(id).len())
+            .map(|slot| {
+                (0..m)
+                    .map(|j| {
+                        fhec_ir::affine_row(row_start, terms, j)
+                            .iter()
+                            .filter(|t| t.operand as usize == slot)
+                            .count()
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .sum(),
+        IntOp::Conv(conv) => (0..m)
+            .map(|j| {
+                let mut n = 0;
+                conv.for_each_tap(j, |_, _| n += 1);
+                n
+            })
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
 #[test]
 fn mlir_agrees_with_the_circuit_on_every_fixture() {
     for name in fixture_names() {
@@ -108,11 +140,31 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
         let lut = count(&|o| matches!(o, IntOp::Lut { .. }));
         let reshape = count(&|o| matches!(o, IntOp::Reshape));
         let affine = count(&|o| matches!(o, IntOp::Affine { .. }));
-        // an affine map: one matmul per operand (flattened to [1, k]), summed, plus bias
+        // an affine map (or a convolution emitted as one) is emitted either as one
+        // matmul per operand (flattened to [1, k]), summed, plus bias; or element by
+        // element: per operand and term position one gather of `tensor.extract`s, each
+        // gather maybe scaled, summed, plus bias
+        let sparse: Vec<NodeId> = fhec_mlir_emit::element_wise_maps(&c);
+        let sparse_affine = sparse
+            .iter()
+            .filter(|&&id| matches!(c.node(id).op, IntOp::Affine { .. }))
+            .count();
         let affine_operands: usize = c
             .ids()
             .filter(|&id| matches!(c.node(id).op, IntOp::Affine { .. }))
             .map(|id| c.operands(id).len())
+            .sum();
+        let dense_affine_operands: usize = c
+            .ids()
+            .filter(|&id| matches!(c.node(id).op, IntOp::Affine { .. }) && !sparse.contains(&id))
+            .map(|id| c.operands(id).len())
+            .sum();
+        let positions: Vec<usize> = sparse.iter().map(|&id| gather_positions(&c, id)).collect();
+        let gathers: usize = positions.iter().sum();
+        let extracts: usize = sparse
+            .iter()
+            .zip(&positions)
+            .map(|(&id, p)| p * c.node(id).numel())
             .sum();
         let get = |k: &str| ops.get(k).copied().unwrap_or(0);
         // a convolution: FHELinalg.conv2d (two spatial axes, on an operand in its own
@@ -122,6 +174,7 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
         let conv2d = get("FHELinalg.conv2d");
         assert!(conv2d <= convs, "{name}: {ops:?}");
         let flat_convs = convs - conv2d;
+        let dense_flat_convs = flat_convs - (sparse.len() - sparse_affine);
         let padded = get("FHE.zero_tensor");
         assert_eq!(padded, get("tensor.insert_slice"), "{name}");
         assert!(padded <= conv2d, "{name}: {ops:?}");
@@ -129,14 +182,18 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
         assert!(conv_bias_adds <= conv2d, "{name}: {ops:?}");
         assert_eq!(
             get("FHELinalg.matmul_eint_int"),
-            linear + affine_operands + flat_convs,
+            linear + dense_affine_operands + dense_flat_convs,
             "{name}: {ops:?}"
         );
         assert_eq!(
             get("FHELinalg.add_eint"),
-            affine_operands - affine,
+            dense_affine_operands - (affine - sparse_affine) + gathers - sparse.len(),
             "{name}"
         );
+        assert_eq!(get("tensor.from_elements"), gathers, "{name}");
+        assert_eq!(get("tensor.extract"), extracts, "{name}");
+        let scaled = get("FHELinalg.mul_eint_int");
+        assert!(scaled <= gathers, "{name}: {ops:?}");
         assert_eq!(get("FHELinalg.round"), round, "{name}");
         assert_eq!(
             get("FHELinalg.apply_lookup_table") + get("FHELinalg.apply_mapped_lookup_table"),
@@ -153,8 +210,11 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
         assert_eq!(
             ops.values().sum::<usize>(),
             2 * linear
-                + 2 * affine_operands
-                + 2 * flat_convs
+                + 2 * dense_affine_operands
+                + 2 * dense_flat_convs
+                + extracts
+                + 2 * gathers
+                + scaled
                 + conv2d
                 + 2 * padded
                 + conv_bias_adds

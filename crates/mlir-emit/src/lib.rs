@@ -24,40 +24,16 @@ use fhec_ir::{Circuit, CircuitInfo, IntOp, NodeId};
 
 /// Prints the circuit as an MLIR module with one function `@main`.
 pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
+    let (shapes, sparse) = layout(c);
     let mut e = Emitter {
         c,
         info,
         body: String::new(),
         next: 0,
-        shapes: Vec::with_capacity(c.len()),
+        shapes,
+        sparse,
+        indices: Default::default(),
     };
-    for id in c.ids() {
-        let n = c.node(id);
-        let shape = match &n.op {
-            IntOp::Affine { .. } => vec![1, n.numel()],
-            IntOp::Conv(conv) => {
-                let x = c.operands(id)[0];
-                if structured(conv, &e.shapes[x.index()], &c.node(x).shape) {
-                    n.shape.clone()
-                } else {
-                    vec![1, n.numel()]
-                }
-            }
-            IntOp::Round { .. } | IntOp::Lut { .. } => e.shapes[c.operands(id)[0].index()].clone(),
-            // a reshape is emitted only when it merges dimensions; otherwise the value
-            // keeps its operand's layout (same elements, same order)
-            IntOp::Reshape => {
-                let from = &e.shapes[c.operands(id)[0].index()];
-                if *from == n.shape || collapse_groups(from, &n.shape).is_some() {
-                    n.shape.clone()
-                } else {
-                    from.clone()
-                }
-            }
-            _ => n.shape.clone(),
-        };
-        e.shapes.push(shape);
-    }
     let args: Vec<String> = c
         .inputs
         .iter()
@@ -101,16 +77,76 @@ pub fn to_mlir(c: &Circuit, info: &CircuitInfo, title: &str) -> String {
     out
 }
 
+/// Each node's shape in the module and whether its flat map is emitted element by
+/// element. A value keeps its own shape, except that an affine map emitted as matmuls
+/// stays flat (`[1, m]`; Concrete has no noise rule for `tensor.reshape`, so it is
+/// never unflattened) and element-wise ops keep their operand's layout.
+fn layout(c: &Circuit) -> (Vec<Vec<usize>>, Vec<bool>) {
+    let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(c.len());
+    let mut by_element = Vec::with_capacity(c.len());
+    for id in c.ids() {
+        let n = c.node(id);
+        let mut element_wise = false;
+        let shape = match &n.op {
+            // an affine map emitted element by element builds its result in its own
+            // shape; one emitted as matmuls leaves it flat
+            IntOp::Affine { .. } => {
+                element_wise = sparse(c, id);
+                if element_wise {
+                    n.shape.clone()
+                } else {
+                    vec![1, n.numel()]
+                }
+            }
+            IntOp::Conv(conv) => {
+                let x = c.operands(id)[0];
+                if structured(conv, &shapes[x.index()], &c.node(x).shape) {
+                    n.shape.clone()
+                } else {
+                    element_wise = sparse(c, id);
+                    if element_wise {
+                        n.shape.clone()
+                    } else {
+                        vec![1, n.numel()]
+                    }
+                }
+            }
+            IntOp::Round { .. } | IntOp::Lut { .. } => shapes[c.operands(id)[0].index()].clone(),
+            // a reshape is emitted only when it merges dimensions; otherwise the value
+            // keeps its operand's layout (same elements, same order)
+            IntOp::Reshape => {
+                let from = &shapes[c.operands(id)[0].index()];
+                if *from == n.shape || collapse_groups(from, &n.shape).is_some() {
+                    n.shape.clone()
+                } else {
+                    from.clone()
+                }
+            }
+            _ => n.shape.clone(),
+        };
+        shapes.push(shape);
+        by_element.push(element_wise);
+    }
+    (shapes, by_element)
+}
+
+/// The nodes whose flat map the module computes element by element (see [`sparse`]).
+pub fn element_wise_maps(c: &Circuit) -> Vec<NodeId> {
+    let (_, by_element) = layout(c);
+    c.ids().filter(|id| by_element[id.index()]).collect()
+}
+
 struct Emitter<'a> {
     c: &'a Circuit,
     info: &'a CircuitInfo,
     body: String,
     next: usize,
-    /// The shape each node's value has in the module: its own, except that an affine
-    /// map's result stays flat (`[1, m]`) and element-wise ops keep their operand's.
-    /// Concrete's noise analysis has no rule for `tensor.reshape`, so fhec never
-    /// unflattens an affine result.
+    /// The shape each node's value has in the module ([`layout`]).
     shapes: Vec<Vec<usize>>,
+    /// Whether each node's flat map is emitted element by element (see [`sparse`]).
+    sparse: Vec<bool>,
+    /// Index constants already defined (`%c<i>`), for `tensor.extract`.
+    indices: std::collections::HashMap<usize, String>,
 }
 
 fn dims(shape: &[usize]) -> String {
@@ -148,6 +184,72 @@ fn dense(values: &[i64], shape: &[usize]) -> String {
 /// Other convolutions are emitted like an affine map.
 fn structured(conv: &fhec_ir::Conv, emitted: &[usize], shape: &[usize]) -> bool {
     conv.in_sp.len() == 2 && emitted == shape
+}
+
+/// One output element of a flat map: its terms as (operand slot, flat index, weight).
+type Row = Vec<(usize, usize, i64)>;
+
+/// The rows of an `Affine`, or of a `Conv` emitted as a flat map.
+fn flat_rows(c: &Circuit, id: NodeId) -> Vec<Row> {
+    match &c.node(id).op {
+        IntOp::Affine {
+            row_start, terms, ..
+        } => (0..row_start.len().saturating_sub(1))
+            .map(|j| {
+                fhec_ir::affine_row(row_start, terms, j)
+                    .iter()
+                    .map(|t| (t.operand as usize, t.index as usize, t.weight))
+                    .collect()
+            })
+            .collect(),
+        IntOp::Conv(conv) => (0..c.node(id).numel())
+            .map(|j| {
+                let mut row = Vec::new();
+                conv.for_each_tap(j, |i, w| row.push((0, i, conv.weight[w])));
+                row
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Each operand's dense `[k, m]` weight matrix (row-major) of a flat map.
+fn dense_weights(c: &Circuit, id: NodeId, rows: &[Row]) -> Vec<Vec<i64>> {
+    let m = rows.len();
+    let mut weights: Vec<Vec<i64>> = c
+        .operands(id)
+        .iter()
+        .map(|&o| vec![0; c.node(o).numel() * m])
+        .collect();
+    for (j, row) in rows.iter().enumerate() {
+        for &(slot, i, w) in row {
+            weights[slot][i * m + j] += w;
+        }
+    }
+    weights
+}
+
+/// Whether the flat map of node `id` (an `Affine`, or a `Conv` not emitted as
+/// `FHELinalg.conv2d`) is emitted element by element — one `tensor.extract` per term,
+/// gathered by `tensor.from_elements` — instead of as dense matmuls: when the dense
+/// matrices would hold many times more entries than the map has terms (pooling,
+/// gathers and data movement on large tensors), so the text grows with the terms, not
+/// with input × output sizes.
+fn sparse(c: &Circuit, id: NodeId) -> bool {
+    let m = c.node(id).numel();
+    let terms: usize = match &c.node(id).op {
+        IntOp::Affine { terms, .. } => terms.len(),
+        IntOp::Conv(conv) => (0..m)
+            .map(|j| {
+                let mut n = 0;
+                conv.for_each_tap(j, |_, _| n += 1);
+                n
+            })
+            .sum(),
+        _ => return false,
+    };
+    let dense: usize = c.operands(id).iter().map(|&o| c.node(o).numel() * m).sum();
+    terms > 0 && dense > 16 * terms + 4096
 }
 
 /// `v` modulo 2^(w+1), printed in `[−2^w, 2^w)`: clear operands are one bit wider than
@@ -315,6 +417,107 @@ impl Emitter<'_> {
         r
     }
 
+    /// A flat map element by element (see [`sparse`]): per operand and per term
+    /// position `t`, the `t`-th term of every row is gathered into one tensor of the
+    /// node's own shape (`tensor.extract` each, `tensor.from_elements`; a row with fewer
+    /// terms repeats an element at weight 0), multiplied by its weights, and the gathers
+    /// summed with the bias. The result keeps its shape, so a convolution reading it
+    /// stays `FHELinalg.conv2d`.
+    fn sparse_map(
+        &mut self,
+        id: NodeId,
+        ops: &[NodeId],
+        names: &[String],
+        rows: &[Row],
+        bias: &[i64],
+    ) -> String {
+        let m = rows.len();
+        let shape = self.shapes[id.index()].clone();
+        let w = self.info.encoding_bits;
+        let clear = format!("i{}", w + 1);
+        let clear_ty = format!("tensor<{}{clear}>", dims(&shape));
+        let row_ty = self.ty(id);
+        let zero = self.index(0);
+        let mut sum: Option<String> = None;
+        for (slot, &o) in ops.iter().enumerate() {
+            let per_row: Vec<Vec<(usize, i64)>> = rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .filter(|t| t.0 == slot)
+                        .map(|t| (t.1, t.2))
+                        .collect()
+                })
+                .collect();
+            let positions = per_row.iter().map(Vec::len).max().unwrap_or(0);
+            if positions == 0 {
+                continue;
+            }
+            let k = self.c.node(o).numel();
+            let from = self.shapes[o.index()].clone();
+            let flat = self.reshaped(&names[o.index()], &self.ty(o), &from, &[1, k]);
+            let flat_ty = self.ty_with_shape(o, &[1, k]);
+            let gather_ty = self.ty_with_shape(o, &shape);
+            for t in 0..positions {
+                let picked: Vec<(usize, i64)> = per_row
+                    .iter()
+                    .map(|r| r.get(t).copied().unwrap_or((r.first().map_or(0, |f| f.0), 0)))
+                    .collect();
+                let mut scalars = Vec::with_capacity(m);
+                for &(i, _) in &picked {
+                    let at = self.index(i);
+                    let v = self.fresh();
+                    let _ = writeln!(
+                        self.body,
+                        "    {v} = tensor.extract {flat}[{zero}, {at}] : {flat_ty}"
+                    );
+                    scalars.push(v);
+                }
+                let gathered = self.fresh();
+                let _ = writeln!(
+                    self.body,
+                    "    {gathered} = tensor.from_elements {} : {gather_ty}",
+                    scalars.join(", ")
+                );
+                // a multiplication also converts to the result's signedness, which an
+                // addition requires of both its operands
+                let term = if picked.iter().all(|p| p.1 == 1) && gather_ty == row_ty {
+                    gathered
+                } else {
+                    let wt: Vec<i64> = picked.iter().map(|p| wrap_to(p.1, w)).collect();
+                    let wc = self.constant(&wt, &shape, &clear);
+                    let r = self.fresh();
+                    let _ = writeln!(self.body, "    {r} = \"FHELinalg.mul_eint_int\"({gathered}, {wc}) : ({gather_ty}, {clear_ty}) -> {row_ty}");
+                    r
+                };
+                sum = Some(match sum {
+                    None => term,
+                    Some(prev) => {
+                        let r = self.fresh();
+                        let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint\"({prev}, {term}) : ({row_ty}, {row_ty}) -> {row_ty}");
+                        r
+                    }
+                });
+            }
+        }
+        let bias: Vec<i64> = bias.iter().map(|&b| wrap_to(b, w)).collect();
+        let b = self.constant(&bias, &shape, &clear);
+        let r = self.fresh();
+        let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, {clear_ty}) -> {row_ty}", sum.expect("a sparse map has a term"));
+        r
+    }
+
+    /// The SSA name of index constant `i`, defined at its first use.
+    fn index(&mut self, i: usize) -> String {
+        if let Some(name) = self.indices.get(&i) {
+            return name.clone();
+        }
+        let name = format!("%c{i}");
+        let _ = writeln!(self.body, "    {name} = arith.constant {i} : index");
+        self.indices.insert(i, name.clone());
+        name
+    }
+
     /// `FHELinalg.conv2d` as Concrete writes it: ONNX's attributes, padding made
     /// explicit.
     fn conv2d(&mut self, id: NodeId, x: NodeId, names: &[String], conv: &fhec_ir::Conv) -> String {
@@ -456,38 +659,23 @@ impl Emitter<'_> {
                 let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({mm}, {b}) : ({out_ty}, tensor<{outputs}xi{clear_bits}>) -> {out_ty}");
                 r
             }
-            IntOp::Affine {
-                row_start,
-                terms,
-                bias,
-            } => {
-                let m = n.numel();
-                let weights: Vec<Vec<i64>> = (0..ops.len())
-                    .map(|slot| {
-                        let k = self.c.node(ops[slot]).numel();
-                        let mut wt = vec![0i64; k * m];
-                        for j in 0..m {
-                            for t in fhec_ir::affine_row(row_start, terms, j) {
-                                if t.operand as usize == slot {
-                                    wt[t.index as usize * m + j] += t.weight;
-                                }
-                            }
-                        }
-                        wt
-                    })
-                    .collect();
-                self.flat_affine(id, &ops, names, weights, bias)
+            IntOp::Affine { bias, .. } => {
+                let rows = flat_rows(self.c, id);
+                if self.sparse[id.index()] {
+                    return Some(self.sparse_map(id, &ops, names, &rows, bias));
+                }
+                self.flat_affine(id, &ops, names, dense_weights(self.c, id, &rows), bias)
             }
             IntOp::Conv(conv) => {
-                if self.shapes[id.index()] == n.shape {
-                    self.conv2d(id, ops[0], names, conv)
+                let x = ops[0];
+                if structured(conv, &self.shapes[x.index()], &self.c.node(x).shape) {
+                    self.conv2d(id, x, names, conv)
                 } else {
-                    let (k, m) = (conv.in_channels * conv.in_plane(), n.numel());
-                    let mut wt = vec![0i64; k * m];
-                    for j in 0..m {
-                        conv.for_each_tap(j, |i, w| wt[i * m + j] += conv.weight[w]);
+                    let rows = flat_rows(self.c, id);
+                    if self.sparse[id.index()] {
+                        return Some(self.sparse_map(id, &ops, names, &rows, &conv.bias));
                     }
-                    self.flat_affine(id, &ops, names, vec![wt], &conv.bias)
+                    self.flat_affine(id, &ops, names, dense_weights(self.c, id, &rows), &conv.bias)
                 }
             }
             IntOp::Round { approximate, .. } => {

@@ -243,7 +243,7 @@ pub fn generate_keys(params: &KeyParams) -> (ClientKey, ServerKey) {
             compression_seed(bootstrap_seed),
             modulus,
         );
-        par_generate_seeded_lwe_bootstrap_key(
+        crate::bsk::generate_seeded_bootstrap_key(
             &s,
             &glwe,
             &mut bootstrap,

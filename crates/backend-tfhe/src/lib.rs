@@ -9,6 +9,7 @@
 //! different precisions run in different partitions, each with its own parameters.
 
 pub mod bench;
+mod bsk;
 mod engine;
 mod grid;
 mod keys;

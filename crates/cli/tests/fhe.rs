@@ -232,4 +232,3 @@ fn max_of_two_encrypted_fhe_equals_simulate() {
 fn product_of_two_encrypted_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("op_mul_two", 1) > 0);
 }
-

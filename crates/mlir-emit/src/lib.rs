@@ -461,7 +461,11 @@ impl Emitter<'_> {
             for t in 0..positions {
                 let picked: Vec<(usize, i64)> = per_row
                     .iter()
-                    .map(|r| r.get(t).copied().unwrap_or((r.first().map_or(0, |f| f.0), 0)))
+                    .map(|r| {
+                        r.get(t)
+                            .copied()
+                            .unwrap_or((r.first().map_or(0, |f| f.0), 0))
+                    })
                     .collect();
                 let mut scalars = Vec::with_capacity(m);
                 for &(i, _) in &picked {
@@ -503,7 +507,11 @@ impl Emitter<'_> {
         let bias: Vec<i64> = bias.iter().map(|&b| wrap_to(b, w)).collect();
         let b = self.constant(&bias, &shape, &clear);
         let r = self.fresh();
-        let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, {clear_ty}) -> {row_ty}", sum.expect("a sparse map has a term"));
+        let _ = writeln!(
+            self.body,
+            "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, {clear_ty}) -> {row_ty}",
+            sum.expect("a sparse map has a term")
+        );
         r
     }
 
@@ -675,7 +683,13 @@ impl Emitter<'_> {
                     if self.sparse[id.index()] {
                         return Some(self.sparse_map(id, &ops, names, &rows, &conv.bias));
                     }
-                    self.flat_affine(id, &ops, names, dense_weights(self.c, id, &rows), &conv.bias)
+                    self.flat_affine(
+                        id,
+                        &ops,
+                        names,
+                        dense_weights(self.c, id, &rows),
+                        &conv.bias,
+                    )
                 }
             }
             IntOp::Round { approximate, .. } => {

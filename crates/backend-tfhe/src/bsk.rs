@@ -137,6 +137,64 @@ pub(crate) fn generate_seeded_bootstrap_key(
         );
 }
 
+/// The server's bootstrap key in the Fourier domain, straight from its seeded form: key
+/// bit by key bit in parallel, each bit's masks regenerated from the seed (as
+/// tfhe-rs's decompression does) and transformed at once, so the standard-domain key
+/// (as large as the Fourier one) is never held whole.
+pub(crate) fn fourier_bootstrap_key(
+    seeded: &SeededLweBootstrapKeyOwned<u64>,
+) -> FourierLweBootstrapKeyOwned {
+    let mut fourier = FourierLweBootstrapKey::new(
+        seeded.input_lwe_dimension(),
+        seeded.glwe_size(),
+        seeded.polynomial_size(),
+        seeded.decomposition_base_log(),
+        seeded.decomposition_level_count(),
+    );
+    let fft = Fft::new(seeded.polynomial_size());
+    let fft = fft.as_view();
+    let seed = seeded.compression_seed();
+    let per_key_bit = seeded
+        .decompression_fork_config(Uniform)
+        .mask_byte_count_per_child();
+    let ggsws: Vec<_> = fourier.as_mut_view().into_ggsw_iter().collect();
+    ggsws
+        .into_par_iter()
+        .zip(seeded.par_iter())
+        .enumerate()
+        .for_each_init(
+            || {
+                let full = GgswCiphertext::new(
+                    0u64,
+                    seeded.glwe_size(),
+                    seeded.polynomial_size(),
+                    seeded.decomposition_base_log(),
+                    seeded.decomposition_level_count(),
+                    seeded.ciphertext_modulus(),
+                );
+                let scratch = vec![0u8; fft.forward_scratch().unaligned_bytes_required()];
+                (full, scratch)
+            },
+            |(full, scratch), (i, (fourier_ggsw, seeded_ggsw))| {
+                let mut masks = MaskRandomGenerator::<DefaultRandomGenerator>::new(seed.clone());
+                if i > 0 {
+                    masks.skip(EncryptionMaskByteCount(i * per_key_bit.0));
+                }
+                decompress_seeded_ggsw_ciphertext_with_pre_seeded_generator(
+                    full,
+                    &seeded_ggsw,
+                    &mut masks,
+                );
+                fourier_ggsw.fill_with_forward_fourier(
+                    full.as_view(),
+                    fft,
+                    dyn_stack::PodStack::new(scratch),
+                );
+            },
+        );
+    fourier
+}
+
 /// One worker's buffers for the products.
 struct Workspace {
     limbs: [Vec<u64>; LIMBS],
@@ -223,6 +281,45 @@ mod tests {
         for (n, big_n, levels) in [(6, 1024, 3), (2, 65536, 1)] {
             same_key_as_tfhe_rs(n, big_n, levels);
         }
+    }
+
+    /// The streamed preparation gives the Fourier key tfhe-rs's decompression and
+    /// conversion give.
+    #[test]
+    fn the_fourier_key_is_tfhe_rs_conversion() {
+        let mut seeder = new_seeder();
+        let seeder = seeder.as_mut();
+        let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+        let (n, big_n, levels) = (5, 2048, 2);
+        let lwe = LweSecretKey::generate_new_binary(LweDimension(n), &mut secret_gen);
+        let glwe = GlweSecretKey::generate_new_binary(
+            GlweDimension(1),
+            PolynomialSize(big_n),
+            &mut secret_gen,
+        );
+        let mut seeded = SeededLweBootstrapKey::new(
+            0u64,
+            GlweSize(2),
+            PolynomialSize(big_n),
+            DecompositionBaseLog(12),
+            DecompositionLevelCount(levels),
+            LweDimension(n),
+            tfhe::core_crypto::commons::math::random::CompressionSeed::from(Seed(77)),
+            CiphertextModulus::new_native(),
+        );
+        let noise = Gaussian::from_dispersion_parameter(StandardDev(2f64.powi(-50)), 0.0);
+        generate_seeded_bootstrap_key(&lwe, &glwe, &mut seeded, noise, seeder);
+        let ours = fourier_bootstrap_key(&seeded);
+        let standard = seeded.clone().decompress_into_lwe_bootstrap_key();
+        let mut theirs = FourierLweBootstrapKey::new(
+            standard.input_lwe_dimension(),
+            standard.glwe_size(),
+            standard.polynomial_size(),
+            standard.decomposition_base_log(),
+            standard.decomposition_level_count(),
+        );
+        par_convert_standard_lwe_bootstrap_key_to_fourier(&standard, &mut theirs);
+        assert!(ours.as_view().data() == theirs.as_view().data());
     }
 
     fn same_key_as_tfhe_rs(n: usize, big_n: usize, levels: usize) {

@@ -105,20 +105,11 @@ impl Evaluator {
             key.partitions
                 .iter()
                 .map(|k| {
-                    let keyswitch = k.keyswitch.clone().decompress_into_lwe_keyswitch_key();
-                    let std = k.bootstrap.clone().decompress_into_lwe_bootstrap_key();
-                    let mut fourier = FourierLweBootstrapKey::new(
-                        std.input_lwe_dimension(),
-                        std.glwe_size(),
-                        std.polynomial_size(),
-                        std.decomposition_base_log(),
-                        std.decomposition_level_count(),
-                    );
-                    par_convert_standard_lwe_bootstrap_key_to_fourier(&std, &mut fourier);
+                    let keyswitch = k.keyswitch.clone().par_decompress_into_lwe_keyswitch_key();
                     PartitionEval {
                         keyswitch,
-                        fft: Fft::new(std.polynomial_size()),
-                        bootstrap: fourier,
+                        fft: Fft::new(k.bootstrap.polynomial_size()),
+                        bootstrap: crate::bsk::fourier_bootstrap_key(&k.bootstrap),
                     }
                 })
                 .collect()

@@ -49,10 +49,41 @@ pub struct Report {
     pub quantization: Vec<fhec_quant::QuantOrigin>,
     /// With tree ensembles: the bootstraps of the obvious lowering, for comparison.
     pub naive_tree_pbs: Option<usize>,
+    /// Table lookups whose input ciphertext another lookup also reads, and the
+    /// bootstraps they would take if each shared input were bootstrapped once with all
+    /// its tables (many-LUT bootstrapping, which fhec does not do; docs/PARAMETERS.md).
+    pub shared_table_inputs: SharedTableInputs,
     /// Sizes on the wire, once parameters are chosen.
     pub deployment: Option<DeploymentSizes>,
     /// What the client part reveals (a compiled model only).
     pub client: Option<ClientSummary>,
+}
+
+/// See [`Report::shared_table_inputs`].
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SharedTableInputs {
+    /// Per-sample table lookups (elements) whose input another lookup also reads.
+    pub lookups: usize,
+    /// The distinct input ciphertexts they read.
+    pub inputs: usize,
+}
+
+impl SharedTableInputs {
+    fn of(c: &fhec_ir::Circuit) -> Self {
+        let mut shared = SharedTableInputs::default();
+        for id in c.ids() {
+            let tables = c
+                .users(id)
+                .into_iter()
+                .filter(|&u| matches!(c.node(u).op, fhec_ir::IntOp::Lut { .. }))
+                .count();
+            if tables >= 2 {
+                shared.lookups += tables * c.node(id).numel();
+                shared.inputs += c.node(id).numel();
+            }
+        }
+        shared
+    }
 }
 
 #[derive(Serialize)]
@@ -150,6 +181,7 @@ impl Report {
             params,
             quantization,
             naive_tree_pbs: None,
+            shared_table_inputs: SharedTableInputs::of(c),
             client: None,
         }
     }
@@ -201,6 +233,17 @@ impl Report {
             s += &format!(
                 "tree ensembles: {} PBS, naive lowering {naive} (one per internal node and leaf)\n",
                 self.pbs_per_sample
+            );
+        }
+        let shared = &self.shared_table_inputs;
+        if shared.lookups == 0 && self.tlu_count > 0 {
+            s += "shared table inputs: none (each table lookup reads its own ciphertext; many-LUT bootstrapping would save nothing)\n";
+        } else if shared.lookups > 0 {
+            s += &format!(
+                "shared table inputs: {} table lookups read a ciphertext another lookup reads too ({} distinct inputs; many-LUT bootstrapping would save {})\n",
+                shared.lookups,
+                shared.inputs,
+                shared.lookups - shared.inputs
             );
         }
         let rounded: Vec<&NodeRow> = self

@@ -147,28 +147,39 @@ pub fn npy_bytes(a: &Array) -> Vec<u8> {
 /// Reads a `.npy` (one unnamed array) or `.npz` (named arrays) file.
 pub fn read_arrays(path: &Path) -> Result<Vec<(Option<String>, Array)>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    parse_arrays(bytes, &path.display().to_string())
+}
+
+/// [`read_arrays`] on a file's bytes; `what` names the file in errors.
+pub fn parse_arrays(bytes: Vec<u8>, what: &str) -> Result<Vec<(Option<String>, Array)>> {
     if bytes.starts_with(b"PK") {
+        let limit = bytes.len() as u64 * 64 + (1 << 20);
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-            .with_context(|| format!("{}: not a valid .npz archive", path.display()))?;
+            .with_context(|| format!("{what}: not a valid .npz archive"))?;
         let mut out = Vec::new();
         for i in 0..zip.len() {
-            let mut f = zip
+            let f = zip
                 .by_index(i)
-                .with_context(|| format!("{}: corrupt .npz entry", path.display()))?;
+                .with_context(|| format!("{what}: corrupt .npz entry"))?;
             let name = f.name().trim_end_matches(".npy").to_string();
+            // a compressed entry may claim any size: read at most what a sane ratio allows
             let mut buf = Vec::new();
-            f.read_to_end(&mut buf)
-                .with_context(|| format!("{}: cannot read entry '{name}'", path.display()))?;
+            f.take(limit + 1)
+                .read_to_end(&mut buf)
+                .with_context(|| format!("{what}: cannot read entry '{name}'"))?;
+            if buf.len() as u64 > limit {
+                bail!("{what}: entry '{name}' expands to more than {limit} bytes");
+            }
             out.push((
                 Some(name.clone()),
-                parse_npy(&buf).with_context(|| format!("{}: entry '{name}'", path.display()))?,
+                parse_npy(&buf).with_context(|| format!("{what}: entry '{name}'"))?,
             ));
         }
         Ok(out)
     } else {
         Ok(vec![(
             None,
-            parse_npy(&bytes).with_context(|| path.display().to_string())?,
+            parse_npy(&bytes).with_context(|| what.to_string())?,
         )])
     }
 }

@@ -254,7 +254,30 @@ pub(crate) struct NodeCtx<'a> {
     name: String,
 }
 
+/// The most elements one tensor of a model may have (per sample, or a constant): each
+/// encrypted element is one ciphertext, so far larger tensors are not models fhec can
+/// run, and refusing them before allocating keeps a crafted file from exhausting memory.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 24;
+
+/// The element count of `shape`, if it is at most [`MAX_TENSOR_ELEMENTS`].
+pub(crate) fn bounded_numel(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+}
+
 impl NodeCtx<'_> {
+    /// The element count of a tensor this node would produce, or an error naming its
+    /// shape when it exceeds [`MAX_TENSOR_ELEMENTS`].
+    pub(crate) fn numel(&self, shape: &[usize]) -> Result<usize, ImportError> {
+        bounded_numel(shape).ok_or_else(|| {
+            self.err(format!(
+                "its result of shape {shape:?} would exceed {MAX_TENSOR_ELEMENTS} elements"
+            ))
+        })
+    }
+
     /// The model's ai.onnx opset version.
     pub(crate) fn opset(&self) -> i64 {
         self.b.opset

@@ -37,7 +37,12 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
     for &d in &t.dims {
         shape.push(usize::try_from(d).map_err(|_| err(format!("negative dimension {d}")))?);
     }
-    let numel: usize = shape.iter().product();
+    let numel = crate::bounded_numel(&shape).ok_or_else(|| {
+        err(format!(
+            "shape {shape:?} exceeds {} elements",
+            crate::MAX_TENSOR_ELEMENTS
+        ))
+    })?;
     let raw = &t.raw_data;
     let data: Vec<f64> = if matches!(t.data_type, dt::INT4 | dt::UINT4) {
         // two elements per byte, the first in the low nibble, in raw_data or one byte

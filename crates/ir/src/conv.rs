@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// reading 0 (a tap in the padding adds nothing). The operand is `[1, in_channels,
 /// in_sp…]`, the result `[1, out_channels, out_sp…]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Conv {
     pub in_channels: usize,
     pub out_channels: usize,

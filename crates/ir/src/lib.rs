@@ -72,6 +72,7 @@ impl NodeId {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Status {
     Encrypted,
     Clear,
@@ -79,6 +80,7 @@ pub enum Status {
 
 /// An inclusive integer range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Range {
     pub lo: i64,
     pub hi: i64,
@@ -101,6 +103,7 @@ impl Range {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum IntOp {
     /// Model input `index`, unsigned integers in `[0, 2^bits)`.
     Input {
@@ -157,6 +160,7 @@ impl IntOp {
 
 /// One term of an [`IntOp::Affine`] row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Term {
     /// Operand slot.
     pub operand: u32,
@@ -172,6 +176,7 @@ pub fn affine_row<'t>(row_start: &[u32], terms: &'t [Term], j: usize) -> &'t [Te
 
 /// One circuit node: an operation and the value it defines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Node {
     /// The float-graph node it lowers (for messages and listings).
     pub name: String,

@@ -24,12 +24,13 @@ pub fn rounding_chunks(drop: u32, max_chunk: u32) -> Vec<(u32, u32)> {
     chunks
 }
 
-/// Bootstraps one element's exact rounding costs.
+/// Bootstraps one element's exact rounding costs: two per chunk of [`rounding_chunks`],
+/// one for a 1-bit chunk (counted without listing the chunks).
 pub fn rounding_pbs_count(drop: u32, max_chunk: u32) -> usize {
-    rounding_chunks(drop, max_chunk)
-        .iter()
-        .map(|&(_, c)| if c > 1 { 2 } else { 1 })
-        .sum()
+    let chunk = max_chunk.max(1);
+    let (full, last) = (drop / chunk, drop % chunk);
+    let per = |c: u32| if c > 1 { 2 } else { 1 };
+    full as usize * per(chunk) + if last > 0 { per(last) } else { 0 }
 }
 
 /// Width of the smallest integer type holding `range` (sign bit included if `lo < 0`).
@@ -274,6 +275,11 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                 if *drop_bits == 0 {
                     err("round drops no bit".into());
                 }
+                if *drop_bits > 62 {
+                    err(format!(
+                        "round drops {drop_bits} bits; a 64-bit torus holds at most 62"
+                    ));
+                }
                 if c.users(id)
                     .iter()
                     .any(|&u| !matches!(c.node(u).op, IntOp::Lut { .. }))
@@ -286,9 +292,12 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                 // bits an approximate rounding reads
                 info.bits = bits_for_range(Range::new(
                     0,
-                    x.range.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)),
+                    x.range
+                        .hi
+                        .max(0)
+                        .saturating_add(1i64 << drop_bits.saturating_sub(1).min(62)),
                 ));
-                if !approximate {
+                if !approximate && *drop_bits <= 62 {
                     info.pbs = numel * rounding_pbs_count(*drop_bits, chunk_bits);
                     rounding_pbs += info.pbs;
                 }
@@ -373,13 +382,18 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
         .map(|&id| {
             let n = c.node(id);
             let range = match n.op {
-                IntOp::Round { drop_bits, .. } => {
-                    let x = c.node(c.operands(id)[0]).range;
-                    Range::new(
+                // (an operand-less rounding was reported above; its own range stands)
+                IntOp::Round { drop_bits, .. } => match c.operands(id).first() {
+                    Some(&x) => Range::new(
                         0,
-                        x.hi.max(0) + (1i64 << drop_bits.saturating_sub(1).min(62)),
-                    )
-                }
+                        c.node(x)
+                            .range
+                            .hi
+                            .max(0)
+                            .saturating_add(1i64 << drop_bits.saturating_sub(1).min(62)),
+                    ),
+                    None => n.range,
+                },
                 _ => n.range,
             };
             Violation {
@@ -398,8 +412,10 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
     }
     for id in c.ids() {
         if let IntOp::Lut { precision, .. } = c.node(id).op {
-            let x = c.operands(id)[0];
-            if precision + nodes[x.index()].shift > max_bits {
+            let Some(&x) = c.operands(id).first() else {
+                continue; // reported above
+            };
+            if precision.saturating_add(nodes[x.index()].shift) > max_bits {
                 errors.push(VerifyError {
                     node: c.node(id).name.clone(),
                     reason: "table precision exceeds the encoding width".into(),

@@ -118,7 +118,7 @@ fn two_varying(
     if shape.first() != Some(&1) {
         return Err(ctx.err("the broadcast result does not keep the batch axis first"));
     }
-    let numel: usize = shape.iter().product();
+    let numel = ctx.numel(&shape)?;
     let index = |f: usize, s: &[usize]| broadcast_index(&unravel(f, &shape), s);
     match kind {
         BinaryKind::Add | BinaryKind::Sub => {
@@ -261,7 +261,7 @@ pub(crate) fn where_(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let shape = broadcast_shapes(&shapes[0], &shapes[1])
         .and_then(|s| broadcast_shapes(&s, &shapes[2]))
         .ok_or_else(|| ctx.err(format!("shapes {shapes:?} do not broadcast")))?;
-    let numel: usize = shape.iter().product();
+    let numel = ctx.numel(&shape)?;
     let index = |f: usize, s: &[usize]| broadcast_index(&unravel(f, &shape), s);
     if let Some(ct) = ctx.constant(c).cloned() {
         let rows: Vec<Row> = (0..numel)

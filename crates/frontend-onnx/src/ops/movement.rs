@@ -154,7 +154,7 @@ pub(crate) fn transpose(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
     let out: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
     let st = strides(&shape);
-    let rows = (0..out.iter().product())
+    let rows = (0..ctx.numel(&out)?)
         .map(|f| {
             let o = unravel(f, &out);
             copy_row(0, (0..rank).map(|k| o[k] * st[perm[k]]).sum())
@@ -183,7 +183,7 @@ pub(crate) fn concat(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
     let mut out = shapes[0].clone();
     out[axis] = shapes.iter().map(|s| s[axis]).sum();
-    let rows = (0..out.iter().product())
+    let rows = (0..ctx.numel(&out)?)
         .map(|f| {
             let mut o = unravel(f, &out);
             let mut pos = 0;
@@ -295,7 +295,7 @@ pub(crate) fn slice(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         return Err(ctx.err("the slice changes the batch axis"));
     }
     let st = strides(&shape);
-    let rows = (0..out.iter().product())
+    let rows = (0..ctx.numel(&out)?)
         .map(|f| {
             let o = unravel(f, &out);
             copy_row(
@@ -341,7 +341,7 @@ pub(crate) fn gather(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     out.extend(&shape[axis + 1..]);
     let st = strides(&shape);
     let ir = indices.shape.len();
-    let rows = (0..out.iter().product())
+    let rows = (0..ctx.numel(&out)?)
         .map(|f| {
             let o = unravel(f, &out);
             let k = if ir == 0 {
@@ -401,8 +401,9 @@ pub(crate) fn pad(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         .map(|a| (shape[a] as i64 + begin[a] + end[a]).max(0) as usize)
         .collect();
     let st = strides(&shape);
-    let mut rows = Vec::with_capacity(out.iter().product());
-    for f in 0..out.iter().product() {
+    let count = ctx.numel(&out)?;
+    let mut rows = Vec::with_capacity(count);
+    for f in 0..count {
         let o = unravel(f, &out);
         let mut src = 0usize;
         let mut inside = true;
@@ -446,7 +447,7 @@ pub(crate) fn expand(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     if ctx.constant(x).is_none() && out[0] != 1 {
         return Err(ctx.err("the expansion changes the batch axis"));
     }
-    let rows = (0..out.iter().product())
+    let rows = (0..ctx.numel(&out)?)
         .map(|f| copy_row(0, broadcast_index(&unravel(f, &out), &shape)))
         .collect();
     emit_rows(ctx, &[x], rows, out)
@@ -488,7 +489,7 @@ pub(crate) fn reduce(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let st = strides(&shape);
     let reduced: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
     let count: usize = reduced.iter().product();
-    let groups: Vec<Vec<usize>> = (0..kept.iter().product())
+    let groups: Vec<Vec<usize>> = (0..ctx.numel(&kept)?)
         .map(|f| {
             let base: usize = unravel(f, &kept).iter().zip(&st).map(|(a, b)| a * b).sum();
             (0..count)

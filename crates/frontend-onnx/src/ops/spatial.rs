@@ -18,7 +18,11 @@ fn per_axis(
 ) -> Result<Vec<usize>, ImportError> {
     let v = ctx.attr_ints(name);
     let v = if v.is_empty() { vec![default; n] } else { v };
-    if v.len() != n || v.iter().any(|&x| x < 0 || (x == 0 && name != "pads")) {
+    let too_large = crate::MAX_TENSOR_ELEMENTS as i64;
+    if v.len() != n
+        || v.iter()
+            .any(|&x| x < 0 || x > too_large || (x == 0 && name != "pads"))
+    {
         return Err(ctx.err(format!(
             "attribute {name} = {v:?} does not give {n} valid values"
         )));
@@ -80,6 +84,7 @@ fn geometry(
         }
         out_sp.push(o);
     }
+    ctx.numel(&out_sp)?;
     Ok(Geometry {
         in_sp: in_sp.to_vec(),
         kernel,
@@ -147,6 +152,7 @@ pub(crate) fn conv(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let geometry = geometry(ctx, &in_sp, kernel, false)?;
     let mut shape = vec![1, m];
     shape.extend(&geometry.out_sp);
+    ctx.numel(&shape)?;
     let op = Op::Conv(Box::new(Conv {
         geometry,
         in_channels: c,
@@ -200,6 +206,7 @@ pub(crate) fn pool(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let windows: Vec<(Taps, usize)> = (0..g.out_count()).map(|o| g.window(o)).collect();
     let mut shape = vec![1, c];
     shape.extend(&g.out_sp);
+    ctx.numel(&shape)?;
     let (name, dtype) = (ctx.required_output(0)?, ctx.info(x).dtype);
     if op.ends_with("MaxPool") {
         let mut groups = Vec::with_capacity(c * windows.len());

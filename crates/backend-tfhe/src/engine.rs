@@ -71,8 +71,11 @@ struct Scratch {
 
 /// `acc += w·ct` for ciphertexts under master-key prefixes (`acc` at least as long).
 fn add_scaled_into(acc: &mut [u64], ct: &[u64], w: u64) {
-    let (body, mask) = ct.split_last().expect("an LWE ciphertext has a body");
-    let (acc_body, acc_mask) = acc.split_last_mut().expect("an LWE ciphertext has a body");
+    // LWE ciphertexts always hold a body (tfhe's LweSize is at least 1)
+    let (Some((body, mask)), Some((acc_body, acc_mask))) = (ct.split_last(), acc.split_last_mut())
+    else {
+        return;
+    };
     for (a, &c) in acc_mask.iter_mut().zip(mask) {
         *a = a.wrapping_add(c.wrapping_mul(w));
     }
@@ -199,10 +202,16 @@ impl Evaluator {
         let w = self.info.encoding_bits;
         let mut values: Vec<Vec<Ciphertext>> = Vec::with_capacity(c.len());
         let mut done = 0;
+        let none = Vec::new();
         for id in c.ids() {
             let node = c.node(id);
             let ops = c.operands(id);
-            let x = ops.first().map(|o| &values[o.index()]);
+            let missing = || BackendError::Circuit(node.name.clone());
+            let x: &Vec<Ciphertext> = match ops.first() {
+                Some(o) => values.get(o.index()).ok_or_else(missing)?,
+                None if matches!(node.op, IntOp::Input { .. } | IntOp::Affine { .. }) => &none,
+                None => return Err(missing()),
+            };
             let v = match &node.op {
                 IntOp::Input { index, .. } => {
                     let v = inputs[*index].take().unwrap_or_default();
@@ -222,24 +231,27 @@ impl Evaluator {
                     outputs,
                     weight,
                     bias,
-                } => self.linear(x.unwrap(), *inputs, *outputs, weight, bias, w),
+                } => self.linear(x, *inputs, *outputs, weight, bias, w),
                 IntOp::Affine {
                     row_start,
                     terms,
                     bias,
                 } => {
-                    let xs: Vec<&Vec<Ciphertext>> =
-                        ops.iter().map(|o| &values[o.index()]).collect();
+                    let xs: Vec<&Vec<Ciphertext>> = ops
+                        .iter()
+                        .map(|o| values.get(o.index()))
+                        .collect::<Option<_>>()
+                        .ok_or_else(missing)?;
                     affine(&xs, row_start, terms, bias, w)
                 }
-                IntOp::Conv(conv) => convolve(x.unwrap(), conv, w),
+                IntOp::Conv(conv) => convolve(x, conv, w),
                 // the consumer's bootstrap reads the top bits through its modulus switch
                 IntOp::Round {
                     approximate: true, ..
-                } => x.unwrap().clone(),
+                } => x.clone(),
                 IntOp::Round { drop_bits, .. } => {
                     let (part, steps) = &self.rounds[id.index()];
-                    self.round(x.unwrap(), *part, steps, *drop_bits, w)
+                    self.round(x, *part, steps, *drop_bits, w)
                 }
                 IntOp::Lut {
                     precision,
@@ -248,9 +260,9 @@ impl Evaluator {
                 } => {
                     let shift = self.info.nodes[ops[0].index()].shift;
                     let (part, accs) = &self.luts[id.index()];
-                    self.lut(x.unwrap(), *part, accs, table_of, w - precision - shift)
+                    self.lut(x, *part, accs, table_of, w - precision - shift)
                 }
-                IntOp::Reshape => x.unwrap().clone(),
+                IntOp::Reshape => x.clone(),
             };
             done += self.info.nodes[id.index()].pbs;
             progress(done);

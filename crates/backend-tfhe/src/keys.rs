@@ -366,7 +366,9 @@ impl ClientKey {
             return Err(BackendError::Keys("a secret key is not binary".into()));
         }
         let mut keys = raw.into_iter().map(LweSecretKey::from_container);
-        let master = keys.next().expect("the master key is counted above");
+        let Some(master) = keys.next() else {
+            return Err(BackendError::Keys("no master secret key".into()));
+        };
         Ok(ClientKey {
             params: params.clone(),
             master,

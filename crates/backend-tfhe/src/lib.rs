@@ -8,6 +8,13 @@
 //! its partition's small key and bootstraps with the table as accumulator. Bootstraps of
 //! different precisions run in different partitions, each with its own parameters.
 
+// No panic on user input (docs/ARCHITECTURE.md): unwrap, expect and panic! are refused
+// outside tests; the few invariants left carry a justified `allow`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod bench;
 mod bsk;
 mod engine;
@@ -36,4 +43,7 @@ pub enum BackendError {
     Keys(String),
     #[error("encrypted input: {0}")]
     Input(String),
+    /// A circuit the verifier would refuse (back ends take verified circuits).
+    #[error("circuit: node '{0}' has no operand it can read")]
+    Circuit(String),
 }

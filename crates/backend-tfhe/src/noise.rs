@@ -302,6 +302,7 @@ impl NoiseBudget {
         let precisions = circuit_precisions(c, info);
         let np = precisions.len();
         let mut terms_of: Vec<Vec<NoiseTerms>> = Vec::with_capacity(c.len());
+        let none = Vec::new();
         let mut sites: Vec<PbsSite> = Vec::new();
         let mut approximate_reads = Vec::new();
         let mut add_site = |site: PbsSite| match sites.iter_mut().find(|s| {
@@ -318,7 +319,11 @@ impl NoiseBudget {
         for id in c.ids() {
             let node = c.node(id);
             let ops = c.operands(id);
-            let x = ops.first().map(|o| &terms_of[o.index()]);
+            // a verified circuit's nodes read earlier nodes; anything else reads nothing
+            let x: &Vec<NoiseTerms> = ops
+                .first()
+                .and_then(|o| terms_of.get(o.index()))
+                .unwrap_or(&none);
             let t: Vec<NoiseTerms> = match &node.op {
                 IntOp::Input { .. } => vec![NoiseTerms::fresh_input(np); node.numel()],
                 IntOp::Linear {
@@ -327,7 +332,6 @@ impl NoiseBudget {
                     weight,
                     ..
                 } => {
-                    let x = x.unwrap();
                     let rows = x.len() / inputs;
                     let mut out = Vec::with_capacity(rows * outputs);
                     for r in 0..rows {
@@ -367,7 +371,6 @@ impl NoiseBudget {
                         .collect()
                 }
                 IntOp::Conv(conv) => {
-                    let x = x.unwrap();
                     // the engine sizes every output like the operand's widest ciphertext
                     let sources = x.iter().fold(0, |s, t| s | t.sources);
                     (0..node.numel())
@@ -384,9 +387,8 @@ impl NoiseBudget {
                 }
                 IntOp::Round {
                     approximate: true, ..
-                } => x.unwrap().clone(),
+                } => x.clone(),
                 IntOp::Round { drop_bits, .. } => {
-                    let x = x.unwrap();
                     let base = worst_of(x, np);
                     let part = partition_of(
                         &precisions,
@@ -425,7 +427,7 @@ impl NoiseBudget {
                     let shift = info.nodes[ops[0].index()].shift;
                     let part = partition_of(&precisions, *precision);
                     let site = PbsSite {
-                        terms: worst_of(x.unwrap(), np),
+                        terms: worst_of(x, np),
                         scale_log2: w - precision - shift,
                         precision: *precision,
                         partition: part,
@@ -445,7 +447,7 @@ impl NoiseBudget {
                     add_site(site);
                     vec![NoiseTerms::pbs_output(np, part, 1.0); node.numel()]
                 }
-                IntOp::Reshape => x.unwrap().clone(),
+                IntOp::Reshape => x.clone(),
             };
             terms_of.push(t);
         }

@@ -8,6 +8,13 @@
 //! Everything is in memory; files are the caller's. The one entry point is
 //! [`compile`]; [`lower`] and [`lower_and_choose`] are its first steps, for `inspect`.
 
+// No panic on user input (docs/ARCHITECTURE.md): unwrap, expect and panic! are refused
+// outside tests; the few invariants left carry a justified `allow`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod adapt;
 pub mod report;
 

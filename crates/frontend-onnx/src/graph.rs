@@ -720,10 +720,9 @@ impl FloatGraph {
                 values.push(v.clone());
             }
         }
+        // every value a kept node names is marked used above, so it has a new id
         let remap = |ids: &[ValueId]| -> Vec<ValueId> {
-            ids.iter()
-                .map(|v| map[v.0 as usize].expect("every named value is kept"))
-                .collect()
+            ids.iter().filter_map(|v| map[v.0 as usize]).collect()
         };
         let graph = FloatGraph {
             nodes: nodes

@@ -87,24 +87,12 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
         }
         let chunks = raw.chunks_exact(width);
         match t.data_type {
-            dt::FLOAT => chunks
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            dt::DOUBLE => chunks
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            dt::INT64 => chunks
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            dt::INT32 => chunks
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            dt::INT16 => chunks
-                .map(|c| i16::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            dt::UINT16 => chunks
-                .map(|c| u16::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
+            dt::FLOAT => chunks.map(|c| f32::from_le_bytes(le(c)) as f64).collect(),
+            dt::DOUBLE => chunks.map(|c| f64::from_le_bytes(le(c))).collect(),
+            dt::INT64 => chunks.map(|c| i64::from_le_bytes(le(c)) as f64).collect(),
+            dt::INT32 => chunks.map(|c| i32::from_le_bytes(le(c)) as f64).collect(),
+            dt::INT16 => chunks.map(|c| i16::from_le_bytes(le(c)) as f64).collect(),
+            dt::UINT16 => chunks.map(|c| u16::from_le_bytes(le(c)) as f64).collect(),
             dt::INT8 => raw.iter().map(|&b| b as i8 as f64).collect(),
             _ => raw.iter().map(|&b| b as f64).collect(),
         }
@@ -158,4 +146,11 @@ mod tests {
         };
         assert!(decode_tensor(&short).is_err());
     }
+}
+
+/// The `N` bytes of an exact chunk (from `chunks_exact(N)`) as an array.
+fn le<const N: usize>(chunk: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&chunk[..N]);
+    a
 }

@@ -217,3 +217,18 @@ fn replay() {
     let data = std::fs::read(std::env::var("FHEC_FUZZ_INPUT").unwrap()).unwrap();
     fhec_fuzz::run(&target, &data);
 }
+
+/// Writes each target's seed corpus to `fuzz/corpus/<target>/` for libFuzzer
+/// (`cargo test -p fhec-fuzz --test mutations write_seed_corpus -- --ignored`).
+#[test]
+#[ignore]
+fn write_seed_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
+    for target in fhec_fuzz::TARGETS {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, s) in fhec_fuzz::seeds(target).iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), s).unwrap();
+        }
+    }
+}

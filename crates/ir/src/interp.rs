@@ -7,10 +7,12 @@
 //! inside their calibrated ranges this equals plain integer arithmetic; outside them it
 //! reproduces the wrap-around of the real ciphertexts.
 
-use crate::{Circuit, CircuitInfo, IntOp, NodeId};
+use crate::{Circuit, CircuitInfo, IntOp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    #[error("node '{node}': {reason}")]
+    Structure { node: String, reason: String },
     #[error("{given} input tensors given, the circuit takes {expected}")]
     InputCount { given: usize, expected: usize },
     #[error("input #{index} has {given} elements, the circuit takes {expected}")]
@@ -169,13 +171,27 @@ fn evaluate_with(
         None => v,
     };
     let mut values: Vec<Vec<i64>> = Vec::with_capacity(c.len());
+    let none = Vec::new();
     for id in c.ids() {
         let n = c.node(id);
         let ops = c.operands(id);
-        let x = ops.first().map(|o: &NodeId| &values[o.index()]);
+        let structure = |reason: &str| SimError::Structure {
+            node: n.name.clone(),
+            reason: reason.into(),
+        };
+        // operands come before their users; a circuit read from a file may say otherwise
+        let x: &Vec<i64> = match ops.first() {
+            Some(o) => values
+                .get(o.index())
+                .ok_or_else(|| structure("an operand comes after the node"))?,
+            None if matches!(n.op, IntOp::Input { .. } | IntOp::Affine { .. }) => &none,
+            None => return Err(structure("no operand")),
+        };
         let v: Vec<i64> = match &n.op {
             IntOp::Input { index, bits } => {
-                let data = &inputs[*index];
+                let data = inputs
+                    .get(*index)
+                    .ok_or_else(|| structure("an input index past the inputs given"))?;
                 if data.len() != n.numel() {
                     return Err(SimError::InputSize {
                         index: *index,
@@ -202,7 +218,7 @@ fn evaluate_with(
                 outputs,
                 weight,
                 bias,
-            } => linear(x.unwrap(), weight, bias, *inputs, *outputs)
+            } => linear(x, weight, bias, *inputs, *outputs)
                 .into_iter()
                 .map(reduce)
                 .collect(),
@@ -211,13 +227,17 @@ fn evaluate_with(
                 terms,
                 bias,
             } => {
-                let xs: Vec<&Vec<i64>> = ops.iter().map(|o| &values[o.index()]).collect();
+                let xs: Vec<&Vec<i64>> = ops
+                    .iter()
+                    .map(|o| values.get(o.index()))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| structure("an operand comes after the node"))?;
                 affine(&xs, row_start, terms, bias)
                     .into_iter()
                     .map(reduce)
                     .collect()
             }
-            IntOp::Conv(conv) => conv.eval(x.unwrap()).into_iter().map(reduce).collect(),
+            IntOp::Conv(conv) => conv.eval(x).into_iter().map(reduce).collect(),
             // exact, or approximate without a noise model: round to nearest
             IntOp::Round {
                 drop_bits,
@@ -229,8 +249,7 @@ fn evaluate_with(
                     _ => None,
                 }
                 .unwrap_or(0.0);
-                x.unwrap()
-                    .iter()
+                x.iter()
                     .map(|&v| {
                         // floor((x + e + half) / 2^d) = floor((x + ⌊e⌋ + half) / 2^d)
                         match noise.as_deref_mut() {
@@ -251,8 +270,7 @@ fn evaluate_with(
                 table_of,
             } => {
                 let half = 1i64 << precision;
-                x.unwrap()
-                    .iter()
+                x.iter()
                     .zip(table_of)
                     .map(|(&v, &t)| {
                         let idx = v.rem_euclid(2 * half);
@@ -265,7 +283,7 @@ fn evaluate_with(
                     })
                     .collect()
             }
-            IntOp::Reshape => x.unwrap().clone(),
+            IntOp::Reshape => x.clone(),
         };
         values.push(v);
     }

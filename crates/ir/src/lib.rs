@@ -42,6 +42,13 @@
 //! **The 16-bit rule.** Any encrypted value wider than [`MAX_BITS`] bits is a violation:
 //! [`verify`] lists them in [`CircuitInfo::violations`] and the compiler refuses them.
 
+// No panic on user input (docs/ARCHITECTURE.md): unwrap, expect and panic! are refused
+// outside tests; the few invariants left carry a justified `allow`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod conv;
 mod display;
 pub mod interp;

@@ -13,6 +13,13 @@
 //! `FHELinalg.matmul_eint_int` per operand, summed; `Reshape` → `tensor.collapse_shape`
 //! when it merges dimensions, else nothing (values keep their operand's layout).
 
+// No panic on user input (docs/ARCHITECTURE.md): unwrap, expect and panic! are refused
+// outside tests; the few invariants left carry a justified `allow`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use std::fmt::Write;
 
 #[cfg(feature = "mlir-verify")]
@@ -155,7 +162,10 @@ fn dims(shape: &[usize]) -> String {
 
 /// The tensor type `ty` (of FHE integers) with another shape.
 fn with_shape(ty: &str, shape: &[usize]) -> String {
-    let elem = &ty[ty.find('!').expect("tensor of FHE integers")..ty.len() - 1];
+    // the emitter's own tensor types, `tensor<…x!FHE.eint<W>>`
+    let elem = ty
+        .find('!')
+        .map_or(ty, |i| &ty[i..ty.len().saturating_sub(1).max(i)]);
     format!("tensor<{}{elem}>", dims(shape))
 }
 
@@ -412,8 +422,9 @@ impl Emitter<'_> {
         }
         let bias: Vec<i64> = bias.iter().map(|&b| wrap(b)).collect();
         let b = self.constant(&bias, &[m], &clear);
+        let sum = self.sum_or_zero(sum, &row_ty);
         let r = self.fresh();
-        let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, tensor<{m}xi{clear_bits}>) -> {row_ty}", sum.expect("an affine map has an operand"));
+        let _ = writeln!(self.body, "    {r} = \"FHELinalg.add_eint_int\"({sum}, {b}) : ({row_ty}, tensor<{m}xi{clear_bits}>) -> {row_ty}");
         r
     }
 
@@ -506,13 +517,23 @@ impl Emitter<'_> {
         }
         let bias: Vec<i64> = bias.iter().map(|&b| wrap_to(b, w)).collect();
         let b = self.constant(&bias, &shape, &clear);
+        let sum = self.sum_or_zero(sum, &row_ty);
         let r = self.fresh();
         let _ = writeln!(
             self.body,
-            "    {r} = \"FHELinalg.add_eint_int\"({}, {b}) : ({row_ty}, {clear_ty}) -> {row_ty}",
-            sum.expect("a sparse map has a term")
+            "    {r} = \"FHELinalg.add_eint_int\"({sum}, {b}) : ({row_ty}, {clear_ty}) -> {row_ty}"
         );
         r
+    }
+
+    /// A sum of terms, or an encrypted zero of `ty` for a map without terms (a
+    /// constant; the verifier lets it through as an affine map of no operand).
+    fn sum_or_zero(&mut self, sum: Option<String>, ty: &str) -> String {
+        sum.unwrap_or_else(|| {
+            let zero = self.fresh();
+            let _ = writeln!(self.body, "    {zero} = \"FHE.zero_tensor\"() : () -> {ty}");
+            zero
+        })
     }
 
     /// The SSA name of index constant `i`, defined at its first use.
@@ -639,7 +660,7 @@ impl Emitter<'_> {
                 weight,
                 bias,
             } => {
-                let (x, x_ty) = x.unwrap();
+                let (x, x_ty) = x?;
                 // a flat affine result read over its last axis: give it its shape back
                 let src = ops[0];
                 let (x, x_ty) = if self.shapes[src.index()] != self.c.node(src).shape {
@@ -693,7 +714,7 @@ impl Emitter<'_> {
                 }
             }
             IntOp::Round { approximate, .. } => {
-                let (x, x_ty) = x.unwrap();
+                let (x, x_ty) = x?;
                 if *approximate {
                     // fhec reads the top bits in the table lookup's own bootstrap
                     let _ = writeln!(
@@ -714,7 +735,7 @@ impl Emitter<'_> {
                 tables,
                 table_of,
             } => {
-                let (x, x_ty) = x.unwrap();
+                let (x, x_ty) = x?;
                 // one entry per value of the input type; fhec reads the low p+1 bits and
                 // negates the table in the upper half (the bootstrap's negacyclic half)
                 let q = self.elem_bits(ops[0]);

@@ -151,8 +151,14 @@ impl Lowering<'_> {
             });
             halves.push(sq);
         }
-        let minus = integers(halves.pop().expect("two halves"), false);
-        let plus = integers(halves.pop().expect("two halves"), false);
+        let (Some(minus), Some(plus)) = (halves.pop(), halves.pop()) else {
+            return Err(QuantError::Unsupported {
+                node: name.to_string(),
+                op: "Mul".into(),
+                reason: "the product's two square tables were not built".into(),
+            });
+        };
+        let (minus, plus) = (integers(minus, false), integers(plus, false));
         let rows = (0..left.len() as u32)
             .map(|e| row(&[(0, e, 1), (1, e, -1)], 0))
             .collect();

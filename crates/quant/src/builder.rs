@@ -156,15 +156,16 @@ fn without_dead_nodes(c: Circuit) -> Circuit {
     let mut new_id: Vec<Option<NodeId>> = vec![None; c.len()];
     for id in c.ids() {
         if live[id.index()] {
+            // a live node's operands are live and come first, so they have new ids
             let ops: Vec<NodeId> = c
                 .operands(id)
                 .iter()
-                .map(|o| new_id[o.index()].expect("operands come first"))
+                .filter_map(|o| new_id[o.index()])
                 .collect();
             new_id[id.index()] = Some(out.add(c.node(id).clone(), &ops));
         }
     }
-    let map = |v: &Vec<NodeId>| v.iter().map(|o| new_id[o.index()].expect("kept")).collect();
+    let map = |v: &Vec<NodeId>| v.iter().filter_map(|o| new_id[o.index()]).collect();
     out.inputs = map(&c.inputs);
     out.outputs = map(&c.outputs);
     out

@@ -17,6 +17,13 @@
 //! Calibration runs the integer circuit being built on the inputset, so ranges are
 //! those of the values the circuit really computes.
 
+// No panic on user input (docs/ARCHITECTURE.md): unwrap, expect and panic! are refused
+// outside tests; the few invariants left carry a justified `allow`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod bivariate;
 mod builder;
 mod client;

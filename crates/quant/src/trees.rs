@@ -510,14 +510,12 @@ impl Lowering<'_> {
             if done[i] {
                 continue;
             }
-            let pair = l
-                .path
-                .split_last()
-                .and_then(|(_, prefix)| siblings.get(&(l.tree, prefix)))
-                .and_then(|s| Some((s[1]?, s[0]?)));
+            let pair = l.path.split_last().and_then(|(parent, prefix)| {
+                let s = siblings.get(&(l.tree, prefix))?;
+                Some((parent, prefix, s[1]?, s[0]?))
+            });
             match pair {
-                Some((on_true, on_false)) => {
-                    let (parent, prefix) = l.path.split_last().expect("a paired leaf has a parent");
+                Some((parent, prefix, on_true, on_false)) => {
                     let (mut terms, bias) = path_row(prefix, at, 2);
                     let Outcome::Lookup(k) = parent.0 else {
                         unreachable!("pairs hang under compared parents")

@@ -131,12 +131,13 @@ impl EncryptedInputs {
             .and_then(|v| v.checked_mul(8))
             .and_then(|b| b.checked_add(16));
         exact_size("inputs", meta.samples, per, body.len())?;
-        let per = per.expect("checked by exact_size");
-        let values = values.expect("checked by exact_size");
+        let (Some(per), Some(values)) = (per, values) else {
+            return Err(corrupted("inputs", "sizes overflow"));
+        };
         let samples = body
             .chunks_exact(per)
             .map(|c| SeededInputs {
-                seed: u128::from_le_bytes(c[..16].try_into().expect("16 bytes")),
+                seed: u128::from_le_bytes(frame::array(c)),
                 bodies: frame::unpack_bits(&c[16..], 64, values),
             })
             .collect();
@@ -203,14 +204,17 @@ impl EncryptedOutputs {
                 .and_then(|b| a.checked_add(b))
         });
         exact_size("outputs", meta.samples, per, body.len())?;
-        let per = per.expect("checked by exact_size");
+        let Some(per) = per else {
+            return Err(corrupted("outputs", "sizes overflow"));
+        };
         let samples = body
             .chunks_exact(per)
             .map(|mut c| {
                 meta.outputs
                     .iter()
                     .map(|o| {
-                        let b = ct_bytes(o).expect("checked above");
+                        // every output's size was computed into `per` above
+                        let b = ct_bytes(o).unwrap_or(0);
                         let mut values = Vec::with_capacity(o.elements * (o.dimension + 1));
                         for _ in 0..o.elements {
                             values.extend(frame::unpack_bits(&c[..b], meta.bits, o.dimension + 1));

@@ -154,7 +154,7 @@ impl ModelId {
     /// The first 128 bits of the SHA-256 of `bytes`.
     pub fn digest_of(bytes: &[u8]) -> Self {
         let d = Sha256::digest(bytes);
-        ModelId(d[..16].try_into().expect("a SHA-256 digest has 32 bytes"))
+        ModelId(array(&d))
     }
 }
 
@@ -270,11 +270,10 @@ pub fn unframe(bytes: &[u8], kind: Kind) -> Result<(Header, &[u8]), Error> {
             kind.describe()
         )));
     }
-    let start = bytes
-        .iter()
-        .position(|&b| b == b'\n')
-        .expect("peek found the newline")
-        + 1;
+    let Some(newline) = bytes.iter().position(|&b| b == b'\n') else {
+        return Err(Error::Format("no header line".into()));
+    };
+    let start = newline + 1;
     let payload = &bytes[start..];
     if payload.len() != h.payload_len {
         return Err(Error::Format(format!(
@@ -296,6 +295,7 @@ pub const HEADER_BYTES: usize = MAX_HEADER;
 
 /// A binary payload: `u32` little-endian length of a JSON description, the JSON, then
 /// the binary body it describes.
+#[allow(clippy::expect_used)] // plain structs serialize to memory; nothing here can fail
 pub(crate) fn binary_payload<M: Serialize>(meta: &M, body_len: usize) -> Vec<u8> {
     let meta = serde_json::to_vec(meta).expect("metadata serializes");
     let mut out = Vec::with_capacity(4 + meta.len() + body_len);
@@ -313,7 +313,7 @@ pub(crate) fn split_binary<M: serde::de::DeserializeOwned>(
     let bad = |m: String| Error::Format(format!("corrupted payload: {m}"));
     let len = payload
         .get(..4)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .map(|b| u32::from_le_bytes(array(b)) as usize)
         .ok_or_else(|| bad("no description".into()))?;
     if len > MAX_META || 4 + len > payload.len() {
         return Err(bad(format!("a description of {len} bytes")));
@@ -357,7 +357,7 @@ pub(crate) fn unpack_bits(bytes: &[u8], bits: u32, count: usize) -> Vec<u64> {
     if bits == 64 {
         return bytes
             .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .map(|c| u64::from_le_bytes(array(c)))
             .collect();
     }
     let mask = (1u128 << bits) - 1;
@@ -426,4 +426,13 @@ mod tests {
         assert!(e.contains("version 2"), "{e}");
         assert!(unframe(b"PK\x03\x04", Kind::Inputs).is_err());
     }
+}
+
+/// The first `N` bytes of `bytes` as an array (zero-filled if shorter; callers pass
+/// exact chunks).
+pub(crate) fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    let n = bytes.len().min(N);
+    a[..n].copy_from_slice(&bytes[..n]);
+    a
 }

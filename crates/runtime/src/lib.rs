@@ -11,6 +11,13 @@
 //! caller's. Every reader validates what it parses, because each party may receive
 //! files from the other (docs/DEPLOYMENT.md).
 
+// No panic on user input (docs/ARCHITECTURE.md): unwrap, expect and panic! are refused
+// outside tests; the few invariants left carry a justified `allow`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod ciphertexts;
 mod client;
 pub mod frame;

@@ -68,6 +68,7 @@ pub struct Artifact {
 const MAX_ENCODING_BITS: u32 = 30;
 
 /// CBOR of a model part (or of anything serializable, for digests).
+#[allow(clippy::expect_used)] // writing CBOR to memory fails only on a type serde cannot encode
 pub(crate) fn cbor<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).expect("model parts serialize to memory");

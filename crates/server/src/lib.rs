@@ -15,6 +15,13 @@
 //! | `POST /v1/predict?key=ID` | encrypted inputs (`FHEC-INPUTS`) → encrypted outputs (`FHEC-OUTPUTS`) |
 //! | `GET /metrics` | Prometheus text |
 
+// No panic on user input (docs/ARCHITECTURE.md): unwrap, expect and panic! are refused
+// outside tests; the few invariants left carry a justified `allow`.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 mod keystore;
 mod metrics;
 mod pool;
@@ -165,7 +172,7 @@ impl AppState {
             client_part: part.client.to_bytes(),
             model,
             keys: Arc::new(keys),
-            pool: Pool::new(config.workers, config.queue),
+            pool: Pool::new(config.workers, config.queue)?,
             metrics: Metrics::default(),
             config: Config {
                 max_samples: samples,

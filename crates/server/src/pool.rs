@@ -26,8 +26,9 @@ pub struct Busy;
 pub struct Panicked;
 
 impl Pool {
-    /// `workers` threads; at most `queue` jobs wait beyond those running.
-    pub fn new(workers: usize, queue: usize) -> Self {
+    /// `workers` threads; at most `queue` jobs wait beyond those running. Fails when the
+    /// OS cannot start a thread.
+    pub fn new(workers: usize, queue: usize) -> std::io::Result<Self> {
         let (sender, receiver) = sync_channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
         let workers = (0..workers.max(1))
@@ -43,14 +44,13 @@ impl Pool {
                         };
                         job();
                     })
-                    .expect("the OS can start a compute thread")
             })
-            .collect();
-        Pool {
+            .collect::<std::io::Result<_>>()?;
+        Ok(Pool {
             sender: Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
             pending: Arc::new(AtomicUsize::new(0)),
-        }
+        })
     }
 
     /// Jobs accepted and not yet finished.
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_work_and_every_accepted_job_finishes() {
-        let pool = Pool::new(1, 1);
+        let pool = Pool::new(1, 1).unwrap();
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
         let first = pool.submit(move || gate_rx.recv().is_ok()).unwrap();
         // the worker holds the first job; one more fits in the queue, the next does not

@@ -62,7 +62,8 @@ fn with_constant(
 /// Binary element-wise ops, and the two-input forms of the variadic Max / Min.
 pub(crate) fn binary(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let op = ctx.node.op_type.clone();
-    let kind = binary_kind(&op).expect("registered binary op");
+    let kind =
+        binary_kind(&op).ok_or_else(|| ctx.err(format!("{op} is not a binary element-wise op")))?;
     if ctx.node.input.len() != 2 {
         if (op == "Max" || op == "Min") && ctx.node.input.len() == 1 {
             let x = ctx.required_input(0)?;
@@ -79,10 +80,11 @@ pub(crate) fn binary(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         (Some(ta), Some(tb)) => {
             let shape = broadcast_shapes(&ta.shape, &tb.shape)
                 .ok_or_else(|| ctx.err("operand shapes do not broadcast"))?;
-            let (ta, tb) = (
-                broadcast_to(&ta, &shape).unwrap(),
-                broadcast_to(&tb, &shape).unwrap(),
-            );
+            ctx.numel(&shape)?;
+            let (Some(ta), Some(tb)) = (broadcast_to(&ta, &shape), broadcast_to(&tb, &shape))
+            else {
+                return Err(ctx.err("operand shapes do not broadcast"));
+            };
             let data = ta
                 .data
                 .iter()

@@ -106,7 +106,7 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
     let (k, n) = (bt.shape[0], bt.shape[1]);
     let mut shape = ctx.info(a).shape.clone();
-    if shape.len() < 2 || *shape.last().unwrap() != k {
+    if shape.len() < 2 || shape.last() != Some(&k) {
         return Err(ctx.err(format!(
             "shapes {:?} and {:?} do not multiply",
             shape, bt.shape
@@ -118,7 +118,9 @@ pub(crate) fn matmul(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             weight[j * k + i] = bt.data[i * n + j];
         }
     }
-    *shape.last_mut().unwrap() = n;
+    if let Some(last) = shape.last_mut() {
+        *last = n;
+    }
     let out = ctx.required_output(0)?;
     let dtype = ctx.info(a).dtype;
     let dense = Op::Dense {

@@ -22,6 +22,7 @@ use tfhe::core_crypto::fft_impl::fft64::math::fft::{Fft, FftView};
 use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
 use tfhe::core_crypto::fft_impl::fft64::{c64, ABox};
 use tfhe::core_crypto::prelude::*;
+use zeroize::Zeroize;
 
 /// Limbs a 64-bit mask coefficient is split into, and their width.
 const LIMBS: usize = 4;
@@ -46,7 +47,7 @@ pub(crate) fn generate_seeded_bootstrap_key(
             .and(fft.backward_scratch())
             .unaligned_bytes_required()
     ];
-    let secret: Vec<FourierPolynomial<_>> = glwe_key
+    let mut secret: Vec<FourierPolynomial<_>> = glwe_key
         .as_polynomial_list()
         .iter()
         .map(|poly| {
@@ -135,6 +136,17 @@ pub(crate) fn generate_seeded_bootstrap_key(
                 }
             },
         );
+    // the secret in the Fourier domain, and what the FFT left in scratch
+    secret.iter_mut().for_each(wipe);
+    scratch.zeroize();
+}
+
+/// Overwrites a Fourier polynomial that held secret data.
+fn wipe(f: &mut FourierPolynomial<ABox<[c64]>>) {
+    for c in f.data.iter_mut() {
+        c.re.zeroize();
+        c.im.zeroize();
+    }
 }
 
 /// The server's bootstrap key in the Fourier domain, straight from its seeded form: key
@@ -201,6 +213,15 @@ struct Workspace {
     product: Vec<u64>,
     fourier: FourierPolynomial<ABox<[c64]>>,
     scratch: Vec<u8>,
+}
+
+impl Drop for Workspace {
+    /// The products are mask × secret: with the public body they would give the key.
+    fn drop(&mut self) {
+        self.product.zeroize();
+        wipe(&mut self.fourier);
+        self.scratch.zeroize();
+    }
 }
 
 impl Workspace {

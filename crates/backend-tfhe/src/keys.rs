@@ -16,19 +16,29 @@
 
 use tfhe::core_crypto::commons::math::random::{CompressionSeed, Seed};
 use tfhe::core_crypto::prelude::*;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::params::KeyParams;
 use crate::BackendError;
 
 pub type Ciphertext = LweCiphertextOwned<u64>;
 
-/// The client's secret keys. Never leaves the client.
+/// The client's secret keys. Never leaves the client; wiped from memory when dropped.
 #[derive(Clone)]
 pub struct ClientKey {
     pub params: KeyParams,
     master: LweSecretKeyOwned<u64>,
     /// One small key per partition (where its bootstraps start).
     small: Vec<LweSecretKeyOwned<u64>>,
+}
+
+impl Drop for ClientKey {
+    fn drop(&mut self) {
+        self.master.as_mut().zeroize();
+        for s in &mut self.small {
+            s.as_mut().zeroize();
+        }
+    }
 }
 
 /// One partition's evaluation keys, stored seeded (compressed).
@@ -213,7 +223,7 @@ pub fn generate_keys(params: &KeyParams) -> (ClientKey, ServerKey) {
     for part in &params.partitions {
         let (p, ks_dim) = (part.params, part.ks_input_dimension);
         let s = LweSecretKey::generate_new_binary(LweDimension(p.lwe_dimension), &mut secret_gen);
-        let glwe = partition_glwe_key(&master, p.glwe_dimension, p.polynomial_size);
+        let mut glwe = partition_glwe_key(&master, p.glwe_dimension, p.polynomial_size);
         let ks_input = LweSecretKey::from_container(&master.as_ref()[..ks_dim]);
         let keyswitch_seed = fresh_seed();
         let mut keyswitch = SeededLweKeyswitchKey::new(
@@ -250,6 +260,8 @@ pub fn generate_keys(params: &KeyParams) -> (ClientKey, ServerKey) {
             noise(p.glwe_std_dev()),
             seeder,
         );
+        // the GLWE key is a copy of the master key's prefix
+        glwe.as_mut().zeroize();
         round_bodies(bootstrap.as_mut(), p.bsk_body_bits);
         small.push(s);
         partitions.push(PartitionKey {
@@ -342,17 +354,20 @@ impl ClientKey {
     }
 
     /// The secret keys as plain data: the master key, then each partition's small key,
-    /// one 0/1 value per coefficient.
-    pub fn to_raw(&self) -> Vec<Vec<u64>> {
-        std::iter::once(&self.master)
-            .chain(&self.small)
-            .map(|k| k.as_ref().to_vec())
-            .collect()
+    /// one 0/1 value per coefficient (wiped when dropped).
+    pub fn to_raw(&self) -> Zeroizing<Vec<Vec<u64>>> {
+        Zeroizing::new(
+            std::iter::once(&self.master)
+                .chain(&self.small)
+                .map(|k| k.as_ref().to_vec())
+                .collect(),
+        )
     }
 
     /// Rebuilds secret keys for `params` from [`to_raw`](Self::to_raw)'s form, checking
-    /// lengths and that every coefficient is binary.
+    /// lengths and that every coefficient is binary. What is refused is wiped.
     pub fn from_raw(params: &KeyParams, raw: Vec<Vec<u64>>) -> Result<Self, BackendError> {
+        let mut raw = Zeroizing::new(raw);
         let expected: Vec<usize> = std::iter::once(params.master_dimension())
             .chain(params.partitions.iter().map(|p| p.params.lwe_dimension))
             .collect();
@@ -365,7 +380,9 @@ impl ClientKey {
         if raw.iter().flatten().any(|&b| b > 1) {
             return Err(BackendError::Keys("a secret key is not binary".into()));
         }
-        let mut keys = raw.into_iter().map(LweSecretKey::from_container);
+        let mut keys = std::mem::take(&mut *raw)
+            .into_iter()
+            .map(LweSecretKey::from_container);
         let Some(master) = keys.next() else {
             return Err(BackendError::Keys("no master secret key".into()));
         };

@@ -37,6 +37,10 @@ pub use params::{
     PartitionParams, MAX_EVALUATION_KEY_BYTES,
 };
 
+/// The tfhe-rs release fhec's keys and ciphertexts are made with (pinned in the
+/// workspace's Cargo.toml; a test checks the lock file agrees).
+pub const TFHE_RS_VERSION: &str = "1.8.2";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("keys: {0}")]
@@ -46,4 +50,20 @@ pub enum BackendError {
     /// A circuit the verifier would refuse (back ends take verified circuits).
     #[error("circuit: node '{0}' has no operand it can read")]
     Circuit(String),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_tfhe_rs_version_is_the_locked_one() {
+        let lock =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"))
+                .expect("the workspace lock file");
+        let locked = lock
+            .split("[[package]]")
+            .find(|p| p.contains("\nname = \"tfhe\"\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+            .expect("tfhe in Cargo.lock");
+        assert_eq!(locked.trim_matches('"'), super::TFHE_RS_VERSION);
+    }
 }

@@ -728,7 +728,7 @@ fn fewest_output_bits(w: u32, dimension: usize, variance: f64, limit: f64) -> Op
 /// bits per output coefficient whose rounding keeps each decrypted output within the
 /// `z`-sigma margin the search held it to.
 fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice, z: f64) {
-    let (fresh, pbs, input) = predicted_variances(&choice.keys);
+    let (fresh, pbs, _) = predicted_variances(&choice.keys);
     if let Some(o) = &budget.output {
         let dim = sources_dimension(o.sources, &choice.keys);
         let limit = (budget.output_margin() / z).powi(2);
@@ -736,21 +736,90 @@ fn fill_error_probabilities(budget: &NoiseBudget, choice: &mut ParamChoice, z: f
             fewest_output_bits(budget.encoding_bits, dim, o.variance(fresh, &pbs), limit)
                 .unwrap_or(64);
     }
+    let p = error_probabilities(budget, choice);
+    for (part, &q) in choice.partitions.iter_mut().zip(&p.per_partition) {
+        part.p_error = part.p_error.max(q);
+    }
+    choice.p_error_per_pbs = p.per_pbs;
+    choice.p_error_output = p.output;
+    choice.p_error_circuit = p.circuit;
+}
+
+/// What a key set gives a circuit's bootstraps and outputs.
+struct Probabilities {
+    /// Worst bootstrap of each partition.
+    per_partition: Vec<f64>,
+    per_pbs: f64,
+    output: f64,
+    /// Union bound over a sample's bootstraps and outputs.
+    circuit: f64,
+}
+
+/// The error probabilities `choice`'s keys and output modulus give `budget`'s sites
+/// and outputs. Every site's partition must exist in `choice`.
+fn error_probabilities(budget: &NoiseBudget, choice: &ParamChoice) -> Probabilities {
+    let (fresh, pbs, input) = predicted_variances(&choice.keys);
+    let mut p = Probabilities {
+        per_partition: vec![0.0; choice.partitions.len()],
+        per_pbs: 0.0,
+        output: 0.0,
+        circuit: 0.0,
+    };
     let mut total = 0.0;
     for s in &budget.sites {
         let v = site_variance(s, fresh, &pbs, input[s.partition]);
-        let p = p_error_of(site_margin(s.precision), v.sqrt());
-        total += p * s.count as f64;
-        let part = &mut choice.partitions[s.partition];
-        part.p_error = part.p_error.max(p);
-        choice.p_error_per_pbs = choice.p_error_per_pbs.max(p);
+        let q = p_error_of(site_margin(s.precision), v.sqrt());
+        total += q * s.count as f64;
+        p.per_partition[s.partition] = p.per_partition[s.partition].max(q);
+        p.per_pbs = p.per_pbs.max(q);
     }
     if budget.output.is_some() {
         let v = output_variance(budget, choice);
-        choice.p_error_output = p_error_of(budget.output_margin(), v.sqrt());
-        total += choice.p_error_output * budget.output_count as f64;
+        p.output = p_error_of(budget.output_margin(), v.sqrt());
+        total += p.output * budget.output_count as f64;
     }
-    choice.p_error_circuit = total.min(1.0);
+    p.circuit = total.min(1.0);
+    p
+}
+
+impl ParamChoice {
+    /// Recomputes the error probabilities from the parameters instead of trusting the
+    /// figures stored beside them: refuses parameters (read from a file) that do not
+    /// meet their own target on `budget`, the circuit's noise budget.
+    pub fn recheck(&self, budget: &NoiseBudget) -> Result<(), String> {
+        let np = budget.partitions.len();
+        if self.partitions.len() != np
+            || self.keys.partitions.len() != np
+            || budget.sites.iter().any(|s| s.partition >= np)
+        {
+            return Err(format!(
+                "{} parameter partitions and {} key partitions for a circuit of {np}",
+                self.partitions.len(),
+                self.keys.partitions.len()
+            ));
+        }
+        let asked = self.p_error_target.value();
+        if !(asked > 0.0 && asked < 0.5) {
+            return Err(format!("an error-probability target of {asked}"));
+        }
+        let per_pbs = match self.p_error_target {
+            PErrorTarget::PerPbs(p) => p,
+            PErrorTarget::Global(g) => g / (budget.pbs_count() + budget.output_count).max(1) as f64,
+        };
+        let p = error_probabilities(budget, self);
+        // the same arithmetic as at compile time; the slack covers float reassociation
+        let allowed = per_pbs * (1.0 + 1e-6);
+        for (what, q) in [("a bootstrap", p.per_pbs), ("a decrypted output", p.output)] {
+            if q > allowed {
+                return Err(format!(
+                    "these parameters give {what} an error probability of 2^{:.1}, above the target 2^{:.1}",
+                    q.log2(),
+                    per_pbs.log2()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Variance of the worst decrypted output (torus units): its noise plus the rounding of

@@ -18,7 +18,11 @@ pub struct Options {
 }
 
 pub fn bench_serve(server_path: &Path, input: &Path, o: Options) -> Result<ExitCode> {
-    let bytes = files::read_limited(server_path, files::MAX_PART_BYTES, "a server part")?;
+    let bytes = files::read_limited(
+        server_path,
+        files::MAX_PART_BYTES.min(files::memory_budget()),
+        "a server part",
+    )?;
     let server = Server::from_bytes(&bytes).map_err(files::about(server_path))?;
     let client = Client::new(server.part().client.clone())?;
     let pbs = server.info().pbs_per_sample;

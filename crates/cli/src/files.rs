@@ -11,14 +11,67 @@ use fhec_runtime::{Artifact, Client, Server};
 /// Largest model file (artifact, client or server part) fhec reads.
 pub const MAX_PART_BYTES: u64 = 4 << 30;
 
+static MEMORY_BUDGET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Sets the memory budget (`--memory-budget`) for this process; the first call wins.
+pub fn set_memory_budget(bytes: u64) {
+    let _ = MEMORY_BUDGET.set(bytes);
+}
+
+/// What a model, an input file or an inputset may take in memory.
+pub fn memory_budget() -> u64 {
+    MEMORY_BUDGET
+        .get()
+        .copied()
+        .unwrap_or(fhec_frontend_onnx::DEFAULT_MEMORY_BUDGET)
+}
+
+/// The budget as the compiler takes it.
+pub fn limits() -> fhec_compiler::Limits {
+    fhec_compiler::Limits {
+        memory_bytes: memory_budget(),
+    }
+}
+
+/// Parses a size: a number of bytes with an optional binary unit (`512MiB`, `8GiB`,
+/// `8G`, `1048576`).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        other => return Err(format!("unknown unit '{other}' (use KiB, MiB, GiB or TiB)")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{text}' is not a size (e.g. 512MiB, 8GiB)"))
+}
+
+fn part_limit() -> u64 {
+    MAX_PART_BYTES.min(memory_budget())
+}
+
 /// Reads a file of at most `limit` bytes; `what` names what it should be.
 pub fn read_limited(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("{}: cannot read", path.display()))?
         .len();
     if len > limit {
+        let budget = if limit == memory_budget() {
+            " (the memory budget, --memory-budget)"
+        } else {
+            ""
+        };
         bail!(
-            "{}: {len} bytes, more than {what} can take ({limit} bytes)",
+            "{}: {len} bytes, more than {what} can take ({limit} bytes{budget})",
             path.display()
         );
     }
@@ -87,17 +140,17 @@ pub fn about(path: &Path) -> impl Fn(fhec_runtime::Error) -> anyhow::Error + '_ 
 }
 
 pub fn load_artifact(path: &Path) -> Result<(Artifact, CircuitInfo)> {
-    let bytes = read_limited(path, MAX_PART_BYTES, "a compiled model")?;
+    let bytes = read_limited(path, part_limit(), "a compiled model")?;
     Artifact::from_bytes(&bytes).map_err(about(path))
 }
 
 pub fn load_client(path: &Path) -> Result<Client> {
-    let bytes = read_limited(path, MAX_PART_BYTES, "a client part")?;
+    let bytes = read_limited(path, part_limit(), "a client part")?;
     Client::from_bytes(&bytes).map_err(about(path))
 }
 
 pub fn load_server(path: &Path) -> Result<Server> {
-    let bytes = read_limited(path, MAX_PART_BYTES, "a server part")?;
+    let bytes = read_limited(path, part_limit(), "a server part")?;
     Server::from_bytes(&bytes).map_err(about(path))
 }
 
@@ -146,9 +199,8 @@ pub fn import_with_inputset(
     fhec_frontend_onnx::FloatGraph,
     Vec<Vec<fhec_frontend_onnx::Tensor>>,
 )> {
-    let bytes =
-        std::fs::read(model).with_context(|| format!("{}: cannot read", model.display()))?;
-    let graph = fhec_compiler::import(&bytes).map_err(|e| compile_error(model, e))?;
+    let bytes = read_limited(model, memory_budget(), "an ONNX model")?;
+    let graph = fhec_compiler::import(&bytes, &limits()).map_err(|e| compile_error(model, e))?;
     let samples = load_samples(inputset, &graph)?;
     Ok((graph, samples))
 }
@@ -164,7 +216,7 @@ pub fn source_name(model: &Path) -> String {
 pub fn compile_error(model: &Path, e: fhec_compiler::CompileError) -> anyhow::Error {
     use fhec_compiler::CompileError::*;
     match e {
-        Import(_) | Quant(_) | TooWide(_) | Suggestion { .. } => {
+        Import(_) | Quant(_) | TooWide(_) | Suggestion { .. } | OverBudget { .. } => {
             anyhow::anyhow!("{}: {e}", model.display())
         }
         e => e.into(),

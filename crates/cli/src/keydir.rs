@@ -74,11 +74,11 @@ pub fn load_secret(dir: &Path, client: &Client) -> Result<SecretKey> {
             .iter()
             .map(|p| p.params.lwe_dimension)
             .sum::<usize>();
-    let bytes = read_limited(
+    let bytes = zeroize::Zeroizing::new(read_limited(
         &path,
         key_limit(dims / 8 + 16),
         "a secret key of this model",
-    )?;
+    )?);
     client.secret_key(&bytes).map_err(about(&path))
 }
 

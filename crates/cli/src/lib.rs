@@ -2,6 +2,7 @@
 //! Only this crate parses arguments, reads and writes files and prints to the terminal;
 //! compiling and running live in `fhec-compiler` and `fhec-runtime`.
 
+pub mod check;
 pub mod files;
 pub mod keydir;
 pub mod npy;

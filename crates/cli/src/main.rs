@@ -13,13 +13,23 @@ use std::time::Instant;
 #[cfg(feature = "mlir-verify")]
 use anyhow::Context;
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use fhec::files::{self, guard_fhec_file, guard_overwrite, part_paths};
 use fhec::npy;
 use fhec_backend_tfhe::PErrorTarget;
 use fhec_compiler::report::{params_line, Report};
 use fhec_quant::QuantConfig;
 use fhec_runtime::{frame, Kind};
+
+/// `fhec --version`: fhec's, the tfhe-rs it is built on, and its file format's.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (tfhe-rs {}, file format {})",
+        env!("CARGO_PKG_VERSION"),
+        fhec_backend_tfhe::TFHE_RS_VERSION,
+        frame::FORMAT_VERSION
+    )
+});
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +38,10 @@ use fhec_runtime::{frame, Kind};
     about = "Compile ONNX models to circuits that run on TFHE-encrypted data"
 )]
 struct Cli {
+    /// Memory a model, an input file or an inputset may take before fhec refuses it
+    /// (counted at 8 bytes per value; e.g. 512MiB, 16GiB).
+    #[arg(long, global = true, value_name = "SIZE", default_value = "8GiB", value_parser = files::parse_size)]
+    memory_budget: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,7 +51,9 @@ enum Command {
     /// Quantize, analyse, lower and pick crypto parameters; writes MODEL.fhe (developer
     /// artifact), MODEL.client.fhe and MODEL.server.fhe (the deployment parts) and MODEL.mlir.
     Compile {
+        /// The ONNX model.
         model: PathBuf,
+        /// Calibration samples: a .npy shaped [samples, ...] (or .npz keyed by input name).
         #[arg(long)]
         inputset: PathBuf,
         /// Output artifact (default: the model's name with .fhe, in the current directory).
@@ -58,12 +74,60 @@ enum Command {
         #[arg(long)]
         verify_mlir: bool,
     },
+    /// CI gate: compile, simulate a test set, compare with the float model and check
+    /// budgets. Exit 0 when every budget holds, 1 when one is exceeded, 2 on an error.
+    Check {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Calibration samples, as for compile.
+        #[arg(long)]
+        inputset: PathBuf,
+        /// Test samples (.npy or .npz, as for predict).
+        #[arg(long)]
+        test: PathBuf,
+        /// One label per test sample (.npy): score accuracy (classifiers) or R²
+        /// (regressors) instead of agreement with the float model.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// The model output to score (default: the first).
+        #[arg(long, value_name = "NAME")]
+        output: Option<String>,
+        /// Largest drop in points from the float model's score (accuracy, R²×100, or
+        /// agreement with the float model without --labels).
+        #[arg(long, value_name = "POINTS")]
+        max_accuracy_drop: Option<f64>,
+        /// Largest number of bootstraps per sample.
+        #[arg(long, value_name = "N")]
+        max_pbs: Option<f64>,
+        /// Largest predicted FHE latency per sample on this machine, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        max_latency_ms: Option<f64>,
+        /// Largest evaluation key, in MB (10^6 bytes).
+        #[arg(long, value_name = "MB")]
+        max_evaluation_key_mb: Option<f64>,
+        /// Largest width of an encrypted value, in bits.
+        #[arg(long, value_name = "BITS")]
+        max_bits: Option<f64>,
+        /// Write the JSON report here (docs/CHECK.md).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Seed of the approximate-rounding error model in simulation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        q: QuantArgs,
+        /// Overwrite a --report file that fhec did not write.
+        #[arg(long)]
+        force: bool,
+    },
     /// List nodes, bit-widths, TLU and bootstrap counts; exit 1 if a value exceeds 16 bits.
     Inspect {
         /// A compiled model, a client or server part (.fhe), or an ONNX model with --inputset.
         path: PathBuf,
+        /// Calibration samples, for an ONNX model.
         #[arg(long)]
         inputset: Option<PathBuf>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         #[command(flatten)]
@@ -71,9 +135,12 @@ enum Command {
     },
     /// Run a compiled model on samples.
     Predict {
+        /// The compiled model (MODEL.fhe).
         model: PathBuf,
+        /// Samples: a .npy shaped [samples, ...] (or .npz keyed by input name).
         #[arg(long)]
         input: PathBuf,
+        /// clear: the float model; simulate: the integer circuit with the FHE error model; fhe: real encryption in this process.
         #[arg(long, value_enum, default_value_t = Mode::Simulate)]
         mode: Mode,
         /// Write outputs (keyed by ONNX output name) to this .npz.
@@ -88,6 +155,7 @@ enum Command {
         /// Seed of the approximate-rounding error model in `--mode simulate`.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Overwrite an --output file that fhec did not write.
         #[arg(long)]
         force: bool,
     },
@@ -96,14 +164,18 @@ enum Command {
     Keygen {
         /// The client part (MODEL.client.fhe).
         client: PathBuf,
+        /// Key directory to create (refused if it already holds keys).
         #[arg(long)]
         keys: PathBuf,
     },
     /// Client: quantize and encrypt samples under the secret key in DIR.
     Encrypt {
+        /// The client part (MODEL.client.fhe).
         client: PathBuf,
+        /// Key directory made by keygen.
         #[arg(long)]
         keys: PathBuf,
+        /// Samples: a .npy shaped [samples, ...] (or .npz keyed by input name).
         #[arg(long)]
         input: PathBuf,
         /// Encrypted inputs, for the server.
@@ -112,6 +184,7 @@ enum Command {
         /// Only the first N samples.
         #[arg(long)]
         limit: Option<usize>,
+        /// Overwrite an --output file that fhec did not write.
         #[arg(long)]
         force: bool,
     },
@@ -119,6 +192,7 @@ enum Command {
     Run {
         /// The server part (MODEL.server.fhe).
         server: PathBuf,
+        /// The evaluation key the client sent (evaluation.key).
         #[arg(long)]
         evaluation_key: PathBuf,
         /// Encrypted inputs (from `fhec encrypt`).
@@ -126,12 +200,15 @@ enum Command {
         /// Encrypted outputs, for the client.
         #[arg(short, long)]
         output: PathBuf,
+        /// Overwrite an --output file that fhec did not write.
         #[arg(long)]
         force: bool,
     },
     /// Client: decrypt a server's outputs, dequantize, post-process; writes outputs like `predict`.
     Decrypt {
+        /// The client part (MODEL.client.fhe).
         client: PathBuf,
+        /// Key directory holding the secret key the inputs were encrypted under.
         #[arg(long)]
         keys: PathBuf,
         /// Encrypted outputs (from `fhec run`).
@@ -139,6 +216,7 @@ enum Command {
         /// Outputs (keyed by ONNX output name) as .npz.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Overwrite an --output file that fhec did not write.
         #[arg(long)]
         force: bool,
     },
@@ -171,10 +249,13 @@ enum Command {
     /// Client: run samples on a server (`fhec serve`): fetch its client part, make keys
     /// in DIR if it has none, upload the evaluation key once, encrypt, evaluate, decrypt.
     Remote {
+        /// Base URL of the server (e.g. http://127.0.0.1:8080).
         #[arg(long)]
         url: String,
+        /// Key directory: used, or created with fresh keys when absent or empty.
         #[arg(long)]
         keys: PathBuf,
+        /// Samples: a .npy shaped [samples, ...] (or .npz keyed by input name).
         #[arg(long)]
         input: PathBuf,
         /// Outputs (keyed by ONNX output name) as .npz.
@@ -183,6 +264,7 @@ enum Command {
         /// Only the first N samples.
         #[arg(long)]
         limit: Option<usize>,
+        /// Overwrite an --output file that fhec did not write.
         #[arg(long)]
         force: bool,
     },
@@ -191,17 +273,21 @@ enum Command {
     BenchServe {
         /// The server part (MODEL.server.fhe).
         server: PathBuf,
+        /// Samples to send.
         #[arg(long)]
         input: PathBuf,
+        /// Concurrent clients.
         #[arg(long, default_value_t = 8)]
         clients: usize,
         /// Requests per client.
         #[arg(long, default_value_t = 4)]
         requests: usize,
+        /// Samples in each request.
         #[arg(long, default_value_t = 1)]
         samples_per_request: usize,
     },
-    /// Time one key switch + bootstrap on one core for several parameter sets, against the cost model.
+    /// Developer tool: time one key switch + bootstrap on one core for several parameter
+    /// sets, against the cost model the parameter search uses.
     BenchParams {
         /// Bootstraps timed per parameter set.
         #[arg(long, default_value_t = 16)]
@@ -213,11 +299,15 @@ enum Command {
     },
     /// Measure compile time, keygen time, key size, FHE latency and #PBS of a model.
     Bench {
+        /// The ONNX model.
         model: PathBuf,
+        /// Calibration samples, as for compile.
         #[arg(long)]
         inputset: PathBuf,
+        /// Samples to time.
         #[arg(long)]
         input: PathBuf,
+        /// Samples run in FHE.
         #[arg(long, default_value_t = 3)]
         samples: usize,
         #[command(flatten)]
@@ -290,6 +380,7 @@ impl QuantArgs {
                 comparison_bits: self.comparison_bits.is_none(),
             },
             strict,
+            limits: files::limits(),
         }
     }
 
@@ -326,8 +417,12 @@ impl QuantArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
+    /// For people.
     Text,
+    /// The versioned report of docs/REPORTS.md.
     Json,
+    /// Graphviz: nodes coloured by bit-width, values over 16 bits marked.
+    Dot,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -345,7 +440,15 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::command()
+        .version(VERSION.as_str())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    files::set_memory_budget(cli.memory_budget);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -374,6 +477,41 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             force,
             #[cfg(feature = "mlir-verify")]
             verify_mlir,
+        ),
+        Command::Check {
+            model,
+            inputset,
+            test,
+            labels,
+            output,
+            max_accuracy_drop,
+            max_pbs,
+            max_latency_ms,
+            max_evaluation_key_mb,
+            max_bits,
+            report,
+            seed,
+            q,
+            force,
+        } => fhec::check::check(
+            &fhec::check::CheckArgs {
+                model: &model,
+                inputset: &inputset,
+                test: &test,
+                labels: labels.as_deref(),
+                output: output.as_deref(),
+                budgets: fhec::check::Budgets {
+                    max_accuracy_drop,
+                    max_pbs,
+                    max_latency_ms,
+                    max_evaluation_key_mb,
+                    max_bits,
+                },
+                report: report.as_deref(),
+                seed,
+                force,
+            },
+            &q.options(false),
         ),
         Command::Inspect {
             path,
@@ -626,12 +764,17 @@ fn inspect(
         )
         .with_trees_of(&graph)
     } else {
-        let bytes = files::read_limited(path, files::MAX_PART_BYTES, "a compiled model")?;
+        let bytes = files::read_limited(
+            path,
+            files::MAX_PART_BYTES.min(files::memory_budget()),
+            "a compiled model",
+        )?;
         match frame::peek(&bytes).map_err(files::about(path))?.kind {
             Kind::Client => {
                 let client =
                     fhec_runtime::Client::from_bytes(&bytes).map_err(files::about(path))?;
-                return inspect_client(client.part(), format);
+                return inspect_client(client.part(), format)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
             }
             Kind::Server => {
                 let server =
@@ -656,6 +799,7 @@ fn inspect(
     match format {
         Format::Text => print!("{}", report.text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Dot => print!("{}", fhec_compiler::dot::dot(&report)),
     }
     Ok(if report.violations.is_empty() {
         ExitCode::SUCCESS
@@ -668,6 +812,9 @@ fn inspect(
 fn inspect_client(part: &fhec_runtime::ClientPart, format: Format) -> Result<ExitCode> {
     let summary = fhec_compiler::report::ClientSummary::of(part);
     match format {
+        Format::Dot => {
+            bail!("a client part holds no circuit to draw: inspect the server part or the artifact")
+        }
         Format::Text => {
             println!("client part of {} (model {})", part.source, part.model_id);
             println!(
@@ -686,6 +833,9 @@ fn inspect_client(part: &fhec_runtime::ClientPart, format: Format) -> Result<Exi
         Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
+                "schema_version": fhec_compiler::report::INSPECT_SCHEMA_VERSION,
+                "versions": fhec_compiler::report::Versions::current(),
+                "kind": "client_part",
                 "model_id": part.model_id.to_string(),
                 "source": part.source,
                 "keys": part.keys,
@@ -766,4 +916,34 @@ fn predict(
     );
     deploy::emit_outputs(&a.graph, &outputs, output)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_and_argument_has_help() {
+        let cli = Cli::command();
+        for cmd in cli.get_subcommands() {
+            assert!(cmd.get_about().is_some(), "{} has no help", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {id} has no help",
+                    cmd.get_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_version_names_tfhe_rs_and_the_file_format() {
+        assert!(VERSION.contains(fhec_backend_tfhe::TFHE_RS_VERSION));
+        assert!(VERSION.contains(&format!("file format {}", frame::FORMAT_VERSION)));
+    }
 }

@@ -9,7 +9,8 @@ pub use fhec_runtime::Array;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-pub fn parse_npy(bytes: &[u8]) -> Result<Array> {
+/// Parses one `.npy` array whose values (8 bytes each once read) fit `budget` bytes.
+pub fn parse_npy(bytes: &[u8], budget: u64) -> Result<Array> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         bail!("not a .npy file (bad magic)");
     }
@@ -45,7 +46,16 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Array> {
         .map(|s| s.parse::<usize>())
         .collect::<Result<_, _>>()
         .context("malformed shape")?;
-    let numel: usize = shape.iter().product();
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| (n as u64).saturating_mul(8) <= budget)
+        .ok_or_else(|| {
+            anyhow!(
+                "an array of shape {shape:?} takes more than the memory budget of {} (--memory-budget)",
+                fhec_frontend_onnx::bytes_text(budget)
+            )
+        })?;
     let payload = &bytes[start + header_len..];
     let (width, dtype): (usize, &'static str) = match descr {
         "<f4" => (4, "<f4"),
@@ -144,19 +154,27 @@ pub fn npy_bytes(a: &Array) -> Vec<u8> {
     out
 }
 
-/// Reads a `.npy` (one unnamed array) or `.npz` (named arrays) file.
+/// Reads a `.npy` (one unnamed array) or `.npz` (named arrays) file within the memory
+/// budget.
 pub fn read_arrays(path: &Path) -> Result<Vec<(Option<String>, Array)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    parse_arrays(bytes, &path.display().to_string())
+    let budget = crate::files::memory_budget();
+    let bytes = crate::files::read_limited(path, budget, "an array file")?;
+    parse_arrays(bytes, &path.display().to_string(), budget)
 }
 
-/// [`read_arrays`] on a file's bytes; `what` names the file in errors.
-pub fn parse_arrays(bytes: Vec<u8>, what: &str) -> Result<Vec<(Option<String>, Array)>> {
+/// [`read_arrays`] on a file's bytes; `what` names the file in errors. The arrays
+/// together may take `budget` bytes once read (8 per value).
+pub fn parse_arrays(
+    bytes: Vec<u8>,
+    what: &str,
+    budget: u64,
+) -> Result<Vec<(Option<String>, Array)>> {
     if bytes.starts_with(b"PK") {
-        let limit = bytes.len() as u64 * 64 + (1 << 20);
+        let limit = (bytes.len() as u64 * 64 + (1 << 20)).min(budget);
         let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
             .with_context(|| format!("{what}: not a valid .npz archive"))?;
         let mut out = Vec::new();
+        let mut remaining = budget;
         for i in 0..zip.len() {
             let f = zip
                 .by_index(i)
@@ -170,16 +188,16 @@ pub fn parse_arrays(bytes: Vec<u8>, what: &str) -> Result<Vec<(Option<String>, A
             if buf.len() as u64 > limit {
                 bail!("{what}: entry '{name}' expands to more than {limit} bytes");
             }
-            out.push((
-                Some(name.clone()),
-                parse_npy(&buf).with_context(|| format!("{what}: entry '{name}'"))?,
-            ));
+            let array =
+                parse_npy(&buf, remaining).with_context(|| format!("{what}: entry '{name}'"))?;
+            remaining = remaining.saturating_sub(array.data.len() as u64 * 8);
+            out.push((Some(name.clone()), array));
         }
         Ok(out)
     } else {
         Ok(vec![(
             None,
-            parse_npy(&bytes).with_context(|| what.to_string())?,
+            parse_npy(&bytes, budget).with_context(|| what.to_string())?,
         )])
     }
 }
@@ -225,14 +243,14 @@ mod tests {
             data: vec![1.5, -2.0, 3.25, 0.0, 7.0, -8.5],
             dtype: "<f4",
         };
-        let b = parse_npy(&npy_bytes(&a)).unwrap();
+        let b = parse_npy(&npy_bytes(&a), u64::MAX).unwrap();
         assert_eq!(a, b);
         let i = Array {
             shape: vec![4],
             data: vec![1.0, -3.0, 9.0, 0.0],
             dtype: "<i8",
         };
-        assert_eq!(parse_npy(&npy_bytes(&i)).unwrap(), i);
+        assert_eq!(parse_npy(&npy_bytes(&i), u64::MAX).unwrap(), i);
     }
 
     #[test]
@@ -243,7 +261,7 @@ mod tests {
             dtype: "<f8",
         };
         let bytes = npy_bytes(&a);
-        let err = parse_npy(&bytes[..bytes.len() - 3])
+        let err = parse_npy(&bytes[..bytes.len() - 3], u64::MAX)
             .unwrap_err()
             .to_string();
         assert!(err.contains("truncated"), "{err}");

@@ -115,7 +115,7 @@ fn float_reference_matches_onnxruntime() {
         .chain(families.iter().map(String::as_str))
     {
         let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
-        let graph = fhec_compiler::import(&bytes).unwrap();
+        let graph = fhec_compiler::import(&bytes, &Default::default()).unwrap();
         let samples = fhec::files::load_samples(&fixture(name).join("test_x.npy"), &graph).unwrap();
         let outputs = fhec_runtime::samples::clear(&graph, &samples).unwrap();
         let stacked = fhec_runtime::stack_outputs(&graph, &outputs);

@@ -178,6 +178,21 @@ fn inspect_exits_1_and_names_values_over_16_bits() {
     assert!(violations
         .iter()
         .all(|x| x["bits"].as_u64().unwrap() > 16 && x["node"].as_str().is_some()));
+    // the Graphviz view marks exactly the violators, one DOT node per circuit node
+    let (code, dot, _) = fhec(&[&args[..], &["--format", "dot"]].concat());
+    assert_eq!(code, 1);
+    assert!(
+        dot.starts_with("digraph") && dot.trim_end().ends_with('}'),
+        "{dot}"
+    );
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(dot.matches(" [label=").count(), nodes.len());
+    assert_eq!(dot.matches("color=\"red\"").count(), violations.len());
+    let edges: usize = nodes
+        .iter()
+        .map(|n| n["operands"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(dot.matches(" -> ").count(), edges);
     // compile refuses the same circuit, naming the node
     let d = tmp("wide");
     let (code, _, err) = fhec(&[
@@ -347,7 +362,9 @@ fn global_p_error_bounds_the_whole_sample() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let params = &v["params"];
-    assert_eq!(params["p_error_target"]["Global"], 1e-9, "{params}");
+    assert_eq!(params["p_error_target"]["kind"], "global", "{params}");
+    assert_eq!(params["p_error_target"]["value"], 1e-9, "{params}");
+    assert_eq!(v["schema_version"], 1);
     let total = params["p_error_circuit"].as_f64().unwrap();
     assert!(total > 0.0 && total <= 1e-9, "{params}");
     let (code, _, err) = fhec(

@@ -437,6 +437,41 @@ fn the_client_refuses_what_is_not_for_its_model_and_key() {
     decrypt("damaged", &t.p("a/y.fhect"), &["client.key", "truncated"]);
 }
 
+/// A server part whose bootstrap keys were weakened (every copy of the parameters
+/// edited alike, digest recomputed) is refused on load: its error probabilities are
+/// recomputed from the parameters, not read from the file.
+#[test]
+fn weakened_parameters_are_refused_on_load() {
+    let d = tmp("deploy-weak");
+    compile(&d, "mlp_iris", &[]);
+    let part = d.join("m.server.fhe");
+    ok(&["inspect", s(&part)]);
+    let weak = d.join("weak.fhe");
+    std::fs::write(
+        &weak,
+        reframe(&part, |payload| {
+            let mut v: serde_json::Value = ciborium::from_reader(&payload[..]).unwrap();
+            for keys in ["params", "client"] {
+                let keys = if keys == "params" {
+                    &mut v["params"]["keys"]
+                } else {
+                    &mut v["client"]["keys"]
+                };
+                for p in keys["partitions"].as_array_mut().unwrap() {
+                    p["params"]["pbs_level"] = 1.into();
+                }
+            }
+            payload.clear();
+            ciborium::into_writer(&v, &mut *payload).unwrap();
+        }),
+    )
+    .unwrap();
+    assert_fails(
+        &["inspect", s(&weak)],
+        &["weak.fhe", "error probability", "above the target"],
+    );
+}
+
 /// A client part edited to weaken encryption (digest recomputed, as a hostile server
 /// would) is refused before any key is made or any input encrypted.
 #[test]

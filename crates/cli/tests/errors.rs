@@ -244,6 +244,73 @@ fn nan_or_inf_in_an_inputset() {
     );
 }
 
+#[test]
+fn what_exceeds_the_memory_budget_is_refused_with_its_size() {
+    let d = tmp("budget");
+    let (model, train) = iris();
+    // 100 calibration samples of every value of the MLP do not fit 32 KiB
+    assert_fails(
+        &[
+            "--memory-budget",
+            "32KiB",
+            "compile",
+            s(&model),
+            "--inputset",
+            s(&train),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["calibrating on 100 samples", "memory budget of 32.0 KiB"],
+    );
+    // the model's own tensors
+    assert_fails(
+        &[
+            "--memory-budget",
+            "1KiB",
+            "compile",
+            s(&model),
+            "--inputset",
+            s(&train),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["model.onnx", "memory budget of 1.0 KiB"],
+    );
+    // an .npy whose header claims 2^40 rows is refused before anything is allocated
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776, 4), }";
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let padded = format!("{header:<117}\n");
+    npy.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    npy.extend_from_slice(padded.as_bytes());
+    npy.extend_from_slice(&[0; 64]);
+    let huge = d.join("huge.npy");
+    std::fs::write(&huge, &npy).unwrap();
+    assert_fails(
+        &[
+            "compile",
+            s(&model),
+            "--inputset",
+            s(&huge),
+            "-o",
+            s(&d.join("m.fhe")),
+        ],
+        &["huge.npy", "[1099511627776, 4]", "memory budget of 8.0 GiB"],
+    );
+    // and the same model compiles within the default budget
+    let (code, _, err) = fhec(&[
+        "compile",
+        s(&model),
+        "--inputset",
+        s(&train),
+        "-o",
+        s(&d.join("m.fhe")),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = fhec(&["--memory-budget", "12XB", "inspect", s(&d.join("m.fhe"))]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown unit 'xb'"), "{err}");
+}
+
 fn compiled(dir: &Path) -> PathBuf {
     let out = dir.join("iris.fhe");
     let (code, _, err) = fhec(&[

@@ -445,7 +445,7 @@ fn corrupt_requests_get_4xx_and_the_server_stays_healthy() {
         b[at] ^= 0x10;
         corpus.push((predict.clone(), Some(b)));
     }
-    let secret_key_file = party.secret.to_bytes();
+    let secret_key_file = party.secret.to_bytes().to_vec();
     let wrong_files = [
         secret_key_file.clone(),
         other_evaluation.to_bytes(),

@@ -16,12 +16,15 @@
 )]
 
 pub mod adapt;
+pub mod dot;
 pub mod report;
+pub mod score;
 
 use std::time::{Duration, Instant};
 
 use fhec_backend_tfhe::{choose_params, NoiseBudget, PErrorTarget, ParamChoice, ParamError};
-use fhec_frontend_onnx::{FloatGraph, ImportError, Tensor};
+pub use fhec_frontend_onnx::Limits;
+use fhec_frontend_onnx::{bytes_text, FloatGraph, ImportError, Tensor};
 use fhec_ir::{Circuit, CircuitInfo, IntOp};
 use fhec_quant::{ClientSpec, QuantConfig, QuantError, Quantized};
 use fhec_runtime::{Array, Artifact, ClientPart, ModelId, ServerPart};
@@ -47,6 +50,14 @@ pub enum CompileError {
         failure: Box<CompileError>,
         flags: String,
         fidelity: String,
+    },
+    /// Calibration would take more memory than the budget allows.
+    #[error("calibrating on {samples} samples takes about {} ({values} values per sample), more than the memory budget of {}: use a smaller inputset or a larger budget", bytes_text(*.bytes), bytes_text(*.budget))]
+    OverBudget {
+        samples: usize,
+        values: u64,
+        bytes: u64,
+        budget: u64,
     },
     #[error("internal error, please report: {0}")]
     Internal(String),
@@ -77,6 +88,8 @@ pub struct Options {
     pub free: adapt::Knobs,
     /// Keep the settings as given; a failure names settings that would compile.
     pub strict: bool,
+    /// Memory the model, its inputset and calibration may take.
+    pub limits: Limits,
 }
 
 impl Options {
@@ -87,12 +100,50 @@ impl Options {
             target,
             free: adapt::Knobs::all(),
             strict: false,
+            limits: Limits::default(),
         }
     }
 }
 
-pub fn import(onnx: &[u8]) -> Result<FloatGraph, CompileError> {
-    Ok(fhec_frontend_onnx::import(onnx)?)
+pub fn import(onnx: &[u8], limits: &Limits) -> Result<FloatGraph, CompileError> {
+    Ok(fhec_frontend_onnx::import_with(onnx, limits)?)
+}
+
+/// Refuses an inputset whose calibration would take more than the budget: the quantizer
+/// keeps every sample's integer value of every node, and the compiler its float value
+/// (16 bytes per sample and value), besides the model's constants.
+pub fn check_calibration_memory(
+    graph: &FloatGraph,
+    samples: usize,
+    limits: &Limits,
+) -> Result<(), CompileError> {
+    let numel = |v: &fhec_frontend_onnx::ValueInfo| -> u64 {
+        v.shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .unwrap_or(u64::MAX)
+    };
+    let (mut constants, mut values) = (0u64, 0u64);
+    for v in &graph.values {
+        let n = numel(v);
+        if v.constant.is_some() {
+            constants = constants.saturating_add(n);
+        } else {
+            values = values.saturating_add(n);
+        }
+    }
+    let bytes = constants
+        .saturating_mul(8)
+        .saturating_add(values.saturating_mul(16).saturating_mul(samples as u64));
+    if bytes > limits.memory_bytes {
+        return Err(CompileError::OverBudget {
+            samples,
+            values,
+            bytes,
+            budget: limits.memory_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// The inputset as per-sample tensors of `graph`'s inputs.
@@ -323,7 +374,7 @@ pub fn compile(
     options: &Options,
 ) -> Result<Compiled, CompileError> {
     let start = Instant::now();
-    let graph = import(onnx)?;
+    let graph = import(onnx, &options.limits)?;
     let samples = inputset(&graph, inputset_arrays)?;
     compile_graph(graph, &samples, source, options, start)
 }
@@ -336,6 +387,7 @@ pub fn compile_graph(
     options: &Options,
     start: Instant,
 ) -> Result<Compiled, CompileError> {
+    check_calibration_memory(&graph, samples.len(), &options.limits)?;
     let ((l, params, cfg), adaptation) = adapt::compile_adaptive(
         &graph,
         samples,

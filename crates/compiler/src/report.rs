@@ -12,6 +12,8 @@ pub struct NodeRow {
     pub id: usize,
     pub name: String,
     pub op: String,
+    /// Ids of the nodes it reads, in operand order.
+    pub operands: Vec<usize>,
     pub shape: Vec<usize>,
     pub encrypted: bool,
     pub range: [i64; 2],
@@ -28,8 +30,33 @@ pub struct NodeRow {
     pub pbs: usize,
 }
 
+/// Version of `inspect --format json`'s layout (docs/REPORTS.md); bumped when a field
+/// changes meaning or goes.
+pub const INSPECT_SCHEMA_VERSION: u32 = 1;
+
+/// Versions of what produced a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Versions {
+    pub fhec: &'static str,
+    pub tfhe_rs: &'static str,
+    /// Version of fhec's file formats (docs/FORMATS.md).
+    pub format_version: u32,
+}
+
+impl Versions {
+    pub fn current() -> Self {
+        Versions {
+            fhec: env!("CARGO_PKG_VERSION"),
+            tfhe_rs: fhec_backend_tfhe::TFHE_RS_VERSION,
+            format_version: fhec_runtime::frame::FORMAT_VERSION,
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct Report {
+    pub schema_version: u32,
+    pub versions: Versions,
     pub source: String,
     pub nodes: Vec<NodeRow>,
     pub op_counts: std::collections::BTreeMap<String, usize>,
@@ -42,6 +69,7 @@ pub struct Report {
     pub violations: Vec<Violation>,
     /// Widest chunk exact rounding clears per step (chosen with the parameters).
     pub rounding_chunk_bits: u32,
+    #[serde(serialize_with = "params_json")]
     pub params: Option<ParamChoice>,
     /// Predicted per-sample latency on this machine's thread count (cost model).
     pub predicted_latency: Option<PredictedLatency>,
@@ -57,6 +85,22 @@ pub struct Report {
     pub deployment: Option<DeploymentSizes>,
     /// What the client part reveals (a compiled model only).
     pub client: Option<ClientSummary>,
+}
+
+/// The parameters as `inspect --format json` shows them: the artifact's form, with the
+/// error-probability target as `{"kind": "per_pbs" | "global", "value": p}`.
+fn params_json<S: serde::Serializer>(p: &Option<ParamChoice>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::Error;
+    let Some(p) = p else {
+        return s.serialize_none();
+    };
+    let mut v = serde_json::to_value(p).map_err(S::Error::custom)?;
+    let (kind, value) = match p.p_error_target {
+        fhec_backend_tfhe::PErrorTarget::PerPbs(x) => ("per_pbs", x),
+        fhec_backend_tfhe::PErrorTarget::Global(x) => ("global", x),
+    };
+    v["p_error_target"] = serde_json::json!({ "kind": kind, "value": value });
+    v.serialize(s)
 }
 
 /// See [`Report::shared_table_inputs`].
@@ -130,6 +174,7 @@ impl Report {
                     id: id.index(),
                     name: n.name.clone(),
                     op: n.op.name().into(),
+                    operands: c.operands(id).iter().map(|o| o.index()).collect(),
                     shape: n.shape.clone(),
                     encrypted: n.status == Status::Encrypted,
                     range: [n.range.lo, n.range.hi],
@@ -159,6 +204,8 @@ impl Report {
             })
             .collect();
         Report {
+            schema_version: INSPECT_SCHEMA_VERSION,
+            versions: Versions::current(),
             source: source.into(),
             nodes,
             op_counts,

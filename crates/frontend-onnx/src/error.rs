@@ -43,6 +43,8 @@ pub enum ImportError {
     MissingOutput(String),
     #[error("float evaluation failed: {0}")]
     Eval(String),
+    #[error("at '{at}', the model's tensors take {} (its constants and one sample's values), more than the memory budget of {}", bytes_text(*.bytes), bytes_text(*.budget))]
+    OverBudget { at: String, bytes: u64, budget: u64 },
 }
 
 fn list(ops: &[UnsupportedOp]) -> String {
@@ -60,4 +62,23 @@ fn list(ops: &[UnsupportedOp]) -> String {
         );
     }
     text
+}
+
+/// A byte count for people: `3.2 GiB (3435973837 bytes)`.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = "bytes";
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = u;
+    }
+    if unit == "bytes" {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {unit} ({bytes} bytes)")
+    }
 }

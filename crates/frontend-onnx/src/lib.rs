@@ -25,12 +25,37 @@ mod tensor;
 
 use std::collections::HashMap;
 
-pub use error::{ImportError, UnsupportedOp};
+pub use error::{bytes_text, ImportError, UnsupportedOp};
 pub use graph::*;
 use prost::Message;
 
-/// Decodes and imports an ONNX model.
+/// Memory fhec lets one model's tensors take unless told otherwise: 8 GiB.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 8 << 30;
+
+/// How much memory a model may need before fhec refuses it, counted as 8 bytes per
+/// tensor element (fhec computes in f64 and i64): its constants and one sample's
+/// values when importing, every calibration sample's values when compiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
+/// Decodes and imports an ONNX model within the default [`Limits`].
 pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
+    import_with(bytes, &Limits::default())
+}
+
+/// Decodes and imports an ONNX model, refusing one whose tensors would take more than
+/// `limits` allows (the error names where the budget ran out and how much was needed).
+pub fn import_with(bytes: &[u8], limits: &Limits) -> Result<FloatGraph, ImportError> {
     let model = pb::ModelProto::decode(bytes).map_err(|e| {
         ImportError::NotOnnx(format!(
             "protobuf decoding failed ({e}); the file is truncated or not ONNX"
@@ -67,12 +92,14 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
 
     let mut b = Builder {
         opset,
+        budget: limits.memory_bytes,
         ..Default::default()
     };
     for init in &graph.initializer {
         let t = tensor::decode_tensor(init)?;
         let id = b.add_constant(&init.name, t);
         b.elem_types.insert(id, init.data_type);
+        b.within_budget(&init.name)?;
     }
     for input in &graph.input {
         if b.by_name.contains_key(&input.name) {
@@ -81,6 +108,7 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
         let (shape, dtype) = input_fact(input)?;
         let id = b.add_value(&input.name, shape, dtype, None);
         b.inputs.push(id);
+        b.within_budget(&input.name)?;
     }
     if b.inputs.is_empty() {
         return Err(ImportError::NotOnnx(
@@ -91,12 +119,14 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
         let Some(build) = ops::builder(&node.domain, &node.op_type) else {
             continue; // unsupported ops were refused above
         };
+        let name = node_name(node, i);
         let mut ctx = NodeCtx {
             b: &mut b,
             node,
-            name: node_name(node, i),
+            name: name.clone(),
         };
         build(&mut ctx)?;
+        b.within_budget(&name)?;
     }
     let mut outputs = Vec::new();
     for out in &graph.output {
@@ -231,6 +261,9 @@ struct Builder {
     elem_types: HashMap<ValueId, i32>,
     /// The model's ai.onnx opset version (an op's semantics may depend on it).
     opset: i64,
+    /// Bytes the values so far take (8 per element) and what they may take.
+    bytes: u64,
+    budget: u64,
 }
 
 impl Builder {
@@ -242,6 +275,11 @@ impl Builder {
         constant: Option<Tensor>,
     ) -> ValueId {
         let id = ValueId(self.values.len() as u32);
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .unwrap_or(u64::MAX);
+        self.bytes = self.bytes.saturating_add(numel.saturating_mul(8));
         self.values.push(ValueInfo {
             name: name.to_string(),
             shape,
@@ -253,6 +291,18 @@ impl Builder {
     }
     fn add_constant(&mut self, name: &str, t: Tensor) -> ValueId {
         self.add_value(name, t.shape.clone(), t.dtype, Some(t))
+    }
+    /// Refuses the model once its values take more than the budget; `at` names the
+    /// tensor or node where it ran out.
+    fn within_budget(&self, at: &str) -> Result<(), ImportError> {
+        if self.bytes > self.budget {
+            return Err(ImportError::OverBudget {
+                at: at.to_string(),
+                bytes: self.bytes,
+                budget: self.budget,
+            });
+        }
+        Ok(())
     }
 }
 

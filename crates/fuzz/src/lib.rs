@@ -67,7 +67,11 @@ pub fn keys(data: &[u8]) {
 
 /// `.npy` and `.npz` reading (inputsets, inputs).
 pub fn npy(data: &[u8]) {
-    let _ = fhec::npy::parse_arrays(data.to_vec(), "fuzz input");
+    let _ = fhec::npy::parse_arrays(
+        data.to_vec(),
+        "fuzz input",
+        fhec_frontend_onnx::DEFAULT_MEMORY_BUDGET,
+    );
 }
 
 /// The IR verifier on arbitrary circuits, then what reads a verified circuit: the
@@ -204,7 +208,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 .run(&key, &inputs, &|_, _| {})
                 .expect("the server runs them");
             vec![
-                m.secret.to_bytes(),
+                m.secret.to_bytes().to_vec(),
                 m.evaluation.to_bytes(),
                 inputs.to_bytes(),
                 outputs.to_bytes(),

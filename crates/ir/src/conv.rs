@@ -28,6 +28,10 @@ pub struct Conv {
     pub bias: Vec<i64>,
 }
 
+/// Largest size (of a spatial extent, a channel count, a pad, or elements of a tensor or
+/// kernel) a convolution may have: as a tensor's, 2^24.
+const MAX_ELEMENTS: usize = crate::MAX_NODE_ELEMENTS;
+
 impl Conv {
     pub fn kernel_count(&self) -> usize {
         self.kernel.iter().product()
@@ -53,6 +57,24 @@ impl Conv {
         ];
         if n == 0 || n > MAX_RANK || ranks.iter().any(|&r| r != n) {
             return Err(format!("geometry ranks disagree or exceed {MAX_RANK}"));
+        }
+        // every size bounded before any arithmetic on it
+        let sizes = [
+            &self.in_sp,
+            &self.out_sp,
+            &self.kernel,
+            &self.strides,
+            &self.dilations,
+        ];
+        let counts = sizes.map(|v| v.iter().try_fold(1usize, |n, &d| n.checked_mul(d)));
+        if counts.iter().any(|c| c.is_none_or(|c| c > MAX_ELEMENTS))
+            || [self.in_channels, self.out_channels, self.groups]
+                .iter()
+                .chain(&self.pad_begin)
+                .chain(&self.pad_end)
+                .any(|&v| v > MAX_ELEMENTS)
+        {
+            return Err(format!("a size over {MAX_ELEMENTS}"));
         }
         if self.groups == 0
             || !self.in_channels.is_multiple_of(self.groups)
@@ -83,10 +105,10 @@ impl Conv {
                 ));
             }
         }
-        let per = self.in_channels / self.groups * self.kernel_count();
-        if self.weight.len() != self.out_channels * per
-            || self.bias.len() != self.out_channels * self.out_count()
-        {
+        let per = (self.in_channels / self.groups).checked_mul(self.kernel_count());
+        let weights = per.and_then(|p| p.checked_mul(self.out_channels));
+        let biases = self.out_channels.checked_mul(self.out_count());
+        if weights != Some(self.weight.len()) || biases != Some(self.bias.len()) {
             return Err("weight or bias sizes do not match the channels and kernel".into());
         }
         Ok(())

@@ -49,6 +49,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod bounds;
 mod conv;
 mod display;
 pub mod interp;
@@ -196,7 +197,13 @@ pub struct Node {
     pub range: Range,
 }
 
+/// The most elements a node may have per sample (each encrypted one is a ciphertext);
+/// the verifier refuses a circuit with a larger node before reading it further.
+pub const MAX_NODE_ELEMENTS: usize = 1 << 24;
+
 impl Node {
+    /// Elements per sample; meaningful on verified circuits (whose nodes hold at most
+    /// [`MAX_NODE_ELEMENTS`]).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -108,6 +108,10 @@ impl fmt::Display for VerifyErrors {
     }
 }
 
+/// Widest table lookup a circuit may hold: 2^24 entries per table. Wider than 16 bits
+/// is a violation of the FHE limit, reported as such; wider than this is a broken file.
+pub const MAX_TABLE_BITS: u32 = 24;
+
 pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
     if let Some(bad) = c
         .inputs
@@ -120,21 +124,44 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
             reason: format!("node id {} does not exist", bad.index()),
         }]));
     }
+    // element counts bounded first: everything below multiplies and adds them
+    let oversized: Vec<VerifyError> = c
+        .ids()
+        .map(|id| c.node(id))
+        .filter(|n| {
+            n.shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .is_none_or(|e| e > crate::MAX_NODE_ELEMENTS)
+        })
+        .map(|n| VerifyError {
+            node: n.name.clone(),
+            reason: format!(
+                "shape {:?} holds more than {} elements",
+                n.shape,
+                crate::MAX_NODE_ELEMENTS
+            ),
+        })
+        .collect();
+    if !oversized.is_empty() {
+        return Err(VerifyErrors(oversized));
+    }
     let mut errors = Vec::new();
     let mut nodes = Vec::with_capacity(c.len());
     let chunk_bits = c.rounding_chunk_bits.unwrap_or_else(|| {
-        1 + c
-            .ids()
+        c.ids()
             .filter_map(|id| match c.node(id).op {
                 IntOp::Lut { precision, .. } => Some(precision),
                 _ => None,
             })
             .max()
             .unwrap_or(0)
+            .saturating_add(1)
     });
     let (mut tlu_count, mut rounding_pbs, mut max_tlu_bits) = (0, 0, 0);
     for id in c.ids() {
         let n = c.node(id);
+        let errors_before = errors.len();
         let mut err = |reason: String| {
             errors.push(VerifyError {
                 node: n.name.clone(),
@@ -183,7 +210,7 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                 if *bits == 0 || *bits > 16 {
                     err(format!("input of {bits} bits"));
                 }
-                if n.range.lo < 0 || n.range.hi >= 1 << bits {
+                if n.range.lo < 0 || n.range.hi >= 1i64 << (*bits).min(62) {
                     err(format!(
                         "input range [{}, {}] exceeds {bits} unsigned bits",
                         n.range.lo, n.range.hi
@@ -205,7 +232,7 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                         x.shape, n.shape
                     ));
                 }
-                if weight.len() != inputs * outputs || bias.len() != *outputs {
+                if Some(weight.len()) != inputs.checked_mul(*outputs) || bias.len() != *outputs {
                     err("weight/bias sizes do not match inputs×outputs".into());
                 }
             }
@@ -310,14 +337,21 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
                 },
                 Some(x),
             ) => {
-                if x.range.lo < 0 || x.range.hi >= 1i64 << precision {
+                // widths are bounded before anything shifts by them
+                if *precision == 0 || *precision > MAX_TABLE_BITS {
                     err(format!(
-                        "table input range [{}, {}] does not fit {precision} unsigned bits",
-                        x.range.lo, x.range.hi
+                        "a table lookup of {precision} bits (1 to {MAX_TABLE_BITS})"
                     ));
-                }
-                if tables.iter().any(|t| t.len() != 1 << precision) {
-                    err(format!("a table does not have 2^{precision} entries"));
+                } else {
+                    if x.range.lo < 0 || x.range.hi >= 1i64 << precision {
+                        err(format!(
+                            "table input range [{}, {}] does not fit {precision} unsigned bits",
+                            x.range.lo, x.range.hi
+                        ));
+                    }
+                    if tables.iter().any(|t| t.len() != 1 << precision) {
+                        err(format!("a table does not have 2^{precision} entries"));
+                    }
                 }
                 if table_of.len() != numel || table_of.iter().any(|&t| t as usize >= tables.len()) {
                     err("table_of does not map every element to a table".into());
@@ -348,6 +382,17 @@ pub fn verify(c: &Circuit) -> Result<CircuitInfo, VerifyErrors> {
             )
         {
             err("encrypted result from a clear operand".into());
+        }
+        // a structurally sound node: its stored range must agree with its operands'
+        if errors.len() == errors_before {
+            if let Some(reason) = crate::bounds::sound_range(c, id)
+                .and_then(|sound| crate::bounds::check_range(n.range, sound))
+            {
+                errors.push(VerifyError {
+                    node: n.name.clone(),
+                    reason,
+                });
+            }
         }
         nodes.push(info);
     }

@@ -209,6 +209,46 @@ fn structural_errors_are_all_collected() {
 }
 
 #[test]
+fn stored_ranges_are_checked_against_what_operands_can_give() {
+    let acc = |c: &Circuit| c.ids().nth(1).unwrap();
+    // a weight of 2^62: the accumulator could leave 64-bit arithmetic, whatever its
+    // stored range says
+    let (mut c, _) = small();
+    let id = acc(&c);
+    if let IntOp::Linear { weight, .. } = &mut c.node_mut(id).op {
+        weight[0] = 1 << 62;
+    }
+    let errs = verify(&c).unwrap_err();
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.node == "acc" && e.reason.contains("2^62")),
+        "{errs}"
+    );
+    // a bias (zero point) moved by 2^40: the stored range [1, 36] can no longer hold
+    // any accumulator value
+    let (mut c, _) = small();
+    let id = acc(&c);
+    if let IntOp::Linear { bias, .. } = &mut c.node_mut(id).op {
+        bias[0] = 1 << 40;
+    }
+    let errs = verify(&c).unwrap_err();
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.node == "acc" && e.reason.contains("holds no value")),
+        "{errs}"
+    );
+    // a table lookup claiming outputs its table never gives
+    let (mut c, t) = small();
+    c.node_mut(t).range = Range::new(100, 200);
+    let errs = verify(&c).unwrap_err();
+    assert!(errs.0.iter().any(|e| e.node == "lut"), "{errs}");
+    // the untouched circuit passes
+    assert!(verify(&small().0).is_ok());
+}
+
+#[test]
 fn text_form_lists_every_node() {
     let (c, _) = small();
     let text = c.to_string();

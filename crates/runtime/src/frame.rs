@@ -192,6 +192,8 @@ pub fn frame(kind: Kind, model: ModelId, key: Option<KeyId>, payload: &[u8]) -> 
         sha256_hex(payload)
     )
     .into_bytes();
+    // one allocation holds the payload: no stale copy of it (a secret key) is freed
+    out.reserve_exact(payload.len());
     out.extend_from_slice(payload);
     out
 }

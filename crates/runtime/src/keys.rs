@@ -6,6 +6,7 @@
 
 use fhec_backend_tfhe::{ClientKey, KeyParams, RawPartitionKey, ServerKey};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::frame::{self, KeyId, Kind, ModelId};
 use crate::Error;
@@ -74,18 +75,24 @@ impl SecretKey {
         }
     }
 
-    /// One bit per key coefficient, each key padded to a byte.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// One bit per key coefficient, each key padded to a byte. The bytes are wiped
+    /// from memory when dropped.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let raw = self.key.to_raw();
         let meta = SecretKeyMeta {
             dimensions: raw.iter().map(Vec::len).collect(),
         };
         let body: usize = raw.iter().map(|k| frame::packed_len(k.len(), 1)).sum();
-        let mut payload = frame::binary_payload(&meta, body);
-        for k in &raw {
+        let mut payload = Zeroizing::new(frame::binary_payload(&meta, body));
+        for k in raw.iter() {
             frame::pack_bits(k, 1, &mut payload);
         }
-        frame::frame(Kind::SecretKey, self.model_id, Some(self.key_id), &payload)
+        Zeroizing::new(frame::frame(
+            Kind::SecretKey,
+            self.model_id,
+            Some(self.key_id),
+            &payload,
+        ))
     }
 
     /// Reads a secret key and checks it was generated for the model with `model_id` and

@@ -139,6 +139,9 @@ impl ServerPart {
                 )));
             }
         }
+        // the stored error probabilities are figures, not evidence: recompute them
+        p.recheck(&fhec_backend_tfhe::NoiseBudget::of(&self.circuit, &info))
+            .map_err(|e| Error::Unsafe(format!("server part parameters: {e}")))?;
         if !(info.encoding_bits + 2..=64).contains(&p.output_bits) {
             return Err(Error::Invalid(format!(
                 "output modulus of {} bits for a {}-bit encoding",

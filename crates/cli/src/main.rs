@@ -366,52 +366,33 @@ struct QuantArgs {
 }
 
 impl QuantArgs {
-    /// The compile options: these settings, the ones left at their defaults adaptable.
-    fn options(&self, strict: bool) -> fhec_compiler::Options {
-        let default_bits = self.n_bits.is_none();
-        fhec_compiler::Options {
-            quant: self.config(),
-            target: self.target(),
-            free: fhec_compiler::adapt::Knobs {
-                input_bits: default_bits && self.input_bits.is_none(),
-                weight_bits: default_bits && self.weight_bits.is_none(),
-                activation_bits: default_bits && self.activation_bits.is_none(),
-                rounding_bits: self.rounding_threshold_bits.is_none() && !self.no_rounding,
-                comparison_bits: self.comparison_bits.is_none(),
-            },
-            strict,
-            limits: files::limits(),
+    fn settings(&self) -> fhec_compiler::settings::Settings {
+        fhec_compiler::settings::Settings {
+            n_bits: self.n_bits,
+            input_bits: self.input_bits,
+            weight_bits: self.weight_bits,
+            activation_bits: self.activation_bits,
+            rounding_threshold_bits: self.rounding_threshold_bits,
+            no_rounding: self.no_rounding,
+            exact_rounding: self.rounding == RoundingMode::Exact,
+            comparison_bits: self.comparison_bits,
+            range_margin: self.range_margin,
+            p_error: self.p_error,
+            global_p_error: self.global_p_error,
         }
     }
 
-    fn target(&self) -> PErrorTarget {
-        match (self.global_p_error, self.p_error) {
-            (Some(g), _) => PErrorTarget::Global(g),
-            (None, p) => PErrorTarget::PerPbs(p.unwrap_or(2f64.powi(-40))),
-        }
+    /// The compile options: these settings, the ones left at their defaults adaptable.
+    fn options(&self, strict: bool) -> fhec_compiler::Options {
+        self.settings().options(strict, files::limits())
     }
+
     fn config(&self) -> QuantConfig {
-        let mut c = QuantConfig::default();
-        if let Some(n) = self.n_bits {
-            c = c.with_n_bits(n);
-        }
-        c.input_bits = self.input_bits.unwrap_or(c.input_bits);
-        c.weight_bits = self.weight_bits.unwrap_or(c.weight_bits);
-        c.activation_bits = self.activation_bits.unwrap_or(c.activation_bits);
-        if let Some(r) = self.rounding_threshold_bits {
-            c.rounding_bits = Some(r);
-        }
-        if self.no_rounding {
-            c.rounding_bits = None;
-        }
-        c.rounding_approximate = self.rounding == RoundingMode::Approximate;
-        if let Some(b) = self.comparison_bits {
-            c.comparison_bits = Some(b);
-        }
-        if let Some(m) = self.range_margin {
-            c.range_margin = m;
-        }
-        c
+        self.settings().quant_config()
+    }
+
+    fn target(&self) -> PErrorTarget {
+        self.settings().target()
     }
 }
 
@@ -692,13 +673,7 @@ fn compile(
         vectors_path.display()
     );
     if let Some(a) = &compiled.adaptation {
-        println!(
-            "adapted: {} ({}); {}; the same as `{}`",
-            a.changes.join(", "),
-            a.reason,
-            a.fidelity.text(),
-            a.flags
-        );
+        println!("adapted: {}", a.text());
     }
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);

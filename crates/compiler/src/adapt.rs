@@ -91,6 +91,19 @@ pub struct Adaptation {
     pub flags: String,
 }
 
+impl Adaptation {
+    /// One line: what changed, why, how faithful the result is, and the flags that give it.
+    pub fn text(&self) -> String {
+        format!(
+            "{} ({}); {}; the same as `{}`",
+            self.changes.join(", "),
+            self.reason,
+            self.fidelity.text(),
+            self.flags
+        )
+    }
+}
+
 /// Most calibration samples a candidate is simulated on.
 const FIDELITY_SAMPLES: usize = 128;
 

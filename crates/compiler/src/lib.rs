@@ -19,6 +19,7 @@ pub mod adapt;
 pub mod dot;
 pub mod report;
 pub mod score;
+pub mod settings;
 
 use std::time::{Duration, Instant};
 

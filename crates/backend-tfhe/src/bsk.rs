@@ -37,6 +37,7 @@ pub(crate) fn generate_seeded_bootstrap_key(
     output: &mut SeededLweBootstrapKeyOwned<u64>,
     noise: Gaussian<f64>,
     seeder: &mut dyn Seeder,
+    progress: &crate::Progress,
 ) {
     let big_n = output.polynomial_size();
     let fft = Fft::new(big_n);
@@ -134,6 +135,7 @@ pub(crate) fn generate_seeded_bootstrap_key(
                         }
                     }
                 }
+                progress.add(1);
             },
         );
     // the secret in the Fourier domain, and what the FFT left in scratch
@@ -155,6 +157,7 @@ fn wipe(f: &mut FourierPolynomial<ABox<[c64]>>) {
 /// (as large as the Fourier one) is never held whole.
 pub(crate) fn fourier_bootstrap_key(
     seeded: &SeededLweBootstrapKeyOwned<u64>,
+    progress: &crate::Progress,
 ) -> FourierLweBootstrapKeyOwned {
     let mut fourier = FourierLweBootstrapKey::new(
         seeded.input_lwe_dimension(),
@@ -202,6 +205,7 @@ pub(crate) fn fourier_bootstrap_key(
                     fft,
                     dyn_stack::PodStack::new(scratch),
                 );
+                progress.add(1);
             },
         );
     fourier
@@ -329,8 +333,15 @@ mod tests {
             CiphertextModulus::new_native(),
         );
         let noise = Gaussian::from_dispersion_parameter(StandardDev(2f64.powi(-50)), 0.0);
-        generate_seeded_bootstrap_key(&lwe, &glwe, &mut seeded, noise, seeder);
-        let ours = fourier_bootstrap_key(&seeded);
+        generate_seeded_bootstrap_key(
+            &lwe,
+            &glwe,
+            &mut seeded,
+            noise,
+            seeder,
+            &crate::Progress::none(),
+        );
+        let ours = fourier_bootstrap_key(&seeded, &crate::Progress::none());
         let standard = seeded.clone().decompress_into_lwe_bootstrap_key();
         let mut theirs = FourierLweBootstrapKey::new(
             standard.input_lwe_dimension(),
@@ -371,7 +382,14 @@ mod tests {
             )
         };
         let mut ours = new_key();
-        generate_seeded_bootstrap_key(&lwe, &glwe, &mut ours, noise, seeder);
+        generate_seeded_bootstrap_key(
+            &lwe,
+            &glwe,
+            &mut ours,
+            noise,
+            seeder,
+            &crate::Progress::none(),
+        );
         let mut theirs = new_key();
         par_generate_seeded_lwe_bootstrap_key(&lwe, &glwe, &mut theirs, noise, seeder);
         let ours = ours.decompress_into_lwe_bootstrap_key();

@@ -88,6 +88,17 @@ impl Evaluator {
         info: &CircuitInfo,
         key: &ServerKey,
     ) -> Result<Self, BackendError> {
+        Self::with_progress(circuit, info, key, &|_, _| {})
+    }
+
+    /// [`new`](Self::new), reporting `(bootstrap-key bits prepared, total)`.
+    pub fn with_progress(
+        circuit: &Circuit,
+        info: &CircuitInfo,
+        key: &ServerKey,
+        report: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Self, BackendError> {
+        let progress = crate::Progress::new(crate::keys::bootstrap_key_bits(&key.params), report);
         // bootstraps run in the key's narrowest partition precise enough for them
         let precisions: Vec<u32> = key.params.partitions.iter().map(|p| p.precision).collect();
         let needs = info.pbs_per_sample > 0;
@@ -112,7 +123,7 @@ impl Evaluator {
                     PartitionEval {
                         keyswitch,
                         fft: Fft::new(k.bootstrap.polynomial_size()),
-                        bootstrap: crate::bsk::fourier_bootstrap_key(&k.bootstrap),
+                        bootstrap: crate::bsk::fourier_bootstrap_key(&k.bootstrap, &progress),
                     }
                 })
                 .collect()

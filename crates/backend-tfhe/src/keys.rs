@@ -212,6 +212,24 @@ fn partition_glwe_key(
 /// Generates fresh keys; evaluation keys for every partition. `params` must have passed
 /// [`KeyParams::check`].
 pub fn generate_keys(params: &KeyParams) -> (ClientKey, ServerKey) {
+    generate_keys_with_progress(params, &|_, _| {})
+}
+
+/// Bootstrap-key bits of a key set: the units key generation and preparation report.
+pub fn bootstrap_key_bits(params: &KeyParams) -> usize {
+    params
+        .partitions
+        .iter()
+        .map(|p| p.params.lwe_dimension)
+        .sum()
+}
+
+/// [`generate_keys`], reporting `(bootstrap-key bits done, total)` as it goes.
+pub fn generate_keys_with_progress(
+    params: &KeyParams,
+    report: &(dyn Fn(usize, usize) + Sync),
+) -> (ClientKey, ServerKey) {
+    let progress = crate::Progress::new(bootstrap_key_bits(params), report);
     let mut seeder = new_seeder();
     let seeder = seeder.as_mut();
     let mut secret_gen = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
@@ -259,6 +277,7 @@ pub fn generate_keys(params: &KeyParams) -> (ClientKey, ServerKey) {
             &mut bootstrap,
             noise(p.glwe_std_dev()),
             seeder,
+            &progress,
         );
         // the GLWE key is a copy of the master key's prefix
         glwe.as_mut().zeroize();

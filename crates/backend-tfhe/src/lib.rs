@@ -26,8 +26,9 @@ mod params;
 
 pub use engine::Evaluator;
 pub use keys::{
-    compress_output, decompress_output, expand_inputs, generate_keys, random_u128, raw_key_bytes,
-    raw_key_lengths, Ciphertext, ClientKey, RawPartitionKey, SeededInputs, ServerKey,
+    bootstrap_key_bits, compress_output, decompress_output, expand_inputs, generate_keys,
+    generate_keys_with_progress, random_u128, raw_key_bytes, raw_key_lengths, Ciphertext,
+    ClientKey, RawPartitionKey, SeededInputs, ServerKey,
 };
 pub use latency::predicted_latency_ms;
 pub use noise::{rounding_sigmas, NoiseBudget};
@@ -36,6 +37,34 @@ pub use params::{
     CryptoParams, KeyParams, PErrorTarget, ParamChoice, ParamError, PartitionKeyParams,
     PartitionParams, MAX_EVALUATION_KEY_BYTES,
 };
+
+/// Counts work done across threads and reports `(done, total)` to a callback: key
+/// generation and key preparation report one unit per bootstrap-key bit.
+pub struct Progress<'a> {
+    done: std::sync::atomic::AtomicUsize,
+    total: usize,
+    report: &'a (dyn Fn(usize, usize) + Sync),
+}
+
+impl<'a> Progress<'a> {
+    pub fn new(total: usize, report: &'a (dyn Fn(usize, usize) + Sync)) -> Self {
+        Progress {
+            done: std::sync::atomic::AtomicUsize::new(0),
+            total,
+            report,
+        }
+    }
+
+    /// A counter nobody watches.
+    pub fn none() -> Progress<'static> {
+        Progress::new(0, &|_, _| {})
+    }
+
+    pub(crate) fn add(&self, n: usize) {
+        let done = self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        (self.report)(done, self.total);
+    }
+}
 
 /// The tfhe-rs release fhec's keys and ciphertexts are made with (pinned in the
 /// workspace's Cargo.toml; a test checks the lock file agrees).

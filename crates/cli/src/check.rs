@@ -52,6 +52,77 @@ struct Figures {
     /// Millions of bytes (0 for a model without bootstrap).
     evaluation_key_mb: f64,
     max_bits: u32,
+    /// fhec's float outputs on the test set against an independent implementation.
+    float_reference: FloatReference,
+}
+
+/// How fhec's float interpreter compares with tract-onnx on the test set.
+#[derive(Serialize)]
+struct FloatReference {
+    engine: &'static str,
+    /// `agrees`, `differs`, `unsupported` (tract cannot run the model) or `not_built`
+    /// (fhec built without the `tract` feature).
+    status: &'static str,
+    detail: Option<String>,
+    elements: Option<usize>,
+    max_abs_diff: Option<f64>,
+    /// Largest `|fhec − tract| / (1 + |tract|)`; `agrees` when at most `tolerance`.
+    max_scaled_diff: Option<f64>,
+    tolerance: Option<f64>,
+}
+
+#[cfg(feature = "tract")]
+fn float_reference(
+    model: &Path,
+    graph: &fhec_frontend_onnx::FloatGraph,
+    samples: &[Vec<fhec_frontend_onnx::Tensor>],
+    ours: &[Vec<fhec_frontend_onnx::Tensor>],
+) -> Result<FloatReference> {
+    let onnx = files::read_limited(model, files::memory_budget(), "an ONNX model")?;
+    let none = |status, detail| FloatReference {
+        engine: fhec_reference::ENGINE,
+        status,
+        detail: Some(detail),
+        elements: None,
+        max_abs_diff: None,
+        max_scaled_diff: None,
+        tolerance: None,
+    };
+    let reference = match fhec_reference::run(&onnx, graph, samples) {
+        Ok(r) => r,
+        Err(e) => return Ok(none("unsupported", e.to_string())),
+    };
+    let a = match fhec_reference::compare(ours, &reference) {
+        Ok(a) => a,
+        Err(e) => return Ok(none("differs", e.to_string())),
+    };
+    Ok(FloatReference {
+        engine: fhec_reference::ENGINE,
+        status: if a.agrees() { "agrees" } else { "differs" },
+        detail: None,
+        elements: Some(a.elements),
+        max_abs_diff: Some(a.max_abs_diff),
+        max_scaled_diff: Some(a.max_scaled_diff),
+        tolerance: Some(fhec_reference::TOLERANCE),
+    })
+}
+
+#[cfg(not(feature = "tract"))]
+fn float_reference(
+    _: &Path,
+    _: &fhec_frontend_onnx::FloatGraph,
+    _: &[Vec<fhec_frontend_onnx::Tensor>],
+    _: &[Vec<fhec_frontend_onnx::Tensor>],
+) -> Result<FloatReference> {
+    Ok(FloatReference {
+        engine: "tract-onnx",
+        status: "not_built",
+        detail: Some("fhec was built without the `tract` feature".into()),
+        elements: None,
+        max_abs_diff: None,
+        max_scaled_diff: None,
+        tolerance: None,
+    })
 }
 
 #[derive(Serialize)]
@@ -144,6 +215,18 @@ pub fn check(a: &CheckArgs, options: &fhec_compiler::Options) -> Result<ExitCode
     let failed = report.budgets.iter().any(|v| !v.passed);
     report.verdict = if failed { "fail" } else { "pass" };
     print_summary(&figures, &report.budgets);
+    let reference = &figures.float_reference;
+    if reference.status == "differs" {
+        annotate(
+            "warning",
+            &format!(
+                "fhec's float interpreter differs from {} on this model (max |diff| {:?}): {}",
+                reference.engine,
+                reference.max_abs_diff,
+                reference.detail.as_deref().unwrap_or("outputs differ")
+            ),
+        );
+    }
     for v in &report.budgets {
         if !v.passed {
             annotate(
@@ -188,6 +271,7 @@ fn measure(a: &CheckArgs, options: &fhec_compiler::Options) -> Result<Figures> {
         .map_err(files::about(a.model))?;
     let scores = score::score(&art.graph, k, &float, &simulated, labels.as_deref())
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.test.display()))?;
+    let float_reference = float_reference(a.model, &art.graph, &samples, &float)?;
     let r = Report::new(
         &art.source,
         &art.server.circuit,
@@ -205,6 +289,7 @@ fn measure(a: &CheckArgs, options: &fhec_compiler::Options) -> Result<Figures> {
             .as_ref()
             .map_or(0.0, |d| d.evaluation_key_bytes as f64 / 1e6),
         max_bits: info.max_bits,
+        float_reference,
     })
 }
 
@@ -246,6 +331,17 @@ fn print_summary(f: &Figures, budgets: &[BudgetVerdict]) {
             .map_or_else(|| "-".to_string(), |ms| format!("{ms:.0} ms")),
         f.evaluation_key_mb,
         f.max_bits
+    );
+    let r = &f.float_reference;
+    println!(
+        "float reference ({}): {}{}",
+        r.engine,
+        r.status,
+        match (r.max_abs_diff, &r.detail) {
+            (Some(d), _) => format!(", max |fhec - reference| {d:.2e}"),
+            (None, Some(detail)) => format!(" ({detail})"),
+            (None, None) => String::new(),
+        }
     );
     for v in budgets {
         println!(

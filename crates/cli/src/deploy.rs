@@ -2,13 +2,13 @@
 //! for the server (docs/DEPLOYMENT.md). Each reads its files, calls `fhec-runtime`, and
 //! writes its result whole or not at all.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use fhec::files::{self, about, guard_fhec_file, guard_overwrite, read_limited};
+use fhec::progress::Bar;
 use fhec::{keydir, npy};
 use fhec_frontend_onnx::{FloatGraph, Tensor};
 use fhec_runtime::{
@@ -25,7 +25,13 @@ fn generate(client: &Client) -> (SecretKey, EvaluationKey) {
         bytes as f64 / 1e6
     );
     let t = Instant::now();
-    let keys = client.keygen();
+    let bar = Bar::new(
+        "keygen",
+        fhec_backend_tfhe::bootstrap_key_bits(&client.part().keys),
+        "key bits",
+    );
+    let keys = client.keygen_with_progress(&bar.report());
+    drop(bar);
     eprintln!("keygen: done in {:.1} s", t.elapsed().as_secs_f64());
     keys
 }
@@ -199,7 +205,13 @@ pub fn keys_for_predict(
 /// Prepares an evaluation key, with its time on stderr.
 pub fn prepare(server: &Server, key: &EvaluationKey) -> Result<PreparedKey> {
     let t = Instant::now();
-    let prepared = server.prepare(key)?;
+    let bar = Bar::new(
+        "preparing the evaluation key",
+        fhec_backend_tfhe::bootstrap_key_bits(&server.part().params.keys),
+        "key bits",
+    );
+    let prepared = server.prepare_with_progress(key, &bar.report())?;
+    drop(bar);
     if server.info().pbs_per_sample > 0 {
         eprintln!(
             "server: evaluation key prepared in {:.1} s",
@@ -209,7 +221,8 @@ pub fn prepare(server: &Server, key: &EvaluationKey) -> Result<PreparedKey> {
     Ok(prepared)
 }
 
-/// Evaluates with progress on stderr: a PBS counter on a terminal, one line per sample.
+/// Evaluates with progress on stderr: a bar over every bootstrap with its ETA on a
+/// terminal, and one line per finished sample.
 pub fn run_with_progress(
     server: &Server,
     key: &PreparedKey,
@@ -217,24 +230,22 @@ pub fn run_with_progress(
 ) -> Result<EncryptedOutputs> {
     let total = inputs.samples.len();
     let pbs = server.info().pbs_per_sample;
-    let tty = std::io::stderr().is_terminal();
+    let bar = Bar::new("fhe", total * pbs, "PBS");
+    let bar_report = bar.report_samples(total);
     // when the current sample started, and the last sample reported done
     let state = std::sync::Mutex::new((Instant::now(), None::<usize>));
     let progress = |i: usize, done: usize| {
         if pbs == 0 {
             return;
         }
-        if tty {
-            eprint!("\rfhe: sample {}/{total}: {done}/{pbs} PBS", i + 1);
-        }
+        bar_report(i, done);
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         if done == pbs && s.1 != Some(i) {
-            eprintln!(
-                "{}fhe: sample {}/{total} done in {:.2} s ({pbs} PBS)",
-                if tty { "\r" } else { "" },
+            bar.println(&format!(
+                "fhe: sample {}/{total} done in {:.2} s ({pbs} PBS)",
                 i + 1,
                 s.0.elapsed().as_secs_f64()
-            );
+            ));
             *s = (Instant::now(), Some(i));
         }
     };

@@ -6,3 +6,4 @@ pub mod check;
 pub mod files;
 pub mod keydir;
 pub mod npy;
+pub mod progress;

@@ -108,10 +108,17 @@ fn sample_progress(pbs: usize, total: usize) -> impl Fn(usize, usize) + Sync {
     }
 }
 
+/// Key generation with a bar (on a terminal) and its time on stderr.
 fn keygen_with_progress(client: &Client) -> (SecretKey, EvaluationKey) {
     eprintln!("fhec: generating keys…");
     let t = std::time::Instant::now();
-    let keys = client.keygen();
+    let bar = fhec::progress::Bar::new(
+        "keygen",
+        fhec_backend_tfhe::bootstrap_key_bits(&client.part().keys),
+        "key bits",
+    );
+    let keys = client.keygen_with_progress(&bar.report());
+    drop(bar);
     eprintln!("fhec: keys generated in {:.1} s", t.elapsed().as_secs_f64());
     keys
 }

@@ -2,7 +2,7 @@
 //! dequantization and the float tail of outputs. It holds the secret key; what it
 //! sends (evaluation key, encrypted inputs) decrypts nothing.
 
-use fhec_backend_tfhe::{decompress_output, generate_keys};
+use fhec_backend_tfhe::decompress_output;
 use fhec_frontend_onnx::{FloatGraph, Tensor};
 
 use crate::ciphertexts::{EncryptedInputs, EncryptedOutputs};
@@ -49,7 +49,16 @@ impl Client {
 
     /// Fresh keys: the secret key (stays here) and the evaluation key (for the server).
     pub fn keygen(&self) -> (SecretKey, EvaluationKey) {
-        let (client, server) = generate_keys(&self.part.keys);
+        self.keygen_with_progress(&|_, _| {})
+    }
+
+    /// [`keygen`](Self::keygen), reporting `(bootstrap-key bits done, total)`.
+    pub fn keygen_with_progress(
+        &self,
+        report: &(dyn Fn(usize, usize) + Sync),
+    ) -> (SecretKey, EvaluationKey) {
+        let (client, server) =
+            fhec_backend_tfhe::generate_keys_with_progress(&self.part.keys, report);
         let key_id = KeyId::from_u128(fresh_id());
         let model = self.part.model_id;
         (

@@ -57,6 +57,15 @@ impl Server {
 
     /// Prepares an evaluation key of this model for evaluation.
     pub fn prepare(&self, key: &EvaluationKey) -> Result<PreparedKey, Error> {
+        self.prepare_with_progress(key, &|_, _| {})
+    }
+
+    /// [`prepare`](Self::prepare), reporting `(bootstrap-key bits prepared, total)`.
+    pub fn prepare_with_progress(
+        &self,
+        key: &EvaluationKey,
+        report: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<PreparedKey, Error> {
         if key.model_id != self.part.model_id || key.key.params != self.part.params.keys {
             return Err(Error::Mismatch(format!(
                 "this evaluation key belongs to model {}, not to this model ({})",
@@ -66,7 +75,7 @@ impl Server {
         Ok(PreparedKey {
             model_id: key.model_id,
             key_id: key.key_id,
-            evaluator: Evaluator::new(&self.part.circuit, &self.info, &key.key)?,
+            evaluator: Evaluator::with_progress(&self.part.circuit, &self.info, &key.key, report)?,
         })
     }
 

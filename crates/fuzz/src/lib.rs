@@ -36,17 +36,53 @@ pub fn onnx(data: &[u8]) {
     let _ = fhec_frontend_onnx::import(data);
 }
 
+/// The same bytes with the header's payload length and SHA-256 digest recomputed, as an
+/// attacker who edits a file and fixes its digest would: without it, nearly every
+/// mutation stops at the digest check and the parsers behind it are never reached.
+fn with_valid_digest(data: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    let nl = data.iter().position(|&b| b == b'\n')?;
+    let header = std::str::from_utf8(&data[..nl]).ok()?;
+    let fields: Vec<&str> = header.split(' ').collect();
+    let [kind, version, model, key, _, _] = fields.as_slice() else {
+        return None;
+    };
+    let payload = &data[nl + 1..];
+    let digest: String = sha2::Sha256::digest(payload)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut out =
+        format!("{kind} {version} {model} {key} {} {digest}\n", payload.len()).into_bytes();
+    out.extend_from_slice(payload);
+    Some(out)
+}
+
+/// `f` on the bytes as given, then with a valid digest.
+fn as_given_and_redigested(data: &[u8], f: impl Fn(&[u8])) {
+    f(data);
+    if let Some(fixed) = with_valid_digest(data) {
+        f(&fixed);
+    }
+}
+
 /// The developer artifact and the two deployment parts (framing, checksum, JSON, then
 /// the structural checks and verification of the circuit they carry).
 pub fn artifact(data: &[u8]) {
-    let _ = fhec_runtime::Artifact::from_bytes(data);
-    let _ = ServerPart::from_bytes(data);
-    let _ = ClientPart::from_bytes(data);
+    as_given_and_redigested(data, |d| {
+        let _ = fhec_runtime::Artifact::from_bytes(d);
+        let _ = ServerPart::from_bytes(d);
+        let _ = ClientPart::from_bytes(d);
+    });
 }
 
 /// Secret keys, evaluation keys and ciphertext files, read against a real model's key
 /// parameters, and a server's and a client's checks of what they read.
 pub fn keys(data: &[u8]) {
+    as_given_and_redigested(data, keys_once);
+}
+
+fn keys_once(data: &[u8]) {
     let m = model();
     let id = m.client.part().model_id;
     let params = &m.client.part().keys;

@@ -25,13 +25,7 @@ fn generate(client: &Client) -> (SecretKey, EvaluationKey) {
         bytes as f64 / 1e6
     );
     let t = Instant::now();
-    let bar = Bar::new(
-        "keygen",
-        fhec_backend_tfhe::bootstrap_key_bits(&client.part().keys),
-        "key bits",
-    );
-    let keys = client.keygen_with_progress(&bar.report());
-    drop(bar);
+    let keys = fhec::progress::keygen(client);
     eprintln!("keygen: done in {:.1} s", t.elapsed().as_secs_f64());
     keys
 }

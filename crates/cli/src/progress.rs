@@ -5,7 +5,19 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
+use fhec_runtime::{Client, EvaluationKey, SecretKey};
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// Generates a client's keys behind a bar over the bootstrap-key bits (on a terminal).
+pub fn keygen(client: &Client) -> (SecretKey, EvaluationKey) {
+    let bar = Bar::new(
+        "keygen",
+        fhec_backend_tfhe::bootstrap_key_bits(&client.part().keys),
+        "key bits",
+    );
+    let keys = client.keygen_with_progress(&bar.report());
+    keys
+}
 
 /// A bar over `total` units, or nothing when stderr is not a terminal.
 pub struct Bar(Option<ProgressBar>);

@@ -276,13 +276,7 @@ fn keys_for_remote(client: &Client, dir: &Path) -> Result<(SecretKey, Vec<u8>)> 
             EvaluationKey::body_bytes(&client.part().keys) as f64 / 1e6
         );
         let t = Instant::now();
-        let bar = fhec::progress::Bar::new(
-            "keygen",
-            fhec_backend_tfhe::bootstrap_key_bits(&client.part().keys),
-            "key bits",
-        );
-        let (secret, evaluation) = client.keygen_with_progress(&bar.report());
-        drop(bar);
+        let (secret, evaluation) = fhec::progress::keygen(client);
         keydir::save(dir, &secret, &evaluation)?;
         eprintln!(
             "remote: keys generated in {:.1} s and saved to {}",

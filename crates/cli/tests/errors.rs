@@ -248,32 +248,27 @@ fn nan_or_inf_in_an_inputset() {
 fn what_exceeds_the_memory_budget_is_refused_with_its_size() {
     let d = tmp("budget");
     let (model, train) = iris();
-    // 100 calibration samples of every value of the MLP do not fit 32 KiB
-    assert_fails(
-        &[
+    let out = d.join("m.fhe");
+    let compile_within = |budget: &'static str| {
+        [
             "--memory-budget",
-            "32KiB",
+            budget,
             "compile",
             s(&model),
             "--inputset",
             s(&train),
             "-o",
-            s(&d.join("m.fhe")),
-        ],
+            s(&out),
+        ]
+    };
+    // 100 calibration samples of every value of the MLP do not fit 32 KiB
+    assert_fails(
+        &compile_within("32KiB"),
         &["calibrating on 100 samples", "memory budget of 32.0 KiB"],
     );
     // the model's own tensors
     assert_fails(
-        &[
-            "--memory-budget",
-            "1KiB",
-            "compile",
-            s(&model),
-            "--inputset",
-            s(&train),
-            "-o",
-            s(&d.join("m.fhe")),
-        ],
+        &compile_within("1KiB"),
         &["model.onnx", "memory budget of 1.0 KiB"],
     );
     // an .npy whose header claims 2^40 rows is refused before anything is allocated

@@ -52,8 +52,11 @@ fn with_valid_digest(data: &[u8]) -> Option<Vec<u8>> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let mut out =
-        format!("{kind} {version} {model} {key} {} {digest}\n", payload.len()).into_bytes();
+    let mut out = format!(
+        "{kind} {version} {model} {key} {} {digest}\n",
+        payload.len()
+    )
+    .into_bytes();
     out.extend_from_slice(payload);
     Some(out)
 }

@@ -112,13 +112,7 @@ fn sample_progress(pbs: usize, total: usize) -> impl Fn(usize, usize) + Sync {
 fn keygen_with_progress(client: &Client) -> (SecretKey, EvaluationKey) {
     eprintln!("fhec: generating keys…");
     let t = std::time::Instant::now();
-    let bar = fhec::progress::Bar::new(
-        "keygen",
-        fhec_backend_tfhe::bootstrap_key_bits(&client.part().keys),
-        "key bits",
-    );
-    let keys = client.keygen_with_progress(&bar.report());
-    drop(bar);
+    let keys = fhec::progress::keygen(client);
     eprintln!("fhec: keys generated in {:.1} s", t.elapsed().as_secs_f64());
     keys
 }

@@ -567,27 +567,39 @@ fn a_strict_failure_suggests_settings_that_compile() {
     );
 }
 
-/// scikit-learn's KNeighborsClassifier as skl2onnx exports it: refused at import, naming
-/// the nodes and why.
+/// A `Scan` whose body is not the squared distances skl2onnx writes for nearest
+/// neighbours is refused, naming the node, the body op and what is supported.
 #[test]
-fn k_nearest_neighbours_are_refused_naming_why() {
-    let dir = common::fixtures().join("refused/knn_iris");
-    let out = tmp("knn").join("m.fhe");
+fn a_scan_other_than_nearest_neighbour_distances_is_refused_naming_why() {
+    use fhec_frontend_onnx::pb;
+    use prost::Message;
+    let dir = common::fixtures().join("knn_iris");
+    let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
+    let mut model = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let scan = graph.node.iter_mut().find(|n| n.op_type == "Scan").unwrap();
+    let body = scan.attribute[0].g.as_mut().unwrap();
+    for n in body
+        .node
+        .iter_mut()
+        .filter(|n| n.op_type == "ReduceSumSquare")
+    {
+        n.op_type = "ReduceL1".into(); // a Manhattan distance
+    }
+    let d = tmp("scan");
+    let path = d.join("m.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    let out = d.join("m.fhe");
     assert_fails(
         &[
             "compile",
-            s(&dir.join("model.onnx")),
+            s(&path),
             "--inputset",
             s(&dir.join("train.npy")),
             "-o",
             s(&out),
         ],
-        &[
-            "Scan (domain ai.onnx",
-            "TopK (domain ai.onnx",
-            "k-nearest neighbours",
-            "sorting network",
-        ],
+        &["Scan", "ReduceL1", "nearest neighbours", "ReduceSumSquare"],
     );
     assert!(!out.exists());
 }

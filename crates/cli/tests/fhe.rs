@@ -232,3 +232,11 @@ fn max_of_two_encrypted_fhe_equals_simulate() {
 fn product_of_two_encrypted_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("op_mul_two", 1) > 0);
 }
+
+/// k-nearest neighbours: every compare-exchange of the selection network is an exact
+/// lookup on packed distance-and-label keys, so FHE decrypts the very labels simulate
+/// computes.
+#[test]
+fn k_nearest_neighbours_fhe_equals_simulate() {
+    assert!(fhe_equals_simulate("knn_small", 2) > 0);
+}

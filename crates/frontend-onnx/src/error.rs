@@ -48,20 +48,10 @@ pub enum ImportError {
 }
 
 fn list(ops: &[UnsupportedOp]) -> String {
-    let mut text = ops
-        .iter()
+    ops.iter()
         .map(|o| o.to_string())
         .collect::<Vec<_>>()
-        .join(", ");
-    if ops.iter().any(|o| o.op_type == "TopK") {
-        // what skl2onnx writes for KNeighborsClassifier/Regressor
-        text.push_str(
-            "; TopK selects among encrypted values (k-nearest neighbours: the k smallest \
-             of the distances to every training sample), which needs an encrypted sorting \
-             network fhec does not have",
-        );
-    }
-    text
+        .join(", ")
 }
 
 /// A byte count for people: `3.2 GiB (3435973837 bytes)`.

@@ -453,6 +453,59 @@ pub enum Op {
     TakeLast {
         data: Tensor,
     },
+    /// The squared Euclidean distance from `x` (`[1, features]`) to each row of `points`
+    /// (`[n, features]`), as `[n, 1]`: skl2onnx's `Scan` over the training points.
+    SquaredDistances {
+        points: Tensor,
+    },
+    /// ONNX TopK over the last axis: outputs the `k` largest (smallest) values, sorted,
+    /// and their indices (ties to the lower index).
+    TopK {
+        k: usize,
+        largest: bool,
+    },
+    /// k-nearest neighbours, fused at import from the distances, TopK and the label
+    /// lookup scikit-learn's KNeighbors* exports are made of.
+    Neighbours(Box<Neighbours>),
+}
+
+/// k-nearest neighbours: `[1, features]` → `[1, k]`, the codes of the labels of the `k`
+/// training points nearest to the input in Euclidean distance, nearest first, ties to
+/// the lower point index. A code indexes the distinct labels (a `TakeLast` after this
+/// op maps codes back to labels).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Neighbours {
+    /// Row-major `[n, features]`.
+    pub points: Vec<f64>,
+    pub features: usize,
+    /// Per training point, its label's code in `0..classes`.
+    pub codes: Vec<u32>,
+    pub classes: usize,
+    pub k: usize,
+}
+
+impl Neighbours {
+    pub fn point_count(&self) -> usize {
+        self.codes.len()
+    }
+    pub fn point(&self, i: usize) -> &[f64] {
+        &self.points[i * self.features..(i + 1) * self.features]
+    }
+    /// The codes of the `k` nearest points to `x`, nearest first (the float semantics).
+    pub fn nearest_codes(&self, x: &[f64]) -> Vec<u32> {
+        let dist: Vec<f64> = (0..self.point_count())
+            .map(|i| {
+                self.point(i)
+                    .iter()
+                    .zip(x)
+                    .map(|(p, v)| (v - p) * (v - p))
+                    .sum()
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..dist.len()).collect();
+        order.sort_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
+        order.iter().take(self.k).map(|&i| self.codes[i]).collect()
+    }
 }
 
 impl Op {
@@ -480,6 +533,9 @@ impl Op {
             Op::Dequantize { .. } => "DequantizeLinear",
             Op::Impute { .. } => "Imputer",
             Op::TakeLast { .. } => "ArrayFeatureExtractor",
+            Op::SquaredDistances { .. } => "SquaredDistances",
+            Op::TopK { .. } => "TopK",
+            Op::Neighbours(_) => "Neighbours",
         }
     }
 
@@ -490,6 +546,8 @@ impl Op {
             Op::Dense { weight, bias, .. } => weight.len() + bias.len(),
             Op::BinaryConst { constant, .. } => constant.data.len(),
             Op::Impute { values, .. } => values.len(),
+            Op::SquaredDistances { points } => points.data.len(),
+            Op::Neighbours(n) => n.points.len() + n.codes.len(),
             Op::Sparse(m) => m.terms.len() + m.bias.len(),
             Op::Conv(c) => c.weight.len() + c.bias.len(),
             Op::TreeEnsemble(e) => {

@@ -195,6 +195,53 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             shape.push(x.numel());
             vec![Tensor::new(shape, out, data.dtype)]
         }
+        Op::SquaredDistances { points } => {
+            let features = points.shape.last().copied().unwrap_or(1).max(1);
+            let (n, rows) = (points.numel() / features, x.numel() / features);
+            let mut out = Vec::with_capacity(n * rows);
+            for p in points.data.chunks(features) {
+                for r in x.data.chunks(features) {
+                    out.push(r.iter().zip(p).map(|(a, b)| (a - b) * (a - b)).sum());
+                }
+            }
+            vec![Tensor::new(vec![n, rows], out, x.dtype)]
+        }
+        Op::TopK { k, largest } => {
+            let last = x.shape.last().copied().unwrap_or(1).max(1);
+            let (mut values, mut indices) = (Vec::new(), Vec::new());
+            for row in x.data.chunks(last) {
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|&a, &b| {
+                    let by_value = row[a].total_cmp(&row[b]);
+                    if *largest {
+                        by_value.reverse()
+                    } else {
+                        by_value
+                    }
+                    .then(a.cmp(&b))
+                });
+                for &i in order.iter().take(*k) {
+                    values.push(row[i]);
+                    indices.push(i as f64);
+                }
+            }
+            let mut shape = x.shape.clone();
+            if let Some(l) = shape.last_mut() {
+                *l = *k;
+            }
+            vec![
+                Tensor::new(shape.clone(), values, x.dtype),
+                Tensor::new(shape, indices, DType::I64),
+            ]
+        }
+        Op::Neighbours(nb) => {
+            let mut codes = Vec::new();
+            for r in x.data.chunks(nb.features.max(1)) {
+                codes.extend(nb.nearest_codes(r).into_iter().map(f64::from));
+            }
+            let rows = x.numel() / nb.features.max(1);
+            vec![Tensor::new(vec![rows, nb.k], codes, DType::I64)]
+        }
         Op::Quantize {
             scale,
             zero_point,

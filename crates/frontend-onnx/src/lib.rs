@@ -128,6 +128,7 @@ pub fn import_with(bytes: &[u8], limits: &Limits) -> Result<FloatGraph, ImportEr
         build(&mut ctx)?;
         b.within_budget(&name)?;
     }
+    ops::fuse_neighbours(&mut b);
     let mut outputs = Vec::new();
     for out in &graph.output {
         let id = *b

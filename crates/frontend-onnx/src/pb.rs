@@ -79,6 +79,9 @@ pub struct AttributeProto {
     pub ints: Vec<i64>,
     #[prost(bytes = "vec", repeated, tag = "9")]
     pub strings: Vec<Vec<u8>>,
+    /// A subgraph (Scan's body); prost bounds the nesting depth when decoding.
+    #[prost(message, optional, boxed, tag = "6")]
+    pub g: Option<Box<GraphProto>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -428,7 +428,7 @@ fn bits(t: LutOutput) -> QValue {
 }
 
 /// A table's integer outputs taken at face value (scale 1, offset 0).
-fn integers(t: LutOutput, narrow: bool) -> QValue {
+pub(crate) fn integers(t: LutOutput, narrow: bool) -> QValue {
     let n = t.sound.len();
     QValue {
         node: t.node,

@@ -86,7 +86,7 @@ pub fn quantize(
     };
     let mut inputs = Vec::new();
     for (index, (&id, values)) in circuit_inputs.iter().zip(&calibration).enumerate() {
-        inputs.push(b.input(index, id, values));
+        inputs.push(b.input(index, id, values)?);
     }
     for (i, node) in graph.nodes.iter().enumerate() {
         if circuit_side[i] {
@@ -216,8 +216,20 @@ fn check_inputset(graph: &FloatGraph, inputset: &[Vec<Tensor>]) -> Result<(), Qu
 pub(crate) fn circuit_side(graph: &FloatGraph, head: &[bool]) -> Vec<bool> {
     let mut side = vec![false; graph.nodes.len()];
     let mut needed: std::collections::HashSet<ValueId> = Default::default();
+    // the circuit ends at a nearest-neighbours selection: the vote on the k labels and
+    // what follows run on the client
+    let mut after_neighbours = vec![false; graph.values.len()];
+    for node in &graph.nodes {
+        if matches!(node.op, Op::Neighbours(_))
+            || node.inputs.iter().any(|v| after_neighbours[v.0 as usize])
+        {
+            for o in &node.outputs {
+                after_neighbours[o.0 as usize] = true;
+            }
+        }
+    }
     for (i, node) in graph.nodes.iter().enumerate().rev() {
-        if head[i] {
+        if head[i] || node.inputs.iter().any(|v| after_neighbours[v.0 as usize]) {
             continue;
         }
         // pure data movement (a column picked after the classifier's head…) needs
@@ -231,6 +243,7 @@ pub(crate) fn circuit_side(graph: &FloatGraph, head: &[bool]) -> Vec<bool> {
                     | Op::Pairwise { .. }
                     | Op::GroupMax { .. }
                     | Op::TreeEnsemble(_)
+                    | Op::Neighbours(_)
             ),
         };
         if heavy || node.outputs.iter().any(|o| needed.contains(o)) {
@@ -307,6 +320,18 @@ impl Lowering<'_> {
             .then_some(g)
     }
 
+    /// The neighbours op reading `id`, when it is the only reader.
+    fn read_only_by_neighbours(&self, id: ValueId) -> Option<&fhec_frontend_onnx::Neighbours> {
+        let mut readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&id));
+        match (readers.next(), readers.next()) {
+            (Some(n), None) => match &n.op {
+                Op::Neighbours(nb) => Some(nb),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     fn read_only_by_trees(&self, id: ValueId) -> bool {
         let mut readers = self
             .graph
@@ -319,15 +344,43 @@ impl Lowering<'_> {
 
     /// Circuit input `index`: the value `id` (a model input or a head output), whose
     /// calibration samples are `values`.
-    fn input(&mut self, index: usize, id: ValueId, values: &[Tensor]) -> InputQuant {
+    fn input(
+        &mut self,
+        index: usize,
+        id: ValueId,
+        values: &[Tensor],
+    ) -> Result<InputQuant, QuantError> {
         let info = self.graph.value(id);
         // a QAT model's input grid is its first QuantizeLinear's
         let model = self
             .model_grid_of(id)
             .filter(|g| ((g.max + 1) as u64).is_power_of_two());
-        let (scale, zero_point, bits) = match model {
-            Some(g) => (g.scale, g.zero, (g.max + 1).trailing_zeros()),
-            None => {
+        let neighbours = self.read_only_by_neighbours(id).filter(|_| model.is_none());
+        let mut per_element: Vec<(f64, i64)> = vec![];
+        let (scale, zero_point, bits) = match (model, neighbours) {
+            (Some(g), _) => (g.scale, g.zero, (g.max + 1).trailing_zeros()),
+            (None, Some(nb)) => {
+                let bits = crate::knn::input_bits(nb, self.cfg.input_bits).ok_or_else(|| {
+                    QuantError::Unsupported {
+                        node: info.name.clone(),
+                        op: "TopK".into(),
+                        reason: format!(
+                            "k-nearest neighbours over {} features and {} classes needs \
+                             comparisons of {} bits even on a 1-bit grid, over the {} bits \
+                             a selection network is built with",
+                            nb.features,
+                            nb.classes,
+                            crate::knn::comparison_bits(nb, 1),
+                            crate::knn::MAX_COMPARISON_BITS
+                        ),
+                    }
+                })?;
+                let samples: Vec<&[f64]> = values.iter().map(|t| t.data.as_slice()).collect();
+                per_element = crate::knn::input_grid(nb, &samples, bits);
+                let (scale, zero) = per_element.first().copied().unwrap_or((1.0, 0));
+                (scale, zero, bits)
+            }
+            (None, None) => {
                 let bits = self.cfg.input_bits;
                 let (lo, hi) = min_max(values.iter().flat_map(|t| t.data.iter().copied()));
                 let (scale, zero_point) = asymmetric(lo, hi, bits);
@@ -344,16 +397,14 @@ impl Lowering<'_> {
         let numel: usize = info.shape.iter().product();
         // a tree ensemble compares each feature with its own thresholds: one grid per
         // feature keeps a small-valued feature from being crushed by a large one
-        let per_element: Vec<(f64, i64)> = if model.is_none() && self.read_only_by_trees(id) {
-            (0..numel)
+        if model.is_none() && per_element.is_empty() && self.read_only_by_trees(id) {
+            per_element = (0..numel)
                 .map(|e| {
                     let (lo, hi) = min_max(values.iter().map(|t| t.data[e]));
                     asymmetric(lo, hi, bits)
                 })
-                .collect()
-        } else {
-            vec![]
-        };
+                .collect();
+        }
         let iq = InputQuant {
             value: id,
             name: info.name.clone(),
@@ -403,7 +454,7 @@ impl Lowering<'_> {
                 design: None,
             },
         );
-        iq
+        Ok(iq)
     }
 
     fn node(&mut self, node: &fhec_frontend_onnx::Node) -> Result<(), QuantError> {
@@ -437,6 +488,8 @@ impl Lowering<'_> {
             Op::Pairwise { kind, left, right } => self.pairwise(&node.name, xs, *kind, left, right, out_shape)?,
             Op::GroupMax { groups, min } => self.group_max(&node.name, x, groups, *min, out_shape)?,
             Op::TreeEnsemble(e) => self.tree_ensemble(&node.name, x, e, out_shape)?,
+            Op::Neighbours(nb) => self.neighbours(&node.name, x, nb, out_shape)?,
+            Op::TopK { .. } | Op::SquaredDistances { .. } => return Err(unsupported("TopK and Scan run in the circuit only as the k-nearest-neighbours selection scikit-learn's KNeighborsClassifier exports (the k smallest distances to the training points, whose labels an ArrayFeatureExtractor reads; uniform weights)")),
             Op::Quantize { scale, zero_point, qmin, qmax } => self.quantize_to_model_grid(&node.name, x, *scale, *zero_point, *qmin, *qmax)?,
             Op::Dequantize { scale, zero_point } => {
                 let numel = x.scale.len();

@@ -30,6 +30,7 @@ mod client;
 mod config;
 mod conv;
 mod head;
+mod knn;
 mod sparse;
 mod tlu;
 mod trees;

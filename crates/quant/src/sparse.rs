@@ -40,6 +40,29 @@ impl Lowering<'_> {
         rows: IntRows,
         shape: Vec<usize>,
     ) -> Built {
+        self.affine_with(name, slots, rows, shape, false)
+    }
+
+    /// [`affine`](Self::affine) built for the sound range of every element, not the
+    /// calibrated one: for values that must never wrap whatever the input.
+    pub(crate) fn affine_sound(
+        &mut self,
+        name: &str,
+        slots: &[&QValue],
+        rows: IntRows,
+        shape: Vec<usize>,
+    ) -> Built {
+        self.affine_with(name, slots, rows, shape, true)
+    }
+
+    fn affine_with(
+        &mut self,
+        name: &str,
+        slots: &[&QValue],
+        rows: IntRows,
+        shape: Vec<usize>,
+        sound_design: bool,
+    ) -> Built {
         let samples = slots[0].calib.len();
         let n = rows.rows.len();
         let mut calib = vec![Vec::with_capacity(n); samples];
@@ -65,7 +88,11 @@ impl Lowering<'_> {
                 out.push(v);
             }
             let m = ((hi - lo) as f64 * self.cfg.range_margin).ceil() as i64;
-            let (dlo, dhi) = ((lo - m).max(slo), (hi + m).min(shi));
+            let (dlo, dhi) = if sound_design {
+                (slo, shi)
+            } else {
+                ((lo - m).max(slo), (hi + m).min(shi))
+            };
             let sh = (-dlo).max(0);
             sound.push((slo + sh, shi + sh));
             design.push((dlo + sh, dhi + sh));

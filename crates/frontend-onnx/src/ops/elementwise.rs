@@ -130,7 +130,6 @@ fn two_varying(
                 .collect();
             emit_rows(ctx, &[a, b], rows, shape)
         }
-        BinaryKind::Div => Err(ctx.err("division by an encrypted tensor is not supported")),
         BinaryKind::Pow => Err(ctx.err("the exponent is encrypted: Pow needs a constant exponent")),
         BinaryKind::PRelu => Err(ctx.err("PRelu with an encrypted slope is not supported")),
         _ => {

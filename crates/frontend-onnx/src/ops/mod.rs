@@ -4,6 +4,7 @@ mod elementwise;
 mod linear;
 mod mlops;
 mod movement;
+mod neighbours;
 mod norm;
 mod preprocess;
 mod qdq;
@@ -51,6 +52,8 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
             "Cast" => shape::cast,
             "Softmax" => mlops::softmax,
             "ArgMax" => mlops::argmax,
+            "Scan" => neighbours::scan,
+            "TopK" => neighbours::top_k,
             "QuantizeLinear" => qdq::quantize_linear,
             "DequantizeLinear" => qdq::dequantize_linear,
             _ => return None,
@@ -78,6 +81,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
     Some(f)
 }
 
+pub(crate) use neighbours::fuse as fuse_neighbours;
 pub(crate) use qdq::{narrow_quantize, quantize_value};
 
 /// Resolves a possibly negative axis against a rank.

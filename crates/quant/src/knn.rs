@@ -1,0 +1,395 @@
+//! k-nearest neighbours in the circuit ([`Op::Neighbours`](fhec_frontend_onnx::Op)).
+//!
+//! The input and the training points share one grid: a scale common to every feature
+//! (distances compare features with each other) and a zero point per feature. The
+//! squared distance to point `i` is then an integer, `Σ_j x_j² − 2 Σ_j p_ij x_j + Σ_j
+//! p_ij²`: one table per feature for `x_j²`, the rest an affine map. Each distance is
+//! packed with its point's label code into a key `C·dist + code`, so that a selection
+//! network of compare-exchange steps moves labels along with distances: one exact
+//! lookup per step, `min = a − relu(a − b)`, `max = b + relu(a − b)`. The network sorts
+//! blocks of k keys, then merges blocks pairwise keeping the k smallest; a last lookup
+//! reads the k codes (`key mod C`). Ties in distance go to the lower code. The client
+//! decrypts only the k codes (the vote runs on the client), not distances.
+//!
+//! Every value here is built for its sound range (not the calibrated one): a key read
+//! wrongly would move a label, so nothing may wrap.
+
+use fhec_frontend_onnx::Neighbours;
+use fhec_ir::{bits_for_range, IntOp, Range, Term, MAX_BITS};
+
+use crate::builder::{Lowering, QValue};
+use crate::sparse::{Built, IntRows};
+use crate::QuantError;
+
+/// An affine map's integers at face value (scale 1, offset 0).
+fn integers(b: Built) -> QValue {
+    let n = b.sound.len();
+    QValue {
+        node: b.node,
+        scale: vec![1.0; n],
+        offset: vec![0.0; n],
+        pending: vec![],
+        narrow: false,
+        calib: b.calib,
+        sound: b.sound,
+        design: Some(b.design),
+    }
+}
+
+/// The largest key a distance on a `bits`-bit grid takes: `C·d·(2^bits − 1)² + C − 1`.
+fn max_key(nb: &Neighbours, bits: u32) -> i64 {
+    let top = (1i64 << bits) - 1;
+    let classes = nb.classes.max(1) as i64;
+    classes * nb.features as i64 * top * top + classes - 1
+}
+
+/// Bits of the comparison lookups at input precision `bits`: the difference of two keys,
+/// shifted non-negative.
+pub(crate) fn comparison_bits(nb: &Neighbours, bits: u32) -> u32 {
+    bits_for_range(Range::new(0, 2 * max_key(nb, bits)))
+}
+
+/// The widest comparison a neighbours circuit is built with. Each comparison is an exact
+/// lookup, and an exact lookup one bit wider needs a polynomial twice as large at the
+/// default error probability: predicted on this project's cost model, 7 bits take
+/// 0.45 s per bootstrap (N = 16384, 1.5 GiB of bootstrap key in memory), 8 bits 1.0 s
+/// (N = 32768, 3.1 GiB), 9 bits 2.3 s (N = 65536, 5.7 GiB, and 5 GiB of key-switching
+/// key). A selection network takes hundreds of them per sample, so 8 bits is where a
+/// model stays runnable on one machine.
+pub(crate) const MAX_COMPARISON_BITS: u32 = 8;
+
+/// Input bits for a neighbours model: the most, up to `input_bits`, whose comparisons
+/// (bounded for any input) fit [`MAX_COMPARISON_BITS`]; `None` when not even one bit
+/// fits.
+pub(crate) fn input_bits(nb: &Neighbours, input_bits: u32) -> Option<u32> {
+    (1..=input_bits)
+        .rev()
+        .find(|&b| comparison_bits(nb, b) <= MAX_COMPARISON_BITS.min(MAX_BITS))
+}
+
+/// The input grid: one scale for every feature, a zero point per feature, covering the
+/// calibration values and the training points.
+pub(crate) fn input_grid(nb: &Neighbours, samples: &[&[f64]], bits: u32) -> Vec<(f64, i64)> {
+    let d = nb.features;
+    let top = ((1i64 << bits) - 1) as f64;
+    let mut bounds = vec![(f64::INFINITY, f64::NEG_INFINITY); d];
+    let rows = samples
+        .iter()
+        .flat_map(|s| s.chunks(d))
+        .chain(nb.points.chunks(d));
+    for row in rows {
+        for (b, &v) in bounds.iter_mut().zip(row) {
+            *b = (b.0.min(v), b.1.max(v));
+        }
+    }
+    let widest = bounds.iter().map(|(lo, hi)| hi - lo).fold(0.0, f64::max);
+    let scale = if widest > 0.0 { widest / top } else { 1.0 };
+    bounds
+        .iter()
+        .map(|&(lo, _)| (scale, (-lo / scale).round() as i64))
+        .collect()
+}
+
+/// A selection network over `n` keys keeping the `k` smallest: levels of disjoint
+/// compare-exchange pairs `(low, high)` (after a step, `low` holds the smaller key), and
+/// the positions holding the k smallest at the end, smallest first.
+pub(crate) fn selection_network(n: usize, k: usize) -> (Vec<Vec<(usize, usize)>>, Vec<usize>) {
+    let mut levels: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut blocks: Vec<Vec<usize>> = (0..n)
+        .collect::<Vec<_>>()
+        .chunks(k.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    sort_blocks(&mut levels, &blocks);
+    while blocks.len() > 1 {
+        let mut merged = Vec::new();
+        let mut step = Vec::new();
+        let mut pending = blocks.into_iter();
+        while let Some(a) = pending.next() {
+            match pending.next() {
+                Some(b) => {
+                    // the full block keeps the k smallest: a[k−1−i] vs b[i]
+                    let (a, b) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+                    for (i, &low) in a.iter().rev().take(b.len()).enumerate() {
+                        step.push((low, b[i]));
+                    }
+                    merged.push(a);
+                }
+                None => merged.push(a),
+            }
+        }
+        levels.push(step);
+        // what a merge leaves is bitonic; a block passed through is already sorted
+        sort_blocks(&mut levels, &merged);
+        blocks = merged;
+    }
+    (levels, blocks.into_iter().next().unwrap_or_default())
+}
+
+/// Odd-even transposition sort of every block at once (as many rounds as the longest).
+fn sort_blocks(levels: &mut Vec<Vec<(usize, usize)>>, blocks: &[Vec<usize>]) {
+    let rounds = blocks.iter().map(Vec::len).max().unwrap_or(0);
+    for r in 0..rounds {
+        let level: Vec<(usize, usize)> = blocks
+            .iter()
+            .flat_map(|b| {
+                (r % 2..b.len().saturating_sub(1))
+                    .step_by(2)
+                    .map(move |i| (b[i], b[i + 1]))
+            })
+            .collect();
+        if !level.is_empty() {
+            levels.push(level);
+        }
+    }
+}
+
+fn term(operand: u32, index: usize, weight: i64) -> Term {
+    Term {
+        operand,
+        index: index as u32,
+        weight,
+    }
+}
+
+impl Lowering<'_> {
+    pub(crate) fn neighbours(
+        &mut self,
+        name: &str,
+        x: QValue,
+        nb: &Neighbours,
+        shape: Vec<usize>,
+    ) -> Result<QValue, QuantError> {
+        let d = nb.features;
+        let on_input_grid = x.pending.is_empty()
+            && matches!(self.circuit.node(x.node).op, IntOp::Input { .. })
+            && x.scale.len() == d
+            && x.scale.iter().all(|&s| s == x.scale[0]);
+        if !on_input_grid {
+            return Err(QuantError::Unsupported {
+                node: name.to_string(),
+                op: "TopK".into(),
+                reason: "k-nearest neighbours must read the model's input (or what the \
+                         client's preprocessing makes of it) directly"
+                    .into(),
+            });
+        }
+        let top = x.sound.iter().map(|s| s.1).max().unwrap_or(0);
+        let classes = nb.classes.max(1) as i64;
+        // the training points on the input's grid
+        let grid_point = |i: usize, j: usize| -> i64 {
+            let zero = (-x.offset[j] / x.scale[j]).round();
+            ((nb.point(i)[j] / x.scale[j]).round() + zero).clamp(0.0, top as f64) as i64
+        };
+        let square_in =
+            self.rounded(&format!("{name}/square"), name, x.node, &x.calib, 0, false)?;
+        let squares = crate::bivariate::integers(
+            self.lut(format!("{name}/square"), &square_in, |_, v| v * v),
+            false,
+        );
+        let n = nb.point_count();
+        let mut rows = Vec::with_capacity(n);
+        let mut sound = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut terms = Vec::with_capacity(2 * d);
+            let (mut bias, mut far) = (0, 0);
+            for j in 0..d {
+                let p = grid_point(i, j);
+                terms.push(term(0, j, classes));
+                terms.push(term(1, j, -2 * classes * p));
+                bias += classes * p * p;
+                far += p.max(top - p).pow(2);
+            }
+            let code = i64::from(nb.codes[i]);
+            rows.push((terms, bias + code));
+            sound.push((code, classes * far + code));
+        }
+        let keys = integers(self.affine_sound(
+            &format!("{name}/keys"),
+            &[&squares, &x],
+            IntRows {
+                rows,
+                sound: Some(sound),
+            },
+            vec![1, n],
+        ));
+        let (levels, nearest) = selection_network(n, nb.k);
+        // position → index in the current value, for the positions still needed
+        let mut index_of: Vec<Option<usize>> = (0..n).map(Some).collect();
+        let mut last_use = vec![0usize; n];
+        for (l, level) in levels.iter().enumerate() {
+            for &(a, b) in level {
+                last_use[a] = l;
+                last_use[b] = l;
+            }
+        }
+        for &p in &nearest {
+            last_use[p] = usize::MAX;
+        }
+        let mut cur = keys;
+        for (l, level) in levels.iter().enumerate() {
+            let alive: Vec<usize> = (0..n)
+                .filter(|&p| index_of[p].is_some() && last_use[p] > l)
+                .collect();
+            let next =
+                self.compare_exchange(&format!("{name}/step{l}"), &cur, &index_of, level, &alive)?;
+            cur = next;
+            index_of = vec![None; n];
+            for (i, &p) in alive.iter().enumerate() {
+                index_of[p] = Some(i);
+            }
+        }
+        // the k smallest, nearest first, then their codes
+        let rows = nearest
+            .iter()
+            .map(|&p| (vec![term(0, index_of[p].unwrap_or(0), 1)], 0))
+            .collect();
+        let sound = nearest
+            .iter()
+            .map(|&p| cur.sound[index_of[p].unwrap_or(0)])
+            .collect();
+        let picked = self.affine_sound(
+            &format!("{name}/nearest"),
+            &[&cur],
+            IntRows {
+                rows,
+                sound: Some(sound),
+            },
+            shape.clone(),
+        );
+        let code_in = self.rounded(
+            &format!("{name}/codes"),
+            name,
+            picked.node,
+            &picked.calib,
+            0,
+            false,
+        )?;
+        let codes = self.lut(format!("{name}/codes"), &code_in, |_, v| {
+            v.rem_euclid(classes)
+        });
+        let mut out = crate::bivariate::integers(codes, true);
+        out.sound.fill((0, classes - 1));
+        Ok(out)
+    }
+
+    /// One level of compare-exchange steps on keys `cur` (position `p` at
+    /// `index_of[p]`); returns the keys at the positions `alive`, in that order.
+    fn compare_exchange(
+        &mut self,
+        name: &str,
+        cur: &QValue,
+        index_of: &[Option<usize>],
+        level: &[(usize, usize)],
+        alive: &[usize],
+    ) -> Result<QValue, QuantError> {
+        let at = |p: usize| index_of[p].unwrap_or(0);
+        // one shift for every difference, so every step reads the same table
+        let shift = level
+            .iter()
+            .map(|&(a, b)| cur.sound[at(b)].1 - cur.sound[at(a)].0)
+            .max()
+            .unwrap_or(0)
+            .max(0);
+        let rows = level
+            .iter()
+            .map(|&(a, b)| (vec![term(0, at(a), 1), term(0, at(b), -1)], shift))
+            .collect();
+        let diff = self.affine_sound(
+            &format!("{name}/diff"),
+            &[cur],
+            IntRows { rows, sound: None },
+            vec![1, level.len()],
+        );
+        let relu_in = self.rounded(
+            &format!("{name}/relu"),
+            name,
+            diff.node,
+            &diff.calib,
+            0,
+            false,
+        )?;
+        let relu = crate::bivariate::integers(
+            self.lut(format!("{name}/relu"), &relu_in, |_, v| (v - shift).max(0)),
+            false,
+        );
+        let mut step_of = vec![None; index_of.len()];
+        for (s, &(a, b)) in level.iter().enumerate() {
+            step_of[a] = Some((s, true));
+            step_of[b] = Some((s, false));
+        }
+        let mut rows = Vec::with_capacity(alive.len());
+        let mut sound = Vec::with_capacity(alive.len());
+        for &p in alive {
+            match step_of[p] {
+                Some((s, low)) => {
+                    let (a, b) = level[s];
+                    let (sa, sb) = (cur.sound[at(a)], cur.sound[at(b)]);
+                    if low {
+                        // min = a − relu(a − b)
+                        rows.push((vec![term(0, at(a), 1), term(1, s, -1)], 0));
+                        sound.push((sa.0.min(sb.0), sa.1.min(sb.1)));
+                    } else {
+                        // max = b + relu(a − b)
+                        rows.push((vec![term(0, at(b), 1), term(1, s, 1)], 0));
+                        sound.push((sa.0.max(sb.0), sa.1.max(sb.1)));
+                    }
+                }
+                None => {
+                    rows.push((vec![term(0, at(p), 1)], 0));
+                    sound.push(cur.sound[at(p)]);
+                }
+            }
+        }
+        let next = self.affine_sound(
+            name,
+            &[cur, &relu],
+            IntRows {
+                rows,
+                sound: Some(sound),
+            },
+            vec![1, alive.len()],
+        );
+        Ok(integers(next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The network's result, run on plain integers, is the k smallest, sorted.
+    #[test]
+    fn selection_network_keeps_the_k_smallest_sorted() {
+        let mut seed = 7u64;
+        for n in 1..40 {
+            for k in 1..=n.min(9) {
+                let mut keys: Vec<i64> = (0..n)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        (seed >> 58) as i64
+                    })
+                    .collect();
+                let mut expected = keys.clone();
+                expected.sort();
+                expected.truncate(k);
+                let (levels, nearest) = selection_network(n, k);
+                for level in &levels {
+                    let mut used = vec![false; n];
+                    for &(a, b) in level {
+                        assert!(!used[a] && !used[b], "pairs of a level are disjoint");
+                        used[a] = true;
+                        used[b] = true;
+                        if keys[a] > keys[b] {
+                            keys.swap(a, b);
+                        }
+                    }
+                }
+                let got: Vec<i64> = nearest.iter().map(|&p| keys[p]).collect();
+                assert_eq!(got, expected, "n = {n}, k = {k}");
+            }
+        }
+    }
+}

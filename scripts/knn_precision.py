@@ -1,7 +1,7 @@
 """How much comparison precision an encrypted k-nearest-neighbours classifier needs.
 
 Replays, in numpy, the integer computation an FHE circuit would do for the
-`refused/knn_iris` fixture (scikit-learn KNeighborsClassifier(5) on iris, exported by
+`knn_iris` fixture (scikit-learn KNeighborsClassifier(5) on iris, exported by
 skl2onnx): inputs and training points quantized to b bits, squared distances as
 integers, the k smallest selected by a network of compare-and-swap steps whose
 comparison reads the distance difference at p bits (p = 16: exact), with or without
@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-FIXTURE = "tests/fixtures/refused/knn_iris/"
+FIXTURE = "tests/fixtures/knn_iris/"
 model = onnx.load(FIXTURE + "model.onnx")
 init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 points = next(v for v in init.values() if v.ndim == 2).astype(np.float64)

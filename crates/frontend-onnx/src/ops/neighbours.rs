@@ -219,11 +219,9 @@ pub(crate) fn top_k(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
 pub(crate) fn fuse(b: &mut Builder) {
     let mut at = 0;
     while at < b.nodes.len() {
-        if let Some((x, nb)) = match_chain(b, at) {
-            let take = &b.nodes[at];
-            let name = format!("{}/neighbours", take.name);
+        if let Some((x, nb, labels)) = match_chain(b, at) {
+            let name = format!("{}/neighbours", b.nodes[at].name);
             let k = nb.k;
-            let labels = distinct_labels(take);
             let codes = b.add_value(&name, vec![1, k], DType::I64, None);
             let take = &mut b.nodes[at];
             take.inputs = vec![codes];
@@ -249,19 +247,9 @@ fn producer(b: &Builder, v: ValueId) -> Option<&Node> {
     b.nodes.iter().find(|n| n.outputs.contains(&v))
 }
 
-/// The labels a TakeLast reads, distinct and sorted (their codes are positions here).
-fn distinct_labels(take: &Node) -> Vec<f64> {
-    let Op::TakeLast { data } = &take.op else {
-        return vec![];
-    };
-    let mut labels = data.data.clone();
-    labels.sort_by(f64::total_cmp);
-    labels.dedup();
-    labels
-}
-
-/// The model input and the neighbours op when node `at` ends a nearest-neighbours chain.
-fn match_chain(b: &Builder, at: usize) -> Option<(ValueId, Neighbours)> {
+/// The model input, the neighbours op and the distinct labels (sorted: a label's code is
+/// its position) when node `at` ends a nearest-neighbours chain.
+fn match_chain(b: &Builder, at: usize) -> Option<(ValueId, Neighbours, Vec<f64>)> {
     let Op::TakeLast { data } = &b.nodes[at].op else {
         return None;
     };
@@ -308,16 +296,14 @@ fn match_chain(b: &Builder, at: usize) -> Option<(ValueId, Neighbours)> {
                 .unwrap_or(0) as u32
         })
         .collect();
-    Some((
-        x,
-        Neighbours {
-            points: points.data.clone(),
-            features,
-            codes,
-            classes: labels.len(),
-            k,
-        },
-    ))
+    let nb = Neighbours {
+        points: points.data.clone(),
+        features,
+        codes,
+        classes: labels.len(),
+        k,
+    };
+    Some((x, nb, labels))
 }
 
 /// A movement that copies element `j` to element `j` (a transpose of `[n, 1]`).

@@ -9,7 +9,7 @@
 //! Lowering (docs/MLIR.md): `Linear` → `FHELinalg.matmul_eint_int` + `FHELinalg.add_eint_int`;
 //! `Round` → `FHELinalg.round`; `Lut` → `FHELinalg.apply_lookup_table` (one table) or
 //! `FHELinalg.apply_mapped_lookup_table` (per-element tables); `Conv` →
-//! `FHELinalg.conv2d` (two spatial axes; others as an affine map); `Affine` → one
+//! `FHELinalg.conv2d` (two spatial axes, or one lifted to two; 3-D as an affine map); `Affine` → one
 //! `FHELinalg.matmul_eint_int` per operand, summed; `Reshape` → `tensor.collapse_shape`
 //! when it merges dimensions, else nothing (values keep their operand's layout).
 
@@ -189,11 +189,31 @@ fn dense(values: &[i64], shape: &[usize]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-/// Whether `conv` is emitted as `FHELinalg.conv2d`: two spatial axes, on an operand
-/// the module holds in its own shape (Concrete cannot unflatten an affine result).
-/// Other convolutions are emitted like an affine map.
+/// Whether `conv` is emitted as `FHELinalg.conv2d`: one or two spatial axes (one is
+/// lifted to two, see [`Emitter::conv2d`]), on an operand the module holds in its own
+/// shape (Concrete cannot unflatten an affine result). Other convolutions (3-D ones:
+/// Concrete has no conv3d) are emitted like an affine map.
 fn structured(conv: &fhec_ir::Conv, emitted: &[usize], shape: &[usize]) -> bool {
-    conv.in_sp.len() == 2 && emitted == shape
+    matches!(conv.in_sp.len(), 1 | 2) && emitted == shape
+}
+
+/// A 1-D convolution as the 2-D one over a unit first spatial axis (what Concrete's
+/// own frontend does); a 2-D one unchanged.
+fn as_2d(conv: &fhec_ir::Conv) -> std::borrow::Cow<'_, fhec_ir::Conv> {
+    if conv.in_sp.len() != 1 {
+        return std::borrow::Cow::Borrowed(conv);
+    }
+    let unit = |v: &[usize], first: usize| [&[first][..], v].concat();
+    std::borrow::Cow::Owned(fhec_ir::Conv {
+        in_sp: unit(&conv.in_sp, 1),
+        out_sp: unit(&conv.out_sp, 1),
+        kernel: unit(&conv.kernel, 1),
+        strides: unit(&conv.strides, 1),
+        dilations: unit(&conv.dilations, 1),
+        pad_begin: unit(&conv.pad_begin, 0),
+        pad_end: unit(&conv.pad_end, 0),
+        ..conv.clone()
+    })
 }
 
 /// One output element of a flat map: its terms as (operand slot, flat index, weight).
@@ -548,8 +568,13 @@ impl Emitter<'_> {
     }
 
     /// `FHELinalg.conv2d` as Concrete writes it: ONNX's attributes, padding made
-    /// explicit.
+    /// explicit. A 1-D convolution runs as a 2-D one: its operand is inserted into a
+    /// zero tensor with a unit axis (a rank-reducing `tensor.insert_slice`, which reads
+    /// the same in Concrete's MLIR and MLIR 22, where `tensor.expand_shape` does not)
+    /// and the result collapsed back.
     fn conv2d(&mut self, id: NodeId, x: NodeId, names: &[String], conv: &fhec_ir::Conv) -> String {
+        let lifted = conv.in_sp.len() == 1;
+        let conv = &*as_2d(conv);
         let w = self.info.encoding_bits;
         let clear_bits = w + 1;
         let clear = format!("i{clear_bits}");
@@ -584,7 +609,7 @@ impl Emitter<'_> {
                 needed.max(conv.in_sp[a] + conv.pad_begin[a])
             })
             .collect();
-        if padded != conv.in_sp || conv.pad_begin.iter().any(|&p| p > 0) {
+        if lifted || padded != conv.in_sp || conv.pad_begin.iter().any(|&p| p > 0) {
             let mut shape = vec![1, conv.in_channels];
             shape.extend(&padded);
             let mut size = vec![1, conv.in_channels];
@@ -613,7 +638,9 @@ impl Emitter<'_> {
             );
             (x_name, x_ty) = (r, padded_ty);
         }
-        let out_ty = self.ty(id);
+        let mut out_shape = vec![1, conv.out_channels];
+        out_shape.extend(&conv.out_sp);
+        let out_ty = self.ty_with_shape(id, &out_shape);
         let r = self.fresh();
         let _ = writeln!(
             self.body,
@@ -625,19 +652,25 @@ impl Emitter<'_> {
             dims(&wshape),
             conv.out_channels,
         );
-        if per_channel {
-            return r;
+        let result = if per_channel {
+            r
+        } else {
+            let bias: Vec<i64> = conv.bias.iter().map(|&v| wrap_to(v, w)).collect();
+            let b = self.constant(&bias, &out_shape, &clear);
+            let sum = self.fresh();
+            let _ = writeln!(
+                self.body,
+                "    {sum} = \"FHELinalg.add_eint_int\"({r}, {b}) : ({out_ty}, tensor<{}{clear}>) -> {out_ty}",
+                dims(&out_shape)
+            );
+            sum
+        };
+        if lifted {
+            let shape = self.shapes[id.index()].clone();
+            self.reshaped(&result, &out_ty, &out_shape, &shape)
+        } else {
+            result
         }
-        let shape = self.shapes[id.index()].clone();
-        let bias: Vec<i64> = conv.bias.iter().map(|&v| wrap_to(v, w)).collect();
-        let b = self.constant(&bias, &shape, &clear);
-        let sum = self.fresh();
-        let _ = writeln!(
-            self.body,
-            "    {sum} = \"FHELinalg.add_eint_int\"({r}, {b}) : ({out_ty}, tensor<{}{clear}>) -> {out_ty}",
-            dims(&shape)
-        );
-        sum
     }
 
     /// Emits the ops of one node; returns the SSA name of its value.

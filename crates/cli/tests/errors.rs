@@ -567,26 +567,19 @@ fn a_strict_failure_suggests_settings_that_compile() {
     );
 }
 
-/// A `Scan` whose body is not the squared distances skl2onnx writes for nearest
-/// neighbours is refused, naming the node, the body op and what is supported.
-#[test]
-fn a_scan_other_than_nearest_neighbour_distances_is_refused_naming_why() {
+/// knn_iris edited by `edit`, compiled: fails naming each of `expected`, writes nothing.
+fn edited_knn_is_refused(
+    what: &str,
+    edit: impl FnOnce(&mut fhec_frontend_onnx::pb::GraphProto),
+    expected: &[&str],
+) {
     use fhec_frontend_onnx::pb;
     use prost::Message;
     let dir = common::fixtures().join("knn_iris");
     let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
     let mut model = pb::ModelProto::decode(bytes.as_slice()).unwrap();
-    let graph = model.graph.as_mut().unwrap();
-    let scan = graph.node.iter_mut().find(|n| n.op_type == "Scan").unwrap();
-    let body = scan.attribute[0].g.as_mut().unwrap();
-    for n in body
-        .node
-        .iter_mut()
-        .filter(|n| n.op_type == "ReduceSumSquare")
-    {
-        n.op_type = "ReduceL1".into(); // a Manhattan distance
-    }
-    let d = tmp("scan");
+    edit(model.graph.as_mut().unwrap());
+    let d = tmp(what);
     let path = d.join("m.onnx");
     std::fs::write(&path, model.encode_to_vec()).unwrap();
     let out = d.join("m.fhe");
@@ -599,7 +592,51 @@ fn a_scan_other_than_nearest_neighbour_distances_is_refused_naming_why() {
             "-o",
             s(&out),
         ],
-        &["Scan", "ReduceL1", "nearest neighbours", "ReduceSumSquare"],
+        expected,
     );
     assert!(!out.exists());
+}
+
+/// A `Scan` whose body is not the squared distances skl2onnx writes for nearest
+/// neighbours is refused, naming the node, the body op and what is supported.
+#[test]
+fn a_scan_other_than_nearest_neighbour_distances_is_refused_naming_why() {
+    edited_knn_is_refused(
+        "scan",
+        |graph| {
+            let scan = graph.node.iter_mut().find(|n| n.op_type == "Scan").unwrap();
+            let body = scan.attribute[0].g.as_mut().unwrap();
+            for n in body
+                .node
+                .iter_mut()
+                .filter(|n| n.op_type == "ReduceSumSquare")
+            {
+                n.op_type = "ReduceL1".into(); // a Manhattan distance
+            }
+        },
+        &["Scan", "ReduceL1", "nearest neighbours", "ReduceSumSquare"],
+    );
+}
+
+/// Nearest neighbours whose input something else reads too (here a graph output) are
+/// refused: the input grid is the neighbours' own.
+#[test]
+fn nearest_neighbours_sharing_their_input_are_refused_naming_why() {
+    use fhec_frontend_onnx::pb;
+    edited_knn_is_refused(
+        "knn-shared-input",
+        |graph| {
+            graph.node.push(pb::NodeProto {
+                op_type: "Neg".into(),
+                input: vec!["X".into()],
+                output: vec!["minus_x".into()],
+                ..Default::default()
+            });
+            graph.output.push(pb::ValueInfoProto {
+                name: "minus_x".into(),
+                r#type: None,
+            });
+        },
+        &["TopK", "also read by other operations"],
+    );
 }

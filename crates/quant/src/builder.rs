@@ -321,7 +321,10 @@ impl Lowering<'_> {
     }
 
     /// The neighbours op reading `id`, when it is the only reader.
-    fn read_only_by_neighbours(&self, id: ValueId) -> Option<&fhec_frontend_onnx::Neighbours> {
+    pub(crate) fn read_only_by_neighbours(
+        &self,
+        id: ValueId,
+    ) -> Option<&fhec_frontend_onnx::Neighbours> {
         let mut readers = self.graph.nodes.iter().filter(|n| n.inputs.contains(&id));
         match (readers.next(), readers.next()) {
             (Some(n), None) => match &n.op {
@@ -488,7 +491,7 @@ impl Lowering<'_> {
             Op::Pairwise { kind, left, right } => self.pairwise(&node.name, xs, *kind, left, right, out_shape)?,
             Op::GroupMax { groups, min } => self.group_max(&node.name, x, groups, *min, out_shape)?,
             Op::TreeEnsemble(e) => self.tree_ensemble(&node.name, x, e, out_shape)?,
-            Op::Neighbours(nb) => self.neighbours(&node.name, x, nb, out_shape)?,
+            Op::Neighbours(nb) => self.neighbours(&node.name, node.inputs[0], x, nb, out_shape)?,
             Op::TopK { .. } | Op::SquaredDistances { .. } => return Err(unsupported("TopK and Scan run in the circuit only as the k-nearest-neighbours selection scikit-learn's KNeighborsClassifier exports (the k smallest distances to the training points, whose labels an ArrayFeatureExtractor reads; uniform weights)")),
             Op::Quantize { scale, zero_point, qmin, qmax } => self.quantize_to_model_grid(&node.name, x, *scale, *zero_point, *qmin, *qmax)?,
             Op::Dequantize { scale, zero_point } => {

@@ -153,26 +153,36 @@ fn term(operand: u32, index: usize, weight: i64) -> Term {
 }
 
 impl Lowering<'_> {
+    /// `x` is the value `id` the neighbours op reads.
     pub(crate) fn neighbours(
         &mut self,
         name: &str,
+        id: fhec_frontend_onnx::ValueId,
         x: QValue,
         nb: &Neighbours,
         shape: Vec<usize>,
     ) -> Result<QValue, QuantError> {
         let d = nb.features;
+        let refuse = |reason: &str| QuantError::Unsupported {
+            node: name.to_string(),
+            op: "TopK".into(),
+            reason: reason.into(),
+        };
         let on_input_grid = x.pending.is_empty()
             && matches!(self.circuit.node(x.node).op, IntOp::Input { .. })
             && x.scale.len() == d
             && x.scale.iter().all(|&s| s == x.scale[0]);
         if !on_input_grid {
-            return Err(QuantError::Unsupported {
-                node: name.to_string(),
-                op: "TopK".into(),
-                reason: "k-nearest neighbours must read the model's input (or what the \
-                         client's preprocessing makes of it) directly"
-                    .into(),
-            });
+            return Err(refuse(
+                "k-nearest neighbours must read the model's input (or what the client's \
+                 preprocessing makes of it) directly",
+            ));
+        }
+        if self.read_only_by_neighbours(id).is_none() {
+            return Err(refuse(
+                "the input k-nearest neighbours reads is also read by other operations; \
+                 it needs a grid of its own (one scale for every feature, few bits)",
+            ));
         }
         let top = x.sound.iter().map(|s| s.1).max().unwrap_or(0);
         let classes = nb.classes.max(1) as i64;

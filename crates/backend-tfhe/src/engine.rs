@@ -13,10 +13,10 @@ use crate::BackendError;
 
 /// One partition's evaluation keys, ready to use: key-switching key (from the master-key
 /// prefix its inputs span), Fourier bootstrap key and FFT plan.
-struct PartitionEval {
-    keyswitch: LweKeyswitchKeyOwned<u64>,
-    bootstrap: FourierLweBootstrapKeyOwned,
-    fft: Fft,
+pub(crate) struct PartitionEval {
+    pub(crate) keyswitch: LweKeyswitchKeyOwned<u64>,
+    pub(crate) bootstrap: FourierLweBootstrapKeyOwned,
+    pub(crate) fft: Fft,
 }
 
 /// Evaluation state prepared once per (circuit, key): every partition's keys, and every
@@ -25,7 +25,7 @@ pub struct Evaluator {
     // owned copies (small next to the keys), so an evaluator outlives its inputs
     circuit: Circuit,
     info: CircuitInfo,
-    parts: Vec<PartitionEval>,
+    pub(crate) parts: Vec<PartitionEval>,
     /// Per Lut node index: its partition and one accumulator per table.
     luts: Vec<(usize, Vec<GlweCiphertextOwned<u64>>)>,
     /// Per Round node index: its partition and chunks with their accumulators.
@@ -99,23 +99,11 @@ impl Evaluator {
         report: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Self, BackendError> {
         let progress = crate::Progress::new(crate::keys::bootstrap_key_bits(&key.params), report);
-        // bootstraps run in the key's narrowest partition precise enough for them
-        let precisions: Vec<u32> = key.params.partitions.iter().map(|p| p.precision).collect();
-        let needs = info.pbs_per_sample > 0;
         if key.params.partitions.len() != key.partitions.len() {
             return Err(BackendError::Keys("the server key is inconsistent".into()));
         }
-        let widest = crate::noise::circuit_precisions(circuit, info)
-            .last()
-            .copied();
-        if needs && widest.is_none_or(|w| precisions.last().is_none_or(|&k| k < w)) {
-            return Err(BackendError::Keys(format!(
-                "the circuit bootstraps at up to {} bits but the server key's partitions only reach {:?}",
-                widest.unwrap_or(0),
-                precisions.last()
-            )));
-        }
-        let parts: Vec<PartitionEval> = if needs {
+        Self::check_precisions(circuit, info, &key.params)?;
+        let parts: Vec<PartitionEval> = if info.pbs_per_sample > 0 {
             key.partitions
                 .iter()
                 .map(|k| {
@@ -130,6 +118,38 @@ impl Evaluator {
         } else {
             Vec::new()
         };
+        Ok(Self::assemble(circuit, info, &key.params, parts))
+    }
+
+    /// Refuses a key whose partitions do not reach the circuit's widest bootstrap.
+    pub(crate) fn check_precisions(
+        circuit: &Circuit,
+        info: &CircuitInfo,
+        params: &crate::KeyParams,
+    ) -> Result<(), BackendError> {
+        let widest = crate::noise::circuit_precisions(circuit, info)
+            .last()
+            .copied();
+        let reach = params.partitions.last().map(|p| p.precision);
+        if info.pbs_per_sample > 0 && widest.is_none_or(|w| reach.is_none_or(|k| k < w)) {
+            return Err(BackendError::Keys(format!(
+                "the circuit bootstraps at up to {} bits but the server key's partitions only reach {:?}",
+                widest.unwrap_or(0),
+                reach
+            )));
+        }
+        Ok(())
+    }
+
+    /// The evaluator around prepared partition keys: every table and rounding step
+    /// encoded as an accumulator of its partition, scratch buffers per thread.
+    pub(crate) fn assemble(
+        circuit: &Circuit,
+        info: &CircuitInfo,
+        params: &crate::KeyParams,
+        parts: Vec<PartitionEval>,
+    ) -> Self {
+        let precisions: Vec<u32> = params.partitions.iter().map(|p| p.precision).collect();
         let w = info.encoding_bits;
         let accumulator_shape = |part: usize| {
             let b = &parts[part].bootstrap;
@@ -180,7 +200,7 @@ impl Evaluator {
             parts,
             luts,
             rounds,
-            input_size: LweSize(key.params.input_dimension + 1),
+            input_size: LweSize(params.input_dimension + 1),
             scratch: Vec::new(),
         };
         let threads = rayon::current_num_threads();
@@ -191,7 +211,7 @@ impl Evaluator {
                     .collect()
             })
             .collect();
-        Ok(ev)
+        ev
     }
 
     /// Runs the circuit on one sample's encrypted inputs; returns the encrypted outputs.

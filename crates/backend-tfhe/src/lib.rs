@@ -23,6 +23,7 @@ mod keys;
 mod latency;
 pub mod noise;
 mod params;
+mod prepared;
 
 pub use engine::Evaluator;
 pub use keys::{
@@ -37,6 +38,7 @@ pub use params::{
     CryptoParams, KeyParams, PErrorTarget, ParamChoice, ParamError, PartitionKeyParams,
     PartitionParams, MAX_EVALUATION_KEY_BYTES,
 };
+pub use prepared::prepared_keys_len;
 
 /// Counts work done across threads and reports `(done, total)` to a callback: key
 /// generation and key preparation report one unit per bootstrap-key bit.

@@ -609,3 +609,70 @@ fn graceful_shutdown_finishes_the_requests_in_flight() {
         "{log}"
     );
 }
+
+/// A counter of `/metrics`.
+fn counter(url: &str, name: &str) -> f64 {
+    let (_, text) = call(url, "/metrics", None);
+    let text = String::from_utf8(text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A key is converted to the Fourier domain once: the first server stores its prepared
+/// form beside the key file, a restarted server restores it without converting, and a
+/// damaged prepared form is ignored, made again and stored again.
+#[test]
+fn a_prepared_key_is_stored_once_and_restored_by_later_processes() {
+    let d = tmp("serve-prepared");
+    let tree = compile(&d, "dt_breast");
+    let keys = d.join("keys");
+    let conversions = |url: &str| {
+        (
+            counter(url, "fhec_key_preparations_total"),
+            counter(url, "fhec_key_restores_total"),
+        )
+    };
+    let first = Served::start(&server_part(&tree), &keys, &[]);
+    let party = Party::new(&first.url, &tree, "dt_breast");
+    party.ask(&first.url, 0..2);
+    assert_eq!(conversions(&first.url), (1.0, 0.0));
+    first.assert_no_panic();
+    drop(first);
+    let stored: Vec<PathBuf> = walk(&keys)
+        .into_iter()
+        .filter(|p| p.ends_with(".prepared"))
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(stored.len(), 1, "{:?}", walk(&keys));
+
+    let second = Served::start(&server_part(&tree), &keys, &[]);
+    party.ask(&second.url, 1..3);
+    assert_eq!(
+        conversions(&second.url),
+        (0.0, 1.0),
+        "restored, not converted"
+    );
+    second.assert_no_panic();
+    drop(second);
+
+    // one flipped bit in the keys: the CRC refuses it, the key is converted again
+    let mut bytes = std::fs::read(&stored[0]).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&stored[0], &bytes).unwrap();
+    let third = Served::start(&server_part(&tree), &keys, &[]);
+    party.ask(&third.url, 2..4);
+    assert_eq!(
+        conversions(&third.url),
+        (1.0, 0.0),
+        "a damaged form is ignored"
+    );
+    third.assert_no_panic();
+    drop(third);
+    let fourth = Served::start(&server_part(&tree), &keys, &[]);
+    party.ask(&fourth.url, 0..1);
+    assert_eq!(conversions(&fourth.url), (0.0, 1.0), "and stored again");
+    fourth.assert_no_panic();
+}

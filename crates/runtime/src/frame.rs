@@ -175,6 +175,13 @@ pub struct Header {
     digest: String,
 }
 
+impl Header {
+    /// The SHA-256 of the payload, as the header states it (hex).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()

@@ -29,6 +29,13 @@ impl PreparedKey {
     pub fn key_id(&self) -> KeyId {
         self.key_id
     }
+
+    /// Writes the prepared keys (decompressed key switching, Fourier bootstrap), so that
+    /// [`Server::restore`] rebuilds this key without converting it again; returns the
+    /// CRC-32 of the bytes written, for the caller to store with them.
+    pub fn write_keys(&self, out: &mut dyn std::io::Write) -> std::io::Result<u32> {
+        self.evaluator.write_prepared_keys(out)
+    }
 }
 
 impl Server {
@@ -58,6 +65,39 @@ impl Server {
     /// Prepares an evaluation key of this model for evaluation.
     pub fn prepare(&self, key: &EvaluationKey) -> Result<PreparedKey, Error> {
         self.prepare_with_progress(key, &|_, _| {})
+    }
+
+    /// At most how many bytes [`PreparedKey::write_keys`] writes for this model.
+    pub fn prepared_keys_len(&self) -> u64 {
+        fhec_backend_tfhe::prepared_keys_len(&self.part.params.keys, &self.info)
+    }
+
+    /// The prepared key `key_id` from keys [`PreparedKey::write_keys`] wrote for this
+    /// model: reads them (at most [`prepared_keys_len`](Self::prepared_keys_len)
+    /// bytes) and refuses them unless their CRC-32 is `crc`. Which key they were made from is the caller's
+    /// to vouch for (a server stores them beside the key file they came from).
+    pub fn restore(
+        &self,
+        key_id: KeyId,
+        input: &mut dyn std::io::Read,
+        crc: u32,
+    ) -> Result<PreparedKey, Error> {
+        let (evaluator, read) = Evaluator::from_prepared_keys(
+            &self.part.circuit,
+            &self.info,
+            &self.part.params.keys,
+            input,
+        )?;
+        if read != crc {
+            return Err(Error::Format(format!(
+                "prepared keys: CRC-32 {read:08x}, expected {crc:08x}: the file is damaged"
+            )));
+        }
+        Ok(PreparedKey {
+            model_id: self.part.model_id,
+            key_id,
+            evaluator,
+        })
     }
 
     /// [`prepare`](Self::prepare), reporting `(bootstrap-key bits prepared, total)`.

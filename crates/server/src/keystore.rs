@@ -1,7 +1,8 @@
 //! Registered evaluation keys: files under the key directory (they survive restarts and
-//! can be shared by replicas), and a memory-bounded cache of prepared keys (Fourier
-//! bootstrap keys, encoded tables) in least-recently-used order. An evicted key is
-//! prepared again from its file when it is next used.
+//! can be shared by replicas), their prepared forms stored beside them (so a key is
+//! converted once, not per process: [`crate::prepared`]), and a memory-bounded cache of
+//! prepared keys (Fourier bootstrap keys, encoded tables) in least-recently-used order.
+//! An evicted key is restored from its stored prepared form when it is next used.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,8 @@ pub struct KeyStore {
     preparing: Mutex<()>,
     /// Preparations done and the seconds they took (Fourier conversion, tables).
     preparations: Mutex<(u64, f64)>,
+    /// Keys restored from their stored prepared form, and the seconds that took.
+    restores: Mutex<(u64, f64)>,
     /// Most bytes of prepared keys kept; at least one key is always kept.
     bound: usize,
     /// Estimated bytes of one prepared key of this model.
@@ -56,6 +59,7 @@ impl KeyStore {
             cache: Mutex::new(Vec::new()),
             preparing: Mutex::new(()),
             preparations: Mutex::new((0, 0.0)),
+            restores: Mutex::new((0, 0.0)),
             bound,
             key_bytes: bsk + ksk,
             max_keys,
@@ -69,6 +73,17 @@ impl KeyStore {
 
     fn path(&self, id: KeyId) -> PathBuf {
         self.dir.join(format!("{id}.key"))
+    }
+
+    /// Where key `id`'s prepared form is stored ([`crate::prepared`]).
+    pub fn prepared_path(&self, id: KeyId) -> PathBuf {
+        self.dir.join(format!("{id}.prepared"))
+    }
+
+    fn tmp_path(&self, id: KeyId, what: &str) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join(format!(".{id}.{what}.{}.{n}.tmp", std::process::id()))
     }
 
     /// Estimated memory of one prepared key of this model.
@@ -126,10 +141,7 @@ impl KeyStore {
             ));
         }
         // whole or nothing: a temporary file renamed into place
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .dir
-            .join(format!(".{id}.{}.{n}.tmp", std::process::id()));
+        let tmp = self.tmp_path(id, "key");
         let written = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
@@ -138,8 +150,9 @@ impl KeyStore {
         Ok(Registered::New(id))
     }
 
-    /// The prepared key `id`, from the cache or prepared from its file (slow: run it on
-    /// the compute pool).
+    /// The prepared key `id`: from the cache, else restored from its stored prepared
+    /// form, else prepared from its key file and stored (slow: run it on the compute
+    /// pool).
     pub fn prepared(&self, id: KeyId) -> Result<Arc<PreparedKey>, ApiError> {
         if let Some(k) = self.cached(id) {
             return Ok(k);
@@ -147,6 +160,17 @@ impl KeyStore {
         let _one_at_a_time = self.preparing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = self.cached(id) {
             return Ok(k);
+        }
+        let start = std::time::Instant::now();
+        let key_digest = crate::prepared::key_file_digest(&self.path(id));
+        if let Some(digest) = &key_digest {
+            let stored = self.prepared_path(id);
+            if let Some(key) = crate::prepared::load(&self.server, id, digest, &stored) {
+                let mut r = self.restores.lock().unwrap_or_else(|e| e.into_inner());
+                r.0 += 1;
+                r.1 += start.elapsed().as_secs_f64();
+                return Ok(self.keep(id, Arc::new(key)));
+            }
         }
         let bytes = match std::fs::read(self.path(id)) {
             Ok(b) => b,
@@ -162,13 +186,29 @@ impl KeyStore {
             .server
             .evaluation_key(&bytes)
             .map_err(|e| ApiError::internal(format!("stored key {id}: {e}")))?;
-        let start = std::time::Instant::now();
         let prepared = Arc::new(self.server.prepare(&key).map_err(ApiError::internal)?);
         {
             let mut p = self.preparations.lock().unwrap_or_else(|e| e.into_inner());
             p.0 += 1;
             p.1 += start.elapsed().as_secs_f64();
         }
+        // stored for the next process; a failure (a full disk) only costs that process
+        // the conversion
+        if let Ok(h) = fhec_runtime::frame::peek(&bytes) {
+            let _ = crate::prepared::store(
+                &self.server,
+                &prepared,
+                h.digest(),
+                &self.prepared_path(id),
+                self.tmp_path(id, "prepared"),
+            );
+        }
+        Ok(self.keep(id, prepared))
+    }
+
+    /// Puts a prepared key in the cache, evicting the least recently used beyond the
+    /// bound.
+    fn keep(&self, id: KeyId, prepared: Arc<PreparedKey>) -> Arc<PreparedKey> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.push((id, prepared.clone()));
         while cache.len() > 1
@@ -176,12 +216,17 @@ impl KeyStore {
         {
             cache.remove(0);
         }
-        Ok(prepared)
+        prepared
     }
 
     /// Preparations done so far and the seconds they took in all.
     pub fn preparations(&self) -> (u64, f64) {
         *self.preparations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keys restored from their stored prepared form so far, and the seconds that took.
+    pub fn restores(&self) -> (u64, f64) {
+        *self.restores.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn cached(&self, id: KeyId) -> Option<Arc<PreparedKey>> {

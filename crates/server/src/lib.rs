@@ -25,6 +25,7 @@
 mod keystore;
 mod metrics;
 mod pool;
+mod prepared;
 
 use std::future::Future;
 use std::path::Path;
@@ -320,6 +321,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         queue_pending: state.pool.pending(),
         key_preparations: state.keys.preparations().0,
         key_prepare_seconds: state.keys.preparations().1,
+        key_restores: state.keys.restores().0,
+        key_restore_seconds: state.keys.restores().1,
         prepared_keys: state.keys.prepared_count(),
         prepared_key_bytes: state.keys.prepared_count() * state.keys.prepared_key_bytes(),
     };

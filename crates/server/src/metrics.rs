@@ -41,6 +41,9 @@ pub struct Gauges {
     /// Key preparations done, and the seconds they took in all.
     pub key_preparations: u64,
     pub key_prepare_seconds: f64,
+    /// Keys restored from their stored prepared form, and the seconds that took.
+    pub key_restores: u64,
+    pub key_restore_seconds: f64,
 }
 
 impl Metrics {
@@ -146,6 +149,16 @@ impl Metrics {
                     "fhec_key_prepare_seconds_total",
                     "Seconds spent preparing evaluation keys.",
                     g.key_prepare_seconds,
+                ),
+                (
+                    "fhec_key_restores_total",
+                    "Evaluation keys restored from their stored prepared form (no conversion).",
+                    g.key_restores as f64,
+                ),
+                (
+                    "fhec_key_restore_seconds_total",
+                    "Seconds spent restoring prepared evaluation keys.",
+                    g.key_restore_seconds,
                 ),
                 (
                     "fhec_compute_seconds_total",

@@ -1,16 +1,19 @@
 //! Prepared evaluation keys as bytes: what a server stores next to a registered key so
 //! that the key is decompressed and converted to the Fourier domain once per key, not
 //! once per process (docs/DEPLOYMENT.md). Per partition, in order: the key-switching
-//! key (little-endian `u64`s in tfhe-rs's container order; its shape comes from the key
-//! parameters), then the Fourier bootstrap key in tfhe-rs's own serialized form
-//! (bincode). That form matters: tfhe-rs picks its FFT plan by timing it, and the plan
-//! decides the order of Fourier coefficients in memory, so raw coefficients written by
-//! one process are garbage to another whose plan differs; the serialized form is in a
-//! canonical order and is put back in this process's order on reading. A CRC-32 of the
-//! bytes, computed while they stream, lets the caller catch a damaged file.
+//! key (little-endian `u64`s in tfhe-rs's container order), then the Fourier bootstrap
+//! key's coefficients (little-endian `f64` real and imaginary parts), each polynomial's
+//! in canonical order. Shapes come from the key parameters, so the bytes carry nothing
+//! else. The canonical order matters: tfhe-rs picks its FFT plan by timing it, and the
+//! plan decides in which order a polynomial's Fourier coefficients sit in memory, so raw
+//! coefficients written by one process are garbage to another whose plan differs.
+//! [`canonical_order`] reads this process's order off tfhe-rs's own serialization (which
+//! writes the canonical order). A CRC-32 of the bytes, computed while they stream, lets
+//! the caller catch a damaged file.
 
 use std::io::{Read, Write};
 
+use tfhe::core_crypto::fft_impl::fft64::c64;
 use tfhe::core_crypto::fft_impl::fft64::math::fft::Fft;
 use tfhe::core_crypto::prelude::*;
 
@@ -59,33 +62,64 @@ impl<T: Read> Read for Crc<T> {
     }
 }
 
-/// bincode as tfhe-rs's keys are written, bounded so a damaged length prefix cannot ask
-/// for more than the key's size.
-fn bincode_options(limit: u64) -> impl bincode::Options {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .allow_trailing_bytes()
-        .with_limit(limit)
+fn empty_bootstrap(part: &PartitionKeyParams) -> FourierLweBootstrapKeyOwned {
+    let p = part.params;
+    FourierLweBootstrapKey::new(
+        LweDimension(p.lwe_dimension),
+        GlweSize(p.glwe_dimension + 1),
+        PolynomialSize(p.polynomial_size),
+        DecompositionBaseLog(p.pbs_base_log),
+        DecompositionLevelCount(p.pbs_level),
+    )
 }
 
-/// At most how many bytes the serialized form of a Fourier bootstrap key of
-/// `polynomials` polynomials and `values` coefficients takes: two `f64` per coefficient,
-/// and lengths around each polynomial and the whole.
-fn bootstrap_limit(polynomials: u64, values: u64) -> u64 {
-    values * 16 + polynomials * 64 + (1 << 10)
-}
-
-fn bootstrap_shape(part: &PartitionKeyParams) -> (u64, u64) {
+fn bootstrap_values(part: &PartitionKeyParams) -> u64 {
     let p = part.params;
     let glwe = (p.glwe_dimension + 1) as u64;
-    let polynomials = (p.lwe_dimension * p.pbs_level) as u64 * glwe * glwe;
-    (polynomials, polynomials * (p.polynomial_size / 2) as u64)
+    (p.lwe_dimension * p.pbs_level) as u64 * glwe * glwe * (p.polynomial_size / 2) as u64
 }
 
-/// Bytes of the key-switching keys in the prepared keys of `params` for a circuit,
-/// and at most how many the whole takes (the bootstrap keys' serialized form adds a
-/// little framing). None without bootstraps.
+/// Where this process's FFT plan keeps each Fourier coefficient of a polynomial of
+/// `size`: `order[i]` is the memory index of the coefficient tfhe-rs serializes `i`-th
+/// (its canonical position). Read off tfhe-rs's serialization of a one-polynomial key
+/// whose coefficients are their own memory indices.
+fn canonical_order(size: PolynomialSize) -> Result<Vec<usize>, BackendError> {
+    let mut probe = FourierLweBootstrapKey::new(
+        LweDimension(1),
+        GlweSize(1),
+        size,
+        DecompositionBaseLog(1),
+        DecompositionLevelCount(1),
+    );
+    let data = probe.as_mut_view().data();
+    let m = data.len();
+    for (j, v) in data.iter_mut().enumerate() {
+        *v = c64::new(j as f64, 0.0);
+    }
+    let bytes = bincode::serialize(&probe)
+        .map_err(|e| BackendError::Keys(format!("FFT order probe: {e}")))?;
+    // the coefficients, then the key's four dimensions (one u64 each)
+    let start = bytes
+        .len()
+        .checked_sub(m * 16 + 4 * 8)
+        .ok_or_else(|| BackendError::Keys("FFT order probe: short serialization".into()))?;
+    let mut seen = vec![false; m];
+    let order: Vec<usize> = bytes[start..start + m * 16]
+        .chunks_exact(16)
+        .map(|b| f64::from_le_bytes(b[..8].try_into().unwrap_or_default()) as usize)
+        .collect();
+    if order
+        .iter()
+        .any(|&j| j >= m || std::mem::replace(&mut seen[j], true))
+    {
+        return Err(BackendError::Keys(
+            "FFT order probe: tfhe-rs's serialization is not a permutation".into(),
+        ));
+    }
+    Ok(order)
+}
+
+/// Bytes of the prepared keys of `params` for a circuit (none without bootstraps).
 pub fn prepared_keys_len(params: &KeyParams, info: &CircuitInfo) -> u64 {
     if info.pbs_per_sample == 0 {
         return 0;
@@ -96,8 +130,7 @@ pub fn prepared_keys_len(params: &KeyParams, info: &CircuitInfo) -> u64 {
         .map(|part| {
             let p = part.params;
             let ks = part.ks_input_dimension * p.ks_level * (p.lwe_dimension + 1);
-            let (polynomials, values) = bootstrap_shape(part);
-            (ks as u64) * 8 + bootstrap_limit(polynomials, values)
+            (ks as u64) * 8 + bootstrap_values(part) * 16
         })
         .sum()
 }
@@ -118,13 +151,16 @@ impl Evaluator {
                     .for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
                 out.write_all(&buf)?;
             }
-            let b = &part.bootstrap;
-            let glwe = b.glwe_size().0 as u64;
-            let polynomials =
-                (b.input_lwe_dimension().0 * b.decomposition_level_count().0) as u64 * glwe * glwe;
-            let limit = bootstrap_limit(polynomials, b.as_view().data().len() as u64);
-            bincode::Options::serialize_into(bincode_options(limit), &mut out, &part.bootstrap)
-                .map_err(std::io::Error::other)?;
+            let order =
+                canonical_order(part.bootstrap.polynomial_size()).map_err(std::io::Error::other)?;
+            for polynomial in part.bootstrap.as_view().data().chunks(order.len()) {
+                buf.clear();
+                for &j in &order {
+                    buf.extend_from_slice(&polynomial[j].re.to_le_bytes());
+                    buf.extend_from_slice(&polynomial[j].im.to_le_bytes());
+                }
+                out.write_all(&buf)?;
+            }
         }
         Ok(out.crc.finalize())
     }
@@ -158,30 +194,18 @@ impl Evaluator {
                         *v = u64::from_le_bytes(b.try_into().unwrap_or_default());
                     }
                 }
-                let (polynomials, values) = bootstrap_shape(part);
-                let limit = bootstrap_limit(polynomials, values);
-                let bootstrap: FourierLweBootstrapKeyOwned =
-                    bincode::Options::deserialize_from(bincode_options(limit), &mut input)
-                        .map_err(|e| bad(&e))?;
-                let p = part.params;
-                let shape = (
-                    bootstrap.input_lwe_dimension().0,
-                    bootstrap.glwe_size().0,
-                    bootstrap.polynomial_size().0,
-                    bootstrap.decomposition_base_log().0,
-                    bootstrap.decomposition_level_count().0,
-                );
-                let expected = (
-                    p.lwe_dimension,
-                    p.glwe_dimension + 1,
-                    p.polynomial_size,
-                    p.pbs_base_log,
-                    p.pbs_level,
-                );
-                if shape != expected || bootstrap.as_view().data().len() as u64 != values {
-                    return Err(bad(&format!(
-                        "a bootstrap key of shape {shape:?}, the parameters need {expected:?}"
-                    )));
+                let mut bootstrap = empty_bootstrap(part);
+                let order = canonical_order(bootstrap.polynomial_size())?;
+                let mut bytes = vec![0u8; order.len() * 16];
+                for polynomial in bootstrap.as_mut_view().data().chunks_mut(order.len()) {
+                    input.read_exact(&mut bytes).map_err(|e| bad(&e))?;
+                    for (&j, b) in order.iter().zip(bytes.chunks_exact(16)) {
+                        let (re, im) = b.split_at(8);
+                        polynomial[j] = c64::new(
+                            f64::from_le_bytes(re.try_into().unwrap_or_default()),
+                            f64::from_le_bytes(im.try_into().unwrap_or_default()),
+                        );
+                    }
                 }
                 parts.push(PartitionEval {
                     fft: Fft::new(bootstrap.polynomial_size()),
@@ -194,5 +218,19 @@ impl Evaluator {
             Self::assemble(circuit, info, params, parts),
             input.crc.finalize(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe reads a permutation of every polynomial size keys use.
+    #[test]
+    fn the_fft_order_probe_reads_a_permutation() {
+        for log in 8..=14 {
+            let order = canonical_order(PolynomialSize(1 << log)).unwrap();
+            assert_eq!(order.len(), 1 << (log - 1));
+        }
     }
 }

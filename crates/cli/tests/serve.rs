@@ -535,8 +535,10 @@ fn corrupt_requests_get_4xx_and_the_server_stays_healthy() {
     for f in &stored {
         let head = std::fs::read(f).unwrap();
         assert!(
-            head.starts_with(b"FHEC-EVALUATION-KEY "),
-            "{f} is not an evaluation key"
+            head.starts_with(b"FHEC-EVALUATION-KEY ")
+                || (f.ends_with(".prepared")
+                    && head.starts_with(b"{\"format\":\"fhec-prepared-key/1\"")),
+            "{f} is not an evaluation key or its prepared form"
         );
     }
     served.assert_no_panic();

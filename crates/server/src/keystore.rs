@@ -194,7 +194,11 @@ impl KeyStore {
         }
         // stored for the next process; a failure (a full disk) only costs that process
         // the conversion
-        if let Ok(h) = fhec_runtime::frame::peek(&bytes) {
+        let worth_storing = self.server.prepared_keys_len() > 0;
+        if let Some(h) = fhec_runtime::frame::peek(&bytes)
+            .ok()
+            .filter(|_| worth_storing)
+        {
             let _ = crate::prepared::store(
                 &self.server,
                 &prepared,

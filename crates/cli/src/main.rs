@@ -675,6 +675,13 @@ fn compile(
     if let Some(a) = &compiled.adaptation {
         println!("adapted: {}", a.text());
     }
+    if let Some(f) = &compiled.neighbours_fidelity {
+        println!(
+            "k-nearest neighbours: {} (exact comparisons of at most {} bits hold the input grid to a few levels per feature)",
+            f.text(),
+            fhec_compiler::NEIGHBOUR_COMPARISON_BITS
+        );
+    }
     println!("ops: {}", ops.join(", "));
     println!("TLUs {} + rounding PBS {} = {} PBS per sample; max TLU precision {} bits; max accumulator {} bits", r.tlu_count, r.rounding_pbs, r.pbs_per_sample, r.max_tlu_bits, r.max_bits);
     if let Some(naive) = r.naive_tree_pbs {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use fhec_backend_tfhe::{choose_params, NoiseBudget, PErrorTarget, ParamChoice, ParamError};
 pub use fhec_frontend_onnx::Limits;
+pub use fhec_quant::NEIGHBOUR_COMPARISON_BITS;
 use fhec_frontend_onnx::{bytes_text, FloatGraph, ImportError, Tensor};
 use fhec_ir::{Circuit, CircuitInfo, IntOp};
 use fhec_quant::{ClientSpec, QuantConfig, QuantError, Quantized};
@@ -77,6 +78,10 @@ pub struct Compiled {
     pub elapsed: Duration,
     /// The settings the compiler changed, when it had to (or could at no cost).
     pub adaptation: Option<adapt::Adaptation>,
+    /// For a model with k-nearest neighbours, how often the circuit's simulation agrees
+    /// with the float model on the inputset: the exact comparisons of its selection
+    /// network hold the input grid to a few levels, which costs accuracy on some data.
+    pub neighbours_fidelity: Option<adapt::Fidelity>,
 }
 
 /// How a model is compiled: its settings, the error target, which settings the compiler
@@ -397,12 +402,22 @@ pub fn compile_graph(
         options.free,
         options.strict,
     )?;
+    let neighbours_fidelity = if graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, fhec_frontend_onnx::Op::Neighbours(_)))
+    {
+        Some(adapt::fidelity(&graph, &l, samples)?)
+    } else {
+        None
+    };
     let artifact = split(graph, l.quantized, params, &l.info, source, cfg)?;
     Ok(Compiled {
         artifact,
         info: l.info,
         elapsed: start.elapsed(),
         adaptation,
+        neighbours_fidelity,
     })
 }
 

@@ -83,6 +83,7 @@ pub fn quantize(
             .iter()
             .any(|n| matches!(n.op, Op::Quantize { .. })),
         origins: Vec::new(),
+        neighbour_grids: HashMap::new(),
     };
     let mut inputs = Vec::new();
     for (index, (&id, values)) in circuit_inputs.iter().zip(&calibration).enumerate() {
@@ -265,6 +266,8 @@ pub(crate) struct Lowering<'a> {
     /// integer weights are kept.
     pub qat: bool,
     pub origins: Vec<crate::QuantOrigin>,
+    /// The grid chosen for each input a k-nearest-neighbours op reads.
+    pub neighbour_grids: HashMap<ValueId, crate::knn_grid::KnnGrid>,
 }
 
 /// Asymmetric quantization of `[lo, hi]` (widened to hold 0) on `bits` unsigned bits.
@@ -360,27 +363,30 @@ impl Lowering<'_> {
             .filter(|g| ((g.max + 1) as u64).is_power_of_two());
         let neighbours = self.read_only_by_neighbours(id).filter(|_| model.is_none());
         let mut per_element: Vec<(f64, i64)> = vec![];
+        let mut per_element_max: Vec<i64> = vec![];
         let (scale, zero_point, bits) = match (model, neighbours) {
             (Some(g), _) => (g.scale, g.zero, (g.max + 1).trailing_zeros()),
             (None, Some(nb)) => {
-                let bits = crate::knn::input_bits(nb, self.cfg.input_bits).ok_or_else(|| {
-                    QuantError::Unsupported {
+                let samples: Vec<&[f64]> = values.iter().map(|t| t.data.as_slice()).collect();
+                let grid = crate::knn_grid::choose(nb, &samples, self.cfg.input_bits)
+                    .map_err(|narrowest| QuantError::Unsupported {
                         node: info.name.clone(),
                         op: "TopK".into(),
                         reason: format!(
                             "k-nearest neighbours over {} features and {} classes needs \
-                             comparisons of {} bits even on a 1-bit grid, over the {} bits \
-                             a selection network is built with",
+                             comparisons of {narrowest} bits even on the coarsest grid, over \
+                             the {} bits a selection network is built with",
                             nb.features,
                             nb.classes,
-                            crate::knn::comparison_bits(nb, 1),
-                            crate::knn::MAX_COMPARISON_BITS
+                            crate::knn_grid::MAX_COMPARISON_BITS
                         ),
-                    }
-                })?;
-                let samples: Vec<&[f64]> = values.iter().map(|t| t.data.as_slice()).collect();
-                per_element = crate::knn::input_grid(nb, &samples, bits);
-                let (scale, zero) = per_element.first().copied().unwrap_or((1.0, 0));
+                    })?;
+                per_element = grid.zeros.iter().map(|&z| (grid.scale, z)).collect();
+                per_element_max = grid.tops.clone();
+                let bits = grid.input_bits();
+                let scale = grid.scale;
+                let zero = grid.zeros.first().copied().unwrap_or(0);
+                self.neighbour_grids.insert(id, grid);
                 (scale, zero, bits)
             }
             (None, None) => {
@@ -417,6 +423,7 @@ impl Lowering<'_> {
             bits,
             from_model: model.is_some(),
             per_element: per_element.clone(),
+            per_element_max,
         };
         let calib: Vec<Vec<i64>> = values
             .iter()
@@ -438,7 +445,7 @@ impl Lowering<'_> {
             },
             &[],
         );
-        let sound = vec![(0, (1i64 << bits) - 1); numel];
+        let sound = (0..numel).map(|e| (0, iq.top(e))).collect();
         let grids = if per_element.is_empty() {
             vec![(scale, zero_point); numel]
         } else {

@@ -22,6 +22,11 @@ pub struct InputQuant {
     /// ensemble's features each get their own calibrated grid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub per_element: Vec<(f64, i64)>,
+    /// Per element, the largest integer (the client clamps to it), replacing `2^bits − 1`
+    /// when not empty: a k-nearest-neighbours input's features each span only their own
+    /// levels of a common scale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_element_max: Vec<i64>,
 }
 
 impl InputQuant {
@@ -35,10 +40,16 @@ impl InputQuant {
         crate::tlu::Grid {
             scale,
             zero,
-            max: (1i64 << self.bits) - 1,
+            max: self.top(e),
             from_model: self.from_model,
         }
         .quantize(x)
+    }
+
+    /// The largest integer element `e` takes.
+    pub fn top(&self, e: usize) -> i64 {
+        let full = (1i64 << self.bits) - 1;
+        self.per_element_max.get(e).map_or(full, |&m| m.min(full))
     }
 }
 

@@ -1,9 +1,10 @@
 //! k-nearest neighbours in the circuit ([`Op::Neighbours`](fhec_frontend_onnx::Op)).
 //!
-//! The input and the training points share one grid: a scale common to every feature
-//! (distances compare features with each other) and a zero point per feature. The
-//! squared distance to point `i` is then an integer, `Σ_j x_j² − 2 Σ_j p_ij x_j + Σ_j
-//! p_ij²`: one table per feature for `x_j²`, the rest an affine map. Each distance is
+//! The input and the training points share one grid ([`crate::knn_grid`]): a scale
+//! common to every feature (distances compare features with each other), a zero point
+//! and a clamp per feature, the points `F` times finer. The squared distance to point
+//! `i`, in units of `1 / F` grid steps, is then an integer, `F Σ_j x_j² − 2 Σ_j r_ij x_j +
+//! c_i`: one table per feature for `x_j²`, the rest an affine map. Each distance is
 //! packed with its point's label code into a key `C·dist + code`, so that a selection
 //! network of compare-exchange steps moves labels along with distances: one exact
 //! lookup per step, `min = a − relu(a − b)`, `max = b + relu(a − b)`. The network sorts
@@ -15,7 +16,7 @@
 //! wrongly would move a label, so nothing may wrap.
 
 use fhec_frontend_onnx::Neighbours;
-use fhec_ir::{bits_for_range, IntOp, Range, Term, MAX_BITS};
+use fhec_ir::{IntOp, Term};
 
 use crate::builder::{Lowering, QValue};
 use crate::sparse::{Built, IntRows};
@@ -34,60 +35,6 @@ fn integers(b: Built) -> QValue {
         sound: b.sound,
         design: Some(b.design),
     }
-}
-
-/// The largest key a distance on a `bits`-bit grid takes: `C·d·(2^bits − 1)² + C − 1`.
-fn max_key(nb: &Neighbours, bits: u32) -> i64 {
-    let top = (1i64 << bits) - 1;
-    let classes = nb.classes.max(1) as i64;
-    classes * nb.features as i64 * top * top + classes - 1
-}
-
-/// Bits of the comparison lookups at input precision `bits`: the difference of two keys,
-/// shifted non-negative.
-pub(crate) fn comparison_bits(nb: &Neighbours, bits: u32) -> u32 {
-    bits_for_range(Range::new(0, 2 * max_key(nb, bits)))
-}
-
-/// The widest comparison a neighbours circuit is built with. Each comparison is an exact
-/// lookup, and an exact lookup one bit wider needs a polynomial twice as large at the
-/// default error probability: predicted on this project's cost model, 7 bits take
-/// 0.45 s per bootstrap (N = 16384, 1.5 GiB of bootstrap key in memory), 8 bits 1.0 s
-/// (N = 32768, 3.1 GiB), 9 bits 2.3 s (N = 65536, 5.7 GiB, and 5 GiB of key-switching
-/// key). A selection network takes hundreds of them per sample, so 8 bits is where a
-/// model stays runnable on one machine.
-pub(crate) const MAX_COMPARISON_BITS: u32 = 8;
-
-/// Input bits for a neighbours model: the most, up to `input_bits`, whose comparisons
-/// (bounded for any input) fit [`MAX_COMPARISON_BITS`]; `None` when not even one bit
-/// fits.
-pub(crate) fn input_bits(nb: &Neighbours, input_bits: u32) -> Option<u32> {
-    (1..=input_bits)
-        .rev()
-        .find(|&b| comparison_bits(nb, b) <= MAX_COMPARISON_BITS.min(MAX_BITS))
-}
-
-/// The input grid: one scale for every feature, a zero point per feature, covering the
-/// calibration values and the training points.
-pub(crate) fn input_grid(nb: &Neighbours, samples: &[&[f64]], bits: u32) -> Vec<(f64, i64)> {
-    let d = nb.features;
-    let top = ((1i64 << bits) - 1) as f64;
-    let mut bounds = vec![(f64::INFINITY, f64::NEG_INFINITY); d];
-    let rows = samples
-        .iter()
-        .flat_map(|s| s.chunks(d))
-        .chain(nb.points.chunks(d));
-    for row in rows {
-        for (b, &v) in bounds.iter_mut().zip(row) {
-            *b = (b.0.min(v), b.1.max(v));
-        }
-    }
-    let widest = bounds.iter().map(|(lo, hi)| hi - lo).fold(0.0, f64::max);
-    let scale = if widest > 0.0 { widest / top } else { 1.0 };
-    bounds
-        .iter()
-        .map(|&(lo, _)| (scale, (-lo / scale).round() as i64))
-        .collect()
 }
 
 /// A selection network over `n` keys keeping the `k` smallest: levels of disjoint
@@ -184,13 +131,10 @@ impl Lowering<'_> {
                  it needs a grid of its own (one scale for every feature, few bits)",
             ));
         }
-        let top = x.sound.iter().map(|s| s.1).max().unwrap_or(0);
-        let classes = nb.classes.max(1) as i64;
-        // the training points on the input's grid
-        let grid_point = |i: usize, j: usize| -> i64 {
-            let zero = (-x.offset[j] / x.scale[j]).round();
-            ((nb.point(i)[j] / x.scale[j]).round() + zero).clamp(0.0, top as f64) as i64
+        let Some(grid) = self.neighbour_grids.get(&id).cloned() else {
+            return Err(refuse("k-nearest neighbours must read the model's input directly"));
         };
+        let classes = nb.classes.max(1) as i64;
         let square_in =
             self.rounded(&format!("{name}/square"), name, x.node, &x.calib, 0, false)?;
         let squares = crate::bivariate::integers(
@@ -202,17 +146,13 @@ impl Lowering<'_> {
         let mut sound = Vec::with_capacity(n);
         for i in 0..n {
             let mut terms = Vec::with_capacity(2 * d);
-            let (mut bias, mut far) = (0, 0);
-            for j in 0..d {
-                let p = grid_point(i, j);
-                terms.push(term(0, j, classes));
-                terms.push(term(1, j, -2 * classes * p));
-                bias += classes * p * p;
-                far += p.max(top - p).pow(2);
+            for (j, &r) in grid.linear[i].iter().enumerate() {
+                terms.push(term(0, j, classes * grid.point_factor));
+                terms.push(term(1, j, -2 * classes * r));
             }
-            let code = i64::from(nb.codes[i]);
-            rows.push((terms, bias + code));
-            sound.push((code, classes * far + code));
+            rows.push((terms, grid.key(nb, i, grid.constant[i])));
+            let (lo, hi) = grid.range[i];
+            sound.push((grid.key(nb, i, lo), grid.key(nb, i, hi)));
         }
         let keys = integers(self.affine_sound(
             &format!("{name}/keys"),

@@ -31,6 +31,7 @@ mod config;
 mod conv;
 mod head;
 mod knn;
+mod knn_grid;
 mod sparse;
 mod tlu;
 mod trees;
@@ -38,6 +39,7 @@ mod trees;
 pub use builder::quantize;
 pub use client::{ClientSpec, InputQuant, OutputDequant, Pending};
 pub use head::run_head;
+pub use knn_grid::MAX_COMPARISON_BITS as NEIGHBOUR_COMPARISON_BITS;
 
 pub use config::QuantConfig;
 

@@ -1,0 +1,327 @@
+//! The input grid of a k-nearest-neighbours model, chosen on the inputset.
+//!
+//! Every comparison of the selection network is an exact lookup over the whole range of
+//! a key difference, so the keys' range, not the calibrated one, bounds the grid: at most
+//! [`MAX_COMPARISON_BITS`]. Within that bound three things are free and are chosen here:
+//!
+//! * the scale, common to every feature (a distance adds features up);
+//! * each feature's clamp: a feature spans only its own calibrated levels, not the
+//!   widest feature's, so narrow features cost the keys nothing they never use;
+//! * how finely the training points sit between the input's grid steps (`point_factor`):
+//!   the distance to a point is kept in units of `1 / point_factor`, which breaks most of
+//!   the ties a coarse input grid makes between points on the same step.
+//!
+//! The candidate that agrees most often with the float model's vote on the inputset
+//! wins; among equals, the narrower comparisons, then the finer grid.
+
+use fhec_frontend_onnx::Neighbours;
+use fhec_ir::{bits_for_range, Range};
+
+use crate::tlu::Grid;
+
+/// The widest comparison a neighbours circuit is built with. Each comparison is an exact
+/// lookup, and an exact lookup one bit wider needs a polynomial twice as large at the
+/// default error probability: predicted on this project's cost model, 7 bits take
+/// 0.45 s per bootstrap (N = 16384, 1.5 GiB of bootstrap key in memory), 8 bits 1.0 s
+/// (N = 32768, 3.1 GiB), 9 bits 2.3 s (N = 65536, 5.7 GiB, and 5 GiB of key-switching
+/// key). A selection network takes hundreds of them per sample, so 8 bits is where a
+/// model stays runnable on one machine.
+pub const MAX_COMPARISON_BITS: u32 = 8;
+
+/// Inputset rows the choice is scored on (evenly spaced when there are more).
+const SCORED_ROWS: usize = 256;
+
+/// Finenesses tried for the training points.
+const POINT_FACTORS: [i64; 4] = [1, 2, 4, 8];
+
+/// A neighbours model's input grid and the integer form of its distances.
+#[derive(Clone, Debug)]
+pub(crate) struct KnnGrid {
+    pub scale: f64,
+    /// Per feature, the zero point and the largest grid index (the client clamps to it).
+    pub zeros: Vec<i64>,
+    pub tops: Vec<i64>,
+    pub point_factor: i64,
+    /// Per training point, `r_ij = round(F · p̂_ij)` (`p̂` the point in grid units, `F`
+    /// the point factor): the distance is `f_i(x) = Σ_j (F x_j² − 2 r_ij x_j) + c_i`.
+    pub linear: Vec<Vec<i64>>,
+    pub constant: Vec<i64>,
+    /// Per training point, the least and largest `f_i` over every clamped input.
+    pub range: Vec<(i64, i64)>,
+}
+
+impl KnnGrid {
+    /// The grid of `scale` over per-feature `bounds`, or `None` when a feature would need
+    /// more than 16 bits.
+    fn new(nb: &Neighbours, bounds: &[(f64, f64)], scale: f64, point_factor: i64) -> Option<Self> {
+        let mut zeros = Vec::with_capacity(bounds.len());
+        let mut tops = Vec::with_capacity(bounds.len());
+        for &(lo, hi) in bounds {
+            let zero = (-lo / scale).round();
+            let top = ((hi / scale).round() + zero).max(0.0);
+            if !zero.is_finite() || zero.abs() > f64::from(1u32 << 17) || top > 65535.0 {
+                return None;
+            }
+            zeros.push(zero as i64);
+            tops.push(top as i64);
+        }
+        let f = point_factor as f64;
+        let (mut linear, mut constant, mut range) = (vec![], vec![], vec![]);
+        for i in 0..nb.point_count() {
+            let at: Vec<f64> = nb
+                .point(i)
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| (p / scale + zeros[j] as f64).clamp(0.0, tops[j] as f64))
+                .collect();
+            let r: Vec<i64> = at.iter().map(|&p| (f * p).round() as i64).collect();
+            let c = (f * at.iter().map(|p| p * p).sum::<f64>()).round() as i64;
+            let (mut lo, mut hi) = (c, c);
+            for (j, &rj) in r.iter().enumerate() {
+                // F x² − 2 r x is convex in x: largest at an end, least next to r / F
+                let g = |x: i64| point_factor * x * x - 2 * rj * x;
+                let top = tops[j];
+                hi += g(0).max(g(top));
+                let mid = rj.div_euclid(point_factor).clamp(0, top);
+                lo += g(mid).min(g((mid + 1).min(top)));
+            }
+            linear.push(r);
+            constant.push(c);
+            range.push((lo, hi));
+        }
+        Some(KnnGrid {
+            scale,
+            zeros,
+            tops,
+            point_factor,
+            linear,
+            constant,
+            range,
+        })
+    }
+
+    /// Feature `j` of an input on the grid, as the client quantizes it.
+    pub(crate) fn quantize(&self, j: usize, v: f64) -> i64 {
+        Grid {
+            scale: self.scale,
+            zero: self.zeros[j],
+            max: self.tops[j],
+            from_model: false,
+        }
+        .quantize(v)
+    }
+
+    /// Bits of the encrypted input: the widest feature's clamp.
+    pub(crate) fn input_bits(&self) -> u32 {
+        bits_for_range(Range::new(0, self.tops.iter().copied().max().unwrap_or(0)))
+    }
+
+    /// The least distance over every point and input: keys are shifted by it so that
+    /// none is negative.
+    pub(crate) fn shift(&self) -> i64 {
+        self.range.iter().map(|r| r.0).min().unwrap_or(0)
+    }
+
+    /// Point `i`'s key for distance `f`: `C·(f − shift) + code`, so that a key carries
+    /// its label and ties in distance go to the lower code.
+    pub(crate) fn key(&self, nb: &Neighbours, i: usize, f: i64) -> i64 {
+        let classes = nb.classes.max(1) as i64;
+        classes * (f - self.shift()) + i64::from(nb.codes[i])
+    }
+
+    /// Bits of the comparison lookups: a difference of two keys, shifted non-negative.
+    pub(crate) fn comparison_bits(&self, nb: &Neighbours) -> u32 {
+        let largest = (0..nb.point_count())
+            .map(|i| self.key(nb, i, self.range[i].1))
+            .max()
+            .unwrap_or(0);
+        bits_for_range(Range::new(0, 2 * largest))
+    }
+
+    /// The codes of the `k` points with the smallest keys for grid input `x`.
+    fn nearest_codes(&self, nb: &Neighbours, x: &[i64]) -> Vec<u32> {
+        let mut keys: Vec<(i64, usize)> = (0..nb.point_count())
+            .map(|i| {
+                let f = self.constant[i]
+                    + x.iter()
+                        .zip(&self.linear[i])
+                        .map(|(&x, &r)| self.point_factor * x * x - 2 * r * x)
+                        .sum::<i64>();
+                (self.key(nb, i, f), i)
+            })
+            .collect();
+        let k = nb.k.min(keys.len());
+        if k > 0 {
+            keys.select_nth_unstable(k - 1);
+        }
+        keys.truncate(k);
+        keys.sort_unstable();
+        keys.iter().map(|&(_, i)| nb.codes[i]).collect()
+    }
+}
+
+/// The class most of `codes` name, the lowest on a tie.
+fn vote(codes: &[u32], classes: usize) -> u32 {
+    let mut count = vec![0usize; classes.max(1)];
+    for &c in codes {
+        if let Some(n) = count.get_mut(c as usize) {
+            *n += 1;
+        }
+    }
+    let best = count.iter().copied().max().unwrap_or(0);
+    count.iter().position(|&n| n == best).unwrap_or(0) as u32
+}
+
+/// Chooses the grid of a neighbours model whose inputset rows are `samples` (each a
+/// flat run of rows), with at most `max_input_bits` bits per feature. `Err` carries the
+/// narrowest comparison any grid needs, when even that is over [`MAX_COMPARISON_BITS`].
+pub(crate) fn choose(
+    nb: &Neighbours,
+    samples: &[&[f64]],
+    max_input_bits: u32,
+) -> Result<KnnGrid, u32> {
+    let d = nb.features.max(1);
+    let rows: Vec<&[f64]> = samples
+        .iter()
+        .flat_map(|s| s.chunks_exact(d))
+        .filter(|r| r.iter().all(|v| v.is_finite()))
+        .collect();
+    let mut bounds = vec![(f64::INFINITY, f64::NEG_INFINITY); nb.features];
+    for row in rows.iter().copied().chain(nb.points.chunks_exact(d)) {
+        for (b, &v) in bounds.iter_mut().zip(row) {
+            if v.is_finite() {
+                *b = (b.0.min(v), b.1.max(v));
+            }
+        }
+    }
+    for b in &mut bounds {
+        if b.0 > b.1 {
+            *b = (0.0, 0.0);
+        }
+    }
+    let widest = bounds.iter().map(|(lo, hi)| hi - lo).fold(0.0, f64::max);
+    let scored: Vec<&[f64]> = rows
+        .iter()
+        .step_by(rows.len().div_ceil(SCORED_ROWS).max(1))
+        .copied()
+        .collect();
+    let float_votes: Vec<u32> = scored
+        .iter()
+        .map(|r| vote(&nb.nearest_codes(r), nb.classes))
+        .collect();
+    let max_levels = ((1i64 << max_input_bits.min(16)) - 1) as f64;
+    let mut narrowest = u32::MAX;
+    // (agreements, comparison bits, scale, grid)
+    let mut best: Option<(usize, u32, f64, KnnGrid)> = None;
+    // the widest feature spans `levels` steps: 1, 1.5, 2, … up to the input bits
+    let mut levels = 1.0;
+    while levels <= max_levels {
+        let scale = if widest > 0.0 { widest / levels } else { 1.0 };
+        for factor in POINT_FACTORS {
+            let Some(grid) = KnnGrid::new(nb, &bounds, scale, factor) else {
+                continue;
+            };
+            let bits = grid.comparison_bits(nb);
+            narrowest = narrowest.min(bits);
+            if bits > MAX_COMPARISON_BITS {
+                // a finer point grid only widens the keys
+                break;
+            }
+            let agree = scored
+                .iter()
+                .zip(&float_votes)
+                .filter(|(r, &v)| {
+                    let x: Vec<i64> = r.iter().enumerate().map(|(j, &v)| grid.quantize(j, v)).collect();
+                    vote(&grid.nearest_codes(nb, &x), nb.classes) == v
+                })
+                .count();
+            let better = match &best {
+                None => true,
+                Some((a, b, s, _)) => (agree, std::cmp::Reverse(bits), -scale) > (*a, std::cmp::Reverse(*b), -*s),
+            };
+            if better {
+                best = Some((agree, bits, scale, grid));
+            }
+        }
+        if widest <= 0.0 {
+            break;
+        }
+        levels += 0.5;
+    }
+    best.map(|b| b.3).ok_or(narrowest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Neighbours {
+        // two features of very different spans, three classes
+        let points = vec![
+            0.0, 0.0, 1.0, 0.1, 2.0, 0.0, 8.0, 0.2, 9.0, 0.1, 10.0, 0.3, 4.0, 0.9, 5.0, 1.0,
+        ];
+        Neighbours {
+            points,
+            features: 2,
+            codes: vec![0, 0, 0, 1, 1, 1, 2, 2],
+            classes: 3,
+            k: 3,
+        }
+    }
+
+    /// The distance range is sound: every clamped input's key lies in it, and the keys
+    /// of every input fit the comparison width.
+    #[test]
+    fn distance_ranges_hold_every_input() {
+        let nb = model();
+        let bounds = [(0.0, 10.0), (0.0, 1.0)];
+        for factor in POINT_FACTORS {
+            let grid = KnnGrid::new(&nb, &bounds, 10.0 / 7.0, factor).unwrap();
+            let largest = 1i64 << (grid.comparison_bits(&nb) - 1);
+            for x0 in 0..=grid.tops[0] {
+                for x1 in 0..=grid.tops[1] {
+                    for i in 0..nb.point_count() {
+                        let f = grid.constant[i] + factor * (x0 * x0 + x1 * x1)
+                            - 2 * (grid.linear[i][0] * x0 + grid.linear[i][1] * x1);
+                        let (lo, hi) = grid.range[i];
+                        assert!(lo <= f && f <= hi, "point {i}, x = ({x0}, {x1})");
+                        let key = grid.key(&nb, i, f);
+                        assert!((0..largest).contains(&key));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A narrow feature gets only its own levels, and the chosen grid votes as the
+    /// float model on these well-separated classes.
+    #[test]
+    fn the_chosen_grid_clamps_each_feature_to_its_span() {
+        let nb = model();
+        let grid = choose(&nb, &[&nb.points], 6).unwrap();
+        assert!(grid.tops[1] < grid.tops[0], "tops {:?}", grid.tops);
+        assert!(grid.comparison_bits(&nb) <= MAX_COMPARISON_BITS);
+        for row in nb.points.chunks(2) {
+            let x: Vec<i64> = row.iter().enumerate().map(|(j, &v)| grid.quantize(j, v)).collect();
+            assert_eq!(
+                vote(&grid.nearest_codes(&nb, &x), 3),
+                vote(&nb.nearest_codes(row), 3)
+            );
+        }
+    }
+
+    /// When no grid fits, the narrowest comparison is reported.
+    #[test]
+    fn too_many_classes_and_features_are_refused_with_the_width() {
+        let features = 200;
+        let nb = Neighbours {
+            points: (0..2 * features).map(|v| v as f64).collect(),
+            features,
+            codes: vec![0, 1],
+            classes: 2,
+            k: 1,
+        };
+        let err = choose(&nb, &[&nb.points], 6).unwrap_err();
+        assert!(err > MAX_COMPARISON_BITS);
+    }
+}

@@ -335,10 +335,13 @@ fn compile_reports_the_agreement_of_k_nearest_neighbours() {
     let options = fhec_compiler::Options::new(fhec_quant::QuantConfig::default(), target);
     let agreement = |name: &str| {
         let dir = fixture(name);
-        let (c, _) = fhec::files::compile(&dir.join("model.onnx"), &dir.join("train.npy"), &options)
-            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        c.neighbours_fidelity
-            .map(|f| f.top1_agreement.expect("a classifier's scores are compared"))
+        let (c, _) =
+            fhec::files::compile(&dir.join("model.onnx"), &dir.join("train.npy"), &options)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        c.neighbours_fidelity.map(|f| {
+            f.top1_agreement
+                .expect("a classifier's scores are compared")
+        })
     };
     let iris = agreement("knn_iris").expect("reported for k-NN");
     assert!(iris >= 0.85, "knn_iris: {iris}");

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use fhec_backend_tfhe::{choose_params, NoiseBudget, PErrorTarget, ParamChoice, ParamError};
 pub use fhec_frontend_onnx::Limits;
-pub use fhec_quant::NEIGHBOUR_COMPARISON_BITS;
 use fhec_frontend_onnx::{bytes_text, FloatGraph, ImportError, Tensor};
 use fhec_ir::{Circuit, CircuitInfo, IntOp};
+pub use fhec_quant::NEIGHBOUR_COMPARISON_BITS;
 use fhec_quant::{ClientSpec, QuantConfig, QuantError, Quantized};
 use fhec_runtime::{Array, Artifact, ClientPart, ModelId, ServerPart};
 

@@ -368,8 +368,8 @@ impl Lowering<'_> {
             (Some(g), _) => (g.scale, g.zero, (g.max + 1).trailing_zeros()),
             (None, Some(nb)) => {
                 let samples: Vec<&[f64]> = values.iter().map(|t| t.data.as_slice()).collect();
-                let grid = crate::knn_grid::choose(nb, &samples, self.cfg.input_bits)
-                    .map_err(|narrowest| QuantError::Unsupported {
+                let grid = crate::knn_grid::choose(nb, &samples, self.cfg.input_bits).map_err(
+                    |narrowest| QuantError::Unsupported {
                         node: info.name.clone(),
                         op: "TopK".into(),
                         reason: format!(
@@ -380,7 +380,8 @@ impl Lowering<'_> {
                             nb.classes,
                             crate::knn_grid::MAX_COMPARISON_BITS
                         ),
-                    })?;
+                    },
+                )?;
                 per_element = grid.zeros.iter().map(|&z| (grid.scale, z)).collect();
                 per_element_max = grid.tops.clone();
                 let bits = grid.input_bits();

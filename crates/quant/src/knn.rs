@@ -132,7 +132,9 @@ impl Lowering<'_> {
             ));
         }
         let Some(grid) = self.neighbour_grids.get(&id).cloned() else {
-            return Err(refuse("k-nearest neighbours must read the model's input directly"));
+            return Err(refuse(
+                "k-nearest neighbours must read the model's input directly",
+            ));
         };
         let classes = nb.classes.max(1) as i64;
         let square_in =

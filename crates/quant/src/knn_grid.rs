@@ -231,13 +231,19 @@ pub(crate) fn choose(
                 .iter()
                 .zip(&float_votes)
                 .filter(|(r, &v)| {
-                    let x: Vec<i64> = r.iter().enumerate().map(|(j, &v)| grid.quantize(j, v)).collect();
+                    let x: Vec<i64> = r
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &v)| grid.quantize(j, v))
+                        .collect();
                     vote(&grid.nearest_codes(nb, &x), nb.classes) == v
                 })
                 .count();
             let better = match &best {
                 None => true,
-                Some((a, b, s, _)) => (agree, std::cmp::Reverse(bits), -scale) > (*a, std::cmp::Reverse(*b), -*s),
+                Some((a, b, s, _)) => {
+                    (agree, std::cmp::Reverse(bits), -scale) > (*a, std::cmp::Reverse(*b), -*s)
+                }
             };
             if better {
                 best = Some((agree, bits, scale, grid));
@@ -302,7 +308,11 @@ mod tests {
         assert!(grid.tops[1] < grid.tops[0], "tops {:?}", grid.tops);
         assert!(grid.comparison_bits(&nb) <= MAX_COMPARISON_BITS);
         for row in nb.points.chunks(2) {
-            let x: Vec<i64> = row.iter().enumerate().map(|(j, &v)| grid.quantize(j, v)).collect();
+            let x: Vec<i64> = row
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| grid.quantize(j, v))
+                .collect();
             assert_eq!(
                 vote(&grid.nearest_codes(&nb, &x), 3),
                 vote(&nb.nearest_codes(row), 3)

@@ -248,7 +248,9 @@ impl ClientPart {
                 || q.zero_point.unsigned_abs() > 1 << 17
                 || !(q.per_element.is_empty() || q.per_element.len() == n)
                 || !(q.per_element_max.is_empty() || q.per_element_max.len() == n)
-                || q.per_element_max.iter().any(|&m| !(0..1 << q.bits).contains(&m))
+                || q.per_element_max
+                    .iter()
+                    .any(|&m| !(0..1 << q.bits).contains(&m))
                 || q.per_element
                     .iter()
                     .any(|&(s, z)| !finite_scale(s) || z.unsigned_abs() > 1 << 17)

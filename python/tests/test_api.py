@@ -73,6 +73,15 @@ def test_a_scikit_learn_model_through_the_whole_api(tmp_path):
     with pytest.raises(fhec.FhecError, match="secret key"):
         server.run(client.encrypt(x_test[:1]), secret)
 
+    # the key prepared by the first call is reused for the same bytes, and only for them
+    key = client.evaluation_key()
+    again_outputs = server.run(client.encrypt(x_test[3:5]), key)
+    assert np.array_equal(client.decrypt(again_outputs)[0], sim_labels[3:5])
+    damaged = bytearray(key)
+    damaged[-1] ^= 1
+    with pytest.raises(fhec.FhecError, match="corrupted"):
+        server.run(client.encrypt(x_test[:1]), bytes(damaged))
+
     # the artifact loads back
     loaded = fhec.load(tmp_path / "deploy")
     assert np.array_equal(loaded.predict(x_test, fhe="disable")[0], labels)

@@ -19,8 +19,8 @@ use fhec::files;
 use fhec_compiler::settings::Settings;
 use fhec_frontend_onnx::Tensor;
 use fhec_runtime::{
-    Array, Artifact, Client, EncryptedInputs, EncryptedOutputs, EvaluationKey, KeyId, PreparedKey,
-    SecretKey, Server,
+    frame, Array, Artifact, Client, EncryptedInputs, EncryptedOutputs, EvaluationKey, KeyId,
+    PreparedKey, SecretKey, Server,
 };
 use pyo3::create_exception;
 use pyo3::prelude::*;
@@ -415,11 +415,13 @@ impl NativeClient {
 }
 
 /// The server of a deployed model: `DIR/model.server.fhe` and nothing secret.
-/// Evaluation keys are prepared once per key id.
+/// Evaluation keys are parsed and prepared once per key: a call with the bytes of a key
+/// already prepared (same key id and SHA-256) only checks their digest.
 #[pyclass(module = "fhec._native")]
 struct NativeServer {
     server: Server,
-    prepared: Mutex<Vec<(KeyId, PreparedKey)>>,
+    /// (key id, the key file's SHA-256 as its header states it, prepared key)
+    prepared: Mutex<Vec<(KeyId, String, PreparedKey)>>,
 }
 
 #[pymethods]
@@ -442,16 +444,33 @@ impl NativeServer {
         let server = &self.server;
         let bytes = py.detach(|| -> PyResult<Vec<u8>> {
             let inputs = EncryptedInputs::from_bytes(inputs).map_err(error)?;
-            let key = server.evaluation_key(evaluation_key).map_err(error)?;
-            server.check_inputs(key.key_id, &inputs).map_err(error)?;
-            let mut cache = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
-            if !cache.iter().any(|(id, _)| *id == key.key_id) {
-                let prepared = server.prepare(&key).map_err(error)?;
-                cache.push((key.key_id, prepared));
-            }
-            let Some((_, prepared)) = cache.iter().find(|(id, _)| *id == key.key_id) else {
-                return Err(error("no prepared key"));
+            // the digest is checked here, so a cached key is used only for the very bytes
+            // it was prepared from
+            let header = match frame::unframe(evaluation_key, frame::Kind::EvaluationKey) {
+                Ok((header, _)) => header,
+                Err(e) => {
+                    // the key's own reader names what is wrong best (a secret key, say)
+                    server.evaluation_key(evaluation_key).map_err(error)?;
+                    return Err(error(e));
+                }
             };
+            let mut cache = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+            let cached = |cache: &[(KeyId, String, PreparedKey)]| {
+                cache.iter().position(|(id, digest, _)| {
+                    Some(*id) == header.key && digest == header.digest()
+                })
+            };
+            let at = match cached(&cache) {
+                Some(at) => at,
+                None => {
+                    let key = server.evaluation_key(evaluation_key).map_err(error)?;
+                    let prepared = server.prepare(&key).map_err(error)?;
+                    cache.push((key.key_id, header.digest().to_string(), prepared));
+                    cache.len() - 1
+                }
+            };
+            let (key_id, _, prepared) = &cache[at];
+            server.check_inputs(*key_id, &inputs).map_err(error)?;
             let progress = sample_progress(server.info().pbs_per_sample, inputs.samples.len());
             let outputs = server.run(prepared, &inputs, &progress).map_err(error)?;
             Ok(outputs.to_bytes())

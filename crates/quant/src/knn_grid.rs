@@ -48,6 +48,9 @@ pub(crate) struct KnnGrid {
     pub constant: Vec<i64>,
     /// Per training point, the least and largest `f_i` over every clamped input.
     pub range: Vec<(i64, i64)>,
+    /// The least distance over every point and input: keys are shifted by it so that
+    /// none is negative.
+    pub shift: i64,
 }
 
 impl KnnGrid {
@@ -89,6 +92,7 @@ impl KnnGrid {
             constant.push(c);
             range.push((lo, hi));
         }
+        let shift = range.iter().map(|r| r.0).min().unwrap_or(0);
         Some(KnnGrid {
             scale,
             zeros,
@@ -97,6 +101,7 @@ impl KnnGrid {
             linear,
             constant,
             range,
+            shift,
         })
     }
 
@@ -116,17 +121,11 @@ impl KnnGrid {
         bits_for_range(Range::new(0, self.tops.iter().copied().max().unwrap_or(0)))
     }
 
-    /// The least distance over every point and input: keys are shifted by it so that
-    /// none is negative.
-    pub(crate) fn shift(&self) -> i64 {
-        self.range.iter().map(|r| r.0).min().unwrap_or(0)
-    }
-
     /// Point `i`'s key for distance `f`: `C·(f − shift) + code`, so that a key carries
     /// its label and ties in distance go to the lower code.
     pub(crate) fn key(&self, nb: &Neighbours, i: usize, f: i64) -> i64 {
         let classes = nb.classes.max(1) as i64;
-        classes * (f - self.shift()) + i64::from(nb.codes[i])
+        classes * (f - self.shift) + i64::from(nb.codes[i])
     }
 
     /// Bits of the comparison lookups: a difference of two keys, shifted non-negative.

@@ -455,12 +455,10 @@ impl NativeServer {
                 }
             };
             let mut cache = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
-            let cached = |cache: &[(KeyId, String, PreparedKey)]| {
-                cache.iter().position(|(id, digest, _)| {
-                    Some(*id) == header.key && digest == header.digest()
-                })
-            };
-            let at = match cached(&cache) {
+            let cached = cache
+                .iter()
+                .position(|(id, digest, _)| Some(*id) == header.key && digest == header.digest());
+            let at = match cached {
                 Some(at) => at,
                 None => {
                     let key = server.evaluation_key(evaluation_key).map_err(error)?;

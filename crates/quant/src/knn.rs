@@ -131,7 +131,7 @@ impl Lowering<'_> {
                  it needs a grid of its own (one scale for every feature, few bits)",
             ));
         }
-        let Some(grid) = self.neighbour_grids.get(&id).cloned() else {
+        let Some(grid) = self.neighbour_grids.remove(&id) else {
             return Err(refuse(
                 "k-nearest neighbours must read the model's input directly",
             ));

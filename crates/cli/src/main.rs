@@ -677,7 +677,7 @@ fn compile(
     }
     if let Some(f) = &compiled.neighbours_fidelity {
         println!(
-            "k-nearest neighbours: {} (exact comparisons of at most {} bits hold the input grid to a few levels per feature)",
+            "k-nearest neighbours: {} (grid and distance clip chosen on the inputset for comparisons of at most {} bits)",
             f.text(),
             fhec_compiler::NEIGHBOUR_COMPARISON_BITS
         );

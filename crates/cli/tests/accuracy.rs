@@ -105,10 +105,14 @@ const TREES: &[(&str, f64)] = &[
 ];
 
 /// scikit-learn's KNeighborsClassifier as skl2onnx exports it, with the simulated
-/// accuracy drop from the float model each is held to at the defaults (grids of 2–3
-/// levels per feature: knn_iris measured 6.7 points, 3 of 45 test samples; knn_small 10
-/// points, 3 of 30).
-const NEIGHBOURS: &[(&str, f64)] = &[("knn_iris", 0.07), ("knn_small", 0.11)];
+/// accuracy drop from the float model each is held to at the defaults (distances
+/// clipped: knn_iris measured 0 points, 45 of 45 as float; knn_small 3.3 points, 1 of
+/// 30; knn_wine_pipeline 3.7 points *above* float, 54 of 54 right against 52).
+const NEIGHBOURS: &[(&str, f64)] = &[
+    ("knn_iris", 0.02),
+    ("knn_small", 0.04),
+    ("knn_wine_pipeline", 0.02),
+];
 
 /// `--mode clear` reproduces the onnxruntime outputs stored with each fixture.
 #[test]
@@ -119,7 +123,6 @@ fn float_reference_matches_onnxruntime() {
         .chain(OPS_NN)
         .copied()
         .chain(NEIGHBOURS.iter().map(|n| n.0))
-        .chain(["knn_wine_pipeline"])
         .chain(families.iter().map(String::as_str))
     {
         let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
@@ -327,8 +330,9 @@ fn k_nearest_neighbours_simulate_close_to_the_float_model() {
 }
 
 /// `compile` reports how often a k-NN's simulation agrees with the float model on the
-/// inputset, since the grid its exact comparisons allow can cost much accuracy: on 13
-/// standardized features (wine) it is about half.
+/// inputset, since the grid its exact comparisons allow can cost accuracy. Clipped
+/// distances keep 13 standardized features (wine) close: measured .984 (was about half
+/// before distances were clipped).
 #[test]
 fn compile_reports_the_agreement_of_k_nearest_neighbours() {
     let target = fhec_backend_tfhe::PErrorTarget::PerPbs(2f64.powi(-40));
@@ -346,8 +350,62 @@ fn compile_reports_the_agreement_of_k_nearest_neighbours() {
     let iris = agreement("knn_iris").expect("reported for k-NN");
     assert!(iris >= 0.85, "knn_iris: {iris}");
     let wine = agreement("knn_wine_pipeline").expect("reported for k-NN");
-    assert!((0.2..0.8).contains(&wine), "knn_wine_pipeline: {wine}");
+    assert!(wine >= 0.95, "knn_wine_pipeline: {wine}");
     assert_eq!(agreement("mlp_iris"), None, "only k-NN models report it");
+}
+
+/// knn_iris's distances are too wide for one lookup, so they are folded through an
+/// approximate rounding before they are clipped (crates/quant/src/knn_grid.rs,
+/// `DistanceClip`): whichever way that rounding errs, every key comes out the same, so
+/// FHE decrypts the labels simulate computes. Here the rounding errs far more often than
+/// any parameters let it (σ of an eighth of a step: about one in ten roundings is one
+/// off, two off is out of reach).
+#[test]
+fn folded_neighbour_distances_do_not_depend_on_the_rounding_error() {
+    let (a, info) = compile("knn_iris", None);
+    let mut c = a.server.circuit.clone();
+    let named = |suffix: &str| {
+        c.ids()
+            .find(|&id| c.node(id).name.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no node named …{suffix}"))
+    };
+    let (round, keys) = (named("neighbours/fold/round"), named("neighbours/keys"));
+    let fhec_ir::IntOp::Round { drop_bits, .. } = c.node(round).op else {
+        panic!("the fold reads a rounding");
+    };
+    c.outputs = vec![round, keys];
+    let mut sigma = vec![0.0; c.len()];
+    sigma[round.index()] = f64::from(1u32 << drop_bits) / 8.0;
+    let noise = fhec_ir::interp::RoundingNoise {
+        sigma,
+        output_sigma: 0.0,
+    };
+    let samples = test_samples("knn_iris", &a);
+    let (mut roundings_off, mut roundings) = (0, 0);
+    for (i, sample) in samples.iter().enumerate() {
+        let q = a
+            .client()
+            .spec
+            .quantize_inputs(&a.client().graph, sample)
+            .unwrap();
+        let exact = fhec_ir::interp::simulate(&c, &info, &q).unwrap();
+        let noisy = fhec_ir::interp::simulate_noisy(&c, &info, &q, &noise, i as u64).unwrap();
+        roundings += exact[0].len();
+        roundings_off += exact[0]
+            .iter()
+            .zip(&noisy[0])
+            .filter(|(e, n)| e != n)
+            .count();
+        assert_eq!(
+            exact[1], noisy[1],
+            "sample {i}: keys moved with the rounding error"
+        );
+    }
+    println!("{roundings_off} of {roundings} roundings one off");
+    assert!(
+        roundings_off * 20 > roundings,
+        "the error model bit: {roundings_off} of {roundings}"
+    );
 }
 
 #[test]

@@ -80,7 +80,7 @@ pub struct Compiled {
     pub adaptation: Option<adapt::Adaptation>,
     /// For a model with k-nearest neighbours, how often the circuit's simulation agrees
     /// with the float model on the inputset: the exact comparisons of its selection
-    /// network hold the input grid to a few levels, which costs accuracy on some data.
+    /// network bound the input grid and clip the distances, which can cost accuracy.
     pub neighbours_fidelity: Option<adapt::Fidelity>,
 }
 

@@ -375,7 +375,9 @@ impl Lowering<'_> {
                         reason: format!(
                             "k-nearest neighbours over {} features and {} classes needs \
                              comparisons of {narrowest} bits even on the coarsest grid, over \
-                             the {} bits a selection network is built with",
+                             the {} bits a selection network is built with, and its distances \
+                             cannot be clipped to fit (too many classes to pack into a key, \
+                             or distances too wide to fold in one lookup)",
                             nb.features,
                             nb.classes,
                             crate::knn_grid::MAX_COMPARISON_BITS

@@ -4,8 +4,11 @@
 //! common to every feature (distances compare features with each other), a zero point
 //! and a clamp per feature, the points `F` times finer. The squared distance to point
 //! `i`, in units of `1 / F` grid steps, is then an integer, `F Σ_j x_j² − 2 Σ_j r_ij x_j +
-//! c_i`: one table per feature for `x_j²`, the rest an affine map. Each distance is
-//! packed with its point's label code into a key `C·dist + code`, so that a selection
+//! c_i`: one table per feature for `x_j²`, the rest an affine map. A fine grid makes
+//! distances wider than the comparisons take; they are then clipped at the largest
+//! distance a key can hold (one lookup, or two through a fold when one lookup cannot
+//! read them: [`DistanceClip`]), since only the nearest points need theirs exact. Each
+//! distance is packed with its point's label code into a key `C·dist + code`, so that a selection
 //! network of compare-exchange steps moves labels along with distances: one exact
 //! lookup per step, `min = a − relu(a − b)`, `max = b + relu(a − b)`. The network sorts
 //! blocks of k keys, then merges blocks pairwise keeping the k smallest; a last lookup
@@ -19,6 +22,7 @@ use fhec_frontend_onnx::Neighbours;
 use fhec_ir::{IntOp, Term};
 
 use crate::builder::{Lowering, QValue};
+use crate::knn_grid::{DistanceClip, KnnGrid};
 use crate::sparse::{Built, IntRows};
 use crate::QuantError;
 
@@ -99,6 +103,16 @@ fn term(operand: u32, index: usize, weight: i64) -> Term {
     }
 }
 
+/// `scale · (F Σ_j x_j² − 2 Σ_j r_j x_j)` over the squares (operand 0) and the input
+/// (operand 1), `square_weight = scale · F`.
+fn distance_terms(linear: &[i64], square_weight: i64, scale: i64) -> Vec<Term> {
+    linear
+        .iter()
+        .enumerate()
+        .flat_map(|(j, &r)| [term(0, j, square_weight), term(1, j, -2 * scale * r)])
+        .collect()
+}
+
 impl Lowering<'_> {
     /// `x` is the value `id` the neighbours op reads.
     pub(crate) fn neighbours(
@@ -144,27 +158,36 @@ impl Lowering<'_> {
             false,
         );
         let n = nb.point_count();
-        let mut rows = Vec::with_capacity(n);
-        let mut sound = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut terms = Vec::with_capacity(2 * d);
-            for (j, &r) in grid.linear[i].iter().enumerate() {
-                terms.push(term(0, j, classes * grid.point_factor));
-                terms.push(term(1, j, -2 * classes * r));
+        let keys = match grid.clip {
+            None => {
+                // keys straight from the distances: `C·(f_i − shift) + code_i`
+                let rows = (0..n)
+                    .map(|i| {
+                        let terms =
+                            distance_terms(&grid.linear[i], classes * grid.point_factor, classes);
+                        (terms, grid.key(nb, i, grid.constant[i]))
+                    })
+                    .collect();
+                let sound = (0..n)
+                    .map(|i| {
+                        (
+                            grid.key(nb, i, grid.range[i].0),
+                            grid.key(nb, i, grid.range[i].1),
+                        )
+                    })
+                    .collect();
+                integers(self.affine_sound(
+                    &format!("{name}/keys"),
+                    &[&squares, &x],
+                    IntRows {
+                        rows,
+                        sound: Some(sound),
+                    },
+                    vec![1, n],
+                ))
             }
-            rows.push((terms, grid.key(nb, i, grid.constant[i])));
-            let (lo, hi) = grid.range[i];
-            sound.push((grid.key(nb, i, lo), grid.key(nb, i, hi)));
-        }
-        let keys = integers(self.affine_sound(
-            &format!("{name}/keys"),
-            &[&squares, &x],
-            IntRows {
-                rows,
-                sound: Some(sound),
-            },
-            vec![1, n],
-        ));
+            Some(clip) => self.clipped_keys(name, &grid, nb, clip, &squares, &x)?,
+        };
         let (levels, nearest) = selection_network(n, nb.k);
         // position → index in the current value, for the positions still needed
         let mut index_of: Vec<Option<usize>> = (0..n).map(Some).collect();
@@ -223,6 +246,105 @@ impl Lowering<'_> {
         let mut out = crate::bivariate::integers(codes, true);
         out.sound.fill((0, classes - 1));
         Ok(out)
+    }
+
+    /// The keys `C·min(f_i − shift, cap) + code_i` of distances too wide for the
+    /// comparisons ([`DistanceClip`]): the distances, folded first when one lookup
+    /// cannot read them, clipped by a lookup, then packed with their codes.
+    fn clipped_keys(
+        &mut self,
+        name: &str,
+        grid: &KnnGrid,
+        nb: &Neighbours,
+        clip: DistanceClip,
+        squares: &QValue,
+        x: &QValue,
+    ) -> Result<QValue, QuantError> {
+        let n = nb.point_count();
+        let classes = nb.classes.max(1) as i64;
+        let rows = (0..n)
+            .map(|i| {
+                let terms = distance_terms(&grid.linear[i], grid.point_factor, 1);
+                (terms, grid.constant[i] - grid.shift)
+            })
+            .collect();
+        let sound = grid
+            .range
+            .iter()
+            .map(|&(lo, hi)| (lo - grid.shift, hi - grid.shift))
+            .collect();
+        let distances = integers(self.affine_sound(
+            &format!("{name}/distances"),
+            &[squares, x],
+            IntRows {
+                rows,
+                sound: Some(sound),
+            },
+            vec![1, n],
+        ));
+        let near = if clip.drop == 0 {
+            distances
+        } else {
+            // t = d − 2^drop · max(h − fold, 0), h = d rounded approximately (the table
+            // is non-negative: a negative one would widen the encoding by a sign bit)
+            let coarse = self.rounded(
+                &format!("{name}/fold"),
+                name,
+                distances.node,
+                &distances.calib,
+                clip.drop,
+                true,
+            )?;
+            let beyond = clip.fold << clip.drop;
+            let folds = crate::bivariate::integers(
+                self.lut(format!("{name}/fold"), &coarse, |_, v| (v - beyond).max(0)),
+                false,
+            );
+            let rows = (0..n)
+                .map(|i| (vec![term(0, i, 1), term(1, i, -1)], 0))
+                .collect();
+            integers(self.affine_sound(
+                &format!("{name}/folded"),
+                &[&distances, &folds],
+                IntRows {
+                    rows,
+                    sound: Some(vec![(0, clip.folded_top()); n]),
+                },
+                vec![1, n],
+            ))
+        };
+        let clip_in = self.rounded(
+            &format!("{name}/clip"),
+            name,
+            near.node,
+            &near.calib,
+            0,
+            false,
+        )?;
+        let clipped = crate::bivariate::integers(
+            self.lut(format!("{name}/clip"), &clip_in, |_, v| v.min(clip.cap)),
+            false,
+        );
+        let rows = (0..n)
+            .map(|i| (vec![term(0, i, classes)], i64::from(nb.codes[i])))
+            .collect();
+        let sound = (0..n)
+            .map(|i| {
+                (
+                    grid.key(nb, i, grid.range[i].0),
+                    grid.key(nb, i, grid.range[i].1),
+                )
+            })
+            .collect();
+        Ok(integers(self.affine_sound(
+            &format!("{name}/keys"),
+            &[&clipped],
+            IntRows {
+                rows,
+                sound: Some(sound),
+            },
+            vec![1, n],
+        )))
     }
 
     /// One level of compare-exchange steps on keys `cur` (position `p` at

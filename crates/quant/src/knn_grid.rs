@@ -11,13 +11,19 @@
 //!   the distance to a point is kept in units of `1 / point_factor`, which breaks most of
 //!   the ties a coarse input grid makes between points on the same step.
 //!
+//! A fine grid makes distances wider than the comparisons can take. Only the nearest
+//! points need their exact distance, so such a grid clips every distance at the key
+//! budget ([`DistanceClip`]): one or two lookups per training point buy a grid as fine
+//! as the inputset asks for.
+//!
 //! The candidate that agrees most often with the float model's vote on the inputset
-//! wins; among equals, the narrower comparisons, then the finer grid.
+//! wins; among equals, the one with the narrower comparisons (a clipped grid is also
+//! tried one bit narrower), fewer lookups, then the finer grid.
 
 use fhec_frontend_onnx::Neighbours;
 use fhec_ir::{bits_for_range, Range};
 
-use crate::tlu::Grid;
+use crate::tlu::{rounded_top, Grid};
 
 /// The widest comparison a neighbours circuit is built with. Each comparison is an exact
 /// lookup, and an exact lookup one bit wider needs a polynomial twice as large at the
@@ -33,6 +39,71 @@ const SCORED_ROWS: usize = 256;
 
 /// Finenesses tried for the training points.
 const POINT_FACTORS: [i64; 4] = [1, 2, 4, 8];
+
+/// Distances clipped at `cap` before they become keys: `min(d, cap)`, so that keys stay
+/// within the comparisons however fine the grid. A distance that fits one lookup is
+/// clipped by it. A wider one is first folded into a narrow range that keeps every
+/// distance below `cap` exact and every other one at least `cap`:
+/// `t = d − 2^drop · max(h − fold, 0)`, `h` the distance rounded approximately by `drop`
+/// bits (one lookup); a second lookup reads `t` and gives the key. An approximate
+/// rounding may come out one step off either way; `fold` is chosen so that the key is
+/// the same whichever way it goes (the circuit is exact, FHE decrypts what simulation
+/// computes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DistanceClip {
+    pub cap: i64,
+    /// Bits the first lookup drops; 0: one exact lookup reads the distance and clips it.
+    pub drop: u32,
+    pub fold: i64,
+}
+
+impl DistanceClip {
+    /// The clip for distances in `[0, widest]` and `classes` classes, with lookups of
+    /// `bits` bits, or `None` when no key budget is left (too many classes) or the
+    /// distances are too wide to fold in one lookup.
+    fn new(widest: i64, classes: i64, bits: u32) -> Option<Self> {
+        // keys `C·min(d, cap) + code` whose differences fit the comparisons
+        let largest_key = (1i64 << (bits - 1)) - 1;
+        let cap = (largest_key + 1 - classes) / classes;
+        let table_top = (1i64 << bits) - 1;
+        if cap < 1 {
+            return None;
+        }
+        if widest <= table_top {
+            return Some(DistanceClip {
+                cap,
+                drop: 0,
+                fold: 0,
+            });
+        }
+        (1..bits).find_map(|drop| {
+            let clip = DistanceClip {
+                cap,
+                drop,
+                fold: (cap + (1 << drop) - 1) / (1 << drop) + 2,
+            };
+            (rounded_top(widest, drop, true) <= table_top && clip.folded_top() <= table_top)
+                .then_some(clip)
+        })
+    }
+
+    /// The largest folded distance `t`. With `h` one step off `⌊d / 2^drop⌋` downwards
+    /// or two upwards (round to nearest, then the approximation), `t < 2^drop·(fold + 2)`;
+    /// `t = d` whenever `d < cap` (then `h ≤ fold`), and `t ≥ 2^drop·(fold − 2) ≥ cap`
+    /// when `h > fold`.
+    pub(crate) fn folded_top(&self) -> i64 {
+        (1i64 << self.drop) * (self.fold + 2) - 1
+    }
+
+    /// Lookups per training point.
+    pub(crate) fn lookups(&self) -> usize {
+        if self.drop == 0 {
+            1
+        } else {
+            2
+        }
+    }
+}
 
 /// A neighbours model's input grid and the integer form of its distances.
 #[derive(Clone, Debug)]
@@ -51,12 +122,21 @@ pub(crate) struct KnnGrid {
     /// The least distance over every point and input: keys are shifted by it so that
     /// none is negative.
     pub shift: i64,
+    /// Set when the distances are too wide for the comparisons.
+    pub clip: Option<DistanceClip>,
 }
 
 impl KnnGrid {
-    /// The grid of `scale` over per-feature `bounds`, or `None` when a feature would need
-    /// more than 16 bits.
-    fn new(nb: &Neighbours, bounds: &[(f64, f64)], scale: f64, point_factor: i64) -> Option<Self> {
+    /// The grid of `scale` over per-feature `bounds`, its distances clipped to
+    /// comparisons of `budget` bits when they are wider, or `None` when a feature would
+    /// need more than 16 bits.
+    fn new(
+        nb: &Neighbours,
+        bounds: &[(f64, f64)],
+        scale: f64,
+        point_factor: i64,
+        budget: u32,
+    ) -> Option<Self> {
         let mut zeros = Vec::with_capacity(bounds.len());
         let mut tops = Vec::with_capacity(bounds.len());
         for &(lo, hi) in bounds {
@@ -93,6 +173,14 @@ impl KnnGrid {
             range.push((lo, hi));
         }
         let shift = range.iter().map(|r| r.0).min().unwrap_or(0);
+        let classes = nb.classes.max(1) as i64;
+        let widest = range.iter().map(|r| r.1 - shift).max().unwrap_or(0);
+        let unclipped = bits_for_range(Range::new(0, 2 * (classes * widest + classes - 1)));
+        let clip = if unclipped <= budget {
+            None
+        } else {
+            DistanceClip::new(widest, classes, budget)
+        };
         Some(KnnGrid {
             scale,
             zeros,
@@ -102,6 +190,7 @@ impl KnnGrid {
             constant,
             range,
             shift,
+            clip,
         })
     }
 
@@ -121,11 +210,19 @@ impl KnnGrid {
         bits_for_range(Range::new(0, self.tops.iter().copied().max().unwrap_or(0)))
     }
 
-    /// Point `i`'s key for distance `f`: `C·(f − shift) + code`, so that a key carries
-    /// its label and ties in distance go to the lower code.
+    /// Point `i`'s key for distance `f`: `C·(f − shift) + code` (the distance clipped
+    /// when the grid clips), so that a key carries its label and ties in distance go to
+    /// the lower code.
     pub(crate) fn key(&self, nb: &Neighbours, i: usize, f: i64) -> i64 {
         let classes = nb.classes.max(1) as i64;
-        classes * (f - self.shift) + i64::from(nb.codes[i])
+        let d = f - self.shift;
+        let d = self.clip.map_or(d, |c| d.min(c.cap));
+        classes * d + i64::from(nb.codes[i])
+    }
+
+    /// Lookups per training point before the selection network.
+    pub(crate) fn lookups_per_point(&self) -> usize {
+        self.clip.map_or(0, |c| c.lookups())
     }
 
     /// Bits of the comparison lookups: a difference of two keys, shifted non-negative.
@@ -210,50 +307,65 @@ pub(crate) fn choose(
         .collect();
     let max_levels = ((1i64 << max_input_bits.min(16)) - 1) as f64;
     let mut narrowest = u32::MAX;
-    // (agreements, comparison bits, scale, grid)
-    let mut best: Option<(usize, u32, f64, KnnGrid)> = None;
+    // (agreements, comparison bits, lookups per point, scale, grid)
+    let mut best: Option<(usize, u32, usize, f64, KnnGrid)> = None;
     // the widest feature spans `levels` steps: 1, 1.5, 2, … up to the input bits
     let mut levels = 1.0;
     while levels <= max_levels {
         let scale = if widest > 0.0 { widest / levels } else { 1.0 };
+        // when even the coarsest points are too wide, every finer level is too
+        let mut coarsest_too_wide = false;
         for factor in POINT_FACTORS {
-            let Some(grid) = KnnGrid::new(nb, &bounds, scale, factor) else {
+            let Some(grid) = KnnGrid::new(nb, &bounds, scale, factor, MAX_COMPARISON_BITS) else {
                 continue;
             };
             let bits = grid.comparison_bits(nb);
             narrowest = narrowest.min(bits);
             if bits > MAX_COMPARISON_BITS {
-                // a finer point grid only widens the keys
+                // a finer point grid only widens the distances
+                coarsest_too_wide = factor == POINT_FACTORS[0];
                 break;
             }
-            let agree = scored
-                .iter()
-                .zip(&float_votes)
-                .filter(|(r, &v)| {
-                    let x: Vec<i64> = r
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &v)| grid.quantize(j, v))
-                        .collect();
-                    vote(&grid.nearest_codes(nb, &x), nb.classes) == v
-                })
-                .count();
-            let better = match &best {
-                None => true,
-                Some((a, b, s, _)) => {
-                    (agree, std::cmp::Reverse(bits), -scale) > (*a, std::cmp::Reverse(*b), -*s)
+            // clipped one bit narrower, the comparisons cost half as much
+            let narrower = grid
+                .clip
+                .and_then(|_| KnnGrid::new(nb, &bounds, scale, factor, MAX_COMPARISON_BITS - 1))
+                .filter(|g| g.clip.is_some());
+            for grid in std::iter::once(grid).chain(narrower) {
+                let bits = grid.comparison_bits(nb);
+                let lookups = grid.lookups_per_point();
+                let agree = scored
+                    .iter()
+                    .zip(&float_votes)
+                    .filter(|(r, &v)| {
+                        let x: Vec<i64> = r
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &v)| grid.quantize(j, v))
+                            .collect();
+                        vote(&grid.nearest_codes(nb, &x), nb.classes) == v
+                    })
+                    .count();
+                let rank = |a: usize, b: u32, l: usize, s: f64| {
+                    (a, std::cmp::Reverse(b), std::cmp::Reverse(l), -s)
+                };
+                let better = match &best {
+                    None => true,
+                    Some((a, b, l, s, _)) => {
+                        rank(agree, bits, lookups, scale) > rank(*a, *b, *l, *s)
+                    }
+                };
+                if better {
+                    best = Some((agree, bits, lookups, scale, grid));
                 }
-            };
-            if better {
-                best = Some((agree, bits, scale, grid));
             }
         }
-        if widest <= 0.0 {
+        if widest <= 0.0 || coarsest_too_wide {
             break;
         }
         levels += 0.5;
     }
-    best.map(|b| b.3).ok_or(narrowest)
+    best.map(|b| b.4).ok_or(narrowest)
 }
 
 #[cfg(test)]
@@ -281,7 +393,7 @@ mod tests {
         let nb = model();
         let bounds = [(0.0, 10.0), (0.0, 1.0)];
         for factor in POINT_FACTORS {
-            let grid = KnnGrid::new(&nb, &bounds, 10.0 / 7.0, factor).unwrap();
+            let grid = KnnGrid::new(&nb, &bounds, 10.0 / 7.0, factor, MAX_COMPARISON_BITS).unwrap();
             let largest = 1i64 << (grid.comparison_bits(&nb) - 1);
             for x0 in 0..=grid.tops[0] {
                 for x1 in 0..=grid.tops[1] {
@@ -319,18 +431,74 @@ mod tests {
         }
     }
 
-    /// When no grid fits, the narrowest comparison is reported.
+    /// When no grid fits, the narrowest comparison is reported: with 70 classes no key
+    /// can carry a clipped distance and its label within the comparisons.
     #[test]
-    fn too_many_classes_and_features_are_refused_with_the_width() {
+    fn too_many_classes_are_refused_with_the_width() {
+        let classes = 70;
+        let nb = Neighbours {
+            points: (0..2 * classes).map(|v| (v * v) as f64).collect(),
+            features: 2,
+            codes: (0..classes as u32).collect(),
+            classes,
+            k: 1,
+        };
+        let err = choose(&nb, &[&nb.points], 6).unwrap_err();
+        assert!(err > MAX_COMPARISON_BITS);
+    }
+
+    /// Many features make distances too wide for the comparisons; clipping them keeps
+    /// the keys within the comparisons, and the nearest point still wins.
+    #[test]
+    fn wide_distances_are_clipped_into_the_comparisons() {
         let features = 200;
         let nb = Neighbours {
-            points: (0..2 * features).map(|v| v as f64).collect(),
+            points: (0..2 * features)
+                .map(|v| (v % features) as f64 + (v / features) as f64 * 50.0)
+                .collect(),
             features,
             codes: vec![0, 1],
             classes: 2,
             k: 1,
         };
-        let err = choose(&nb, &[&nb.points], 6).unwrap_err();
-        assert!(err > MAX_COMPARISON_BITS);
+        let grid = choose(&nb, &[&nb.points], 6).unwrap();
+        assert!(grid.clip.is_some(), "distances this wide are clipped");
+        assert!(grid.comparison_bits(&nb) <= MAX_COMPARISON_BITS);
+        for (row, code) in nb.points.chunks(features).zip(&nb.codes) {
+            let x: Vec<i64> = row
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| grid.quantize(j, v))
+                .collect();
+            assert_eq!(grid.nearest_codes(&nb, &x), vec![*code]);
+        }
+    }
+
+    /// The fold keeps every distance's clipped value whichever way the approximate
+    /// rounding goes (one step below round-to-nearest or one above), within the table.
+    #[test]
+    fn folding_keeps_the_clipped_distance_under_any_rounding_error() {
+        let mut folds = 0;
+        for bits in [7, 8] {
+            for classes in 2..=12 {
+                for widest in [256, 300, 1000, 2000, 4000, 8000] {
+                    let Some(clip) = DistanceClip::new(widest, classes, bits) else {
+                        continue;
+                    };
+                    assert!(clip.drop > 0, "a distance over 2^{bits} − 1 is folded");
+                    folds += 1;
+                    let step = 1i64 << clip.drop;
+                    for d in 0..=widest {
+                        let nearest = (d + step / 2) >> clip.drop;
+                        for h in [nearest - 1, nearest, nearest + 1] {
+                            let t = d - step * (h - clip.fold).max(0);
+                            assert!((0..=clip.folded_top()).contains(&t), "{clip:?} d {d} h {h}");
+                            assert_eq!(t.min(clip.cap), d.min(clip.cap), "{clip:?} d {d} h {h}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(folds > 50, "{folds} folds tried");
     }
 }

@@ -2,14 +2,15 @@
 
 Replays in numpy the integer computation of fhec's k-NN circuit (crates/quant/src/
 knn.rs, knn_grid.rs) for scikit-learn's KNeighborsClassifier(5) on several datasets and
-12 stratified 70/30 splits, and prints the mean test accuracy of the float model and of
+12 stratified 70/30 splits (and a knn_small-like model on 40), and prints the mean test accuracy of the float model and of
 three grids: the first one fhec built (one scale, every feature clamped to the widest
 one's 2^b − 1 levels, b the most bits whose comparisons fit 8 bits); the chosen grid
 without clipping (a clamp per feature, training points F times finer, the scale and F
 whose vote agrees most with the float vote on the inputset, within 8-bit comparisons);
 and what fhec builds now, the same choice where distances too wide for the comparisons
-are clipped at the largest key they allow (tried at 8 and 7 bits; among equal
-agreements the narrower comparisons, then fewer lookups, win).
+are clipped at the widest one lookup reads exactly and scaled onto the largest key the
+comparisons allow (tried at 8 and 7 bits; among equal agreements the narrower
+comparisons, then fewer lookups, win).
 Usage: python scripts/knn_grid_study.py   (numpy and scikit-learn)
 """
 import numpy as np
@@ -17,7 +18,6 @@ from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-K = 5
 MAX_COMPARISON_BITS = 8
 
 
@@ -34,17 +34,19 @@ def float_predict(points, labels, xs, classes):
 
 
 def distance_clip(widest, classes, bits):
-    """(cap, lookups per point) of crates/quant/src/knn_grid.rs's DistanceClip, or None."""
+    """(cap, exact, lookups per point) of crates/quant/src/knn_grid.rs's DistanceClip,
+    or None: distances become round(cap * min(d, exact) / exact)."""
     cap = ((1 << (bits - 1)) - classes) // classes
-    top = (1 << bits) - 1
+    size = 1 << bits
     if cap < 1:
         return None
-    if widest <= top:
-        return cap, 1
+    if widest < size:
+        return cap, max(widest, cap), 1
     for drop in range(1, bits):
-        fold = -(-cap // (1 << drop)) + 2
-        if (widest >> drop) + 1 <= top and (1 << drop) * (fold + 2) - 1 <= top:
-            return cap, 2
+        step = 1 << drop
+        exact = step * (size // step - 4)
+        if exact >= cap and (widest >> drop) + 1 < size:
+            return cap, exact, 2
     return None
 
 
@@ -65,28 +67,29 @@ def grid(points, labels, lo, hi, scale, factor, per_feature, classes, budget=Non
         mid = np.clip(np.floor(r[:, j] / factor), 0, top[j])
         lo_f += np.minimum(g(mid), g(np.minimum(mid + 1, top[j])))
     shift = lo_f.min()
-    cap, lookups = np.inf, 0
+    clipped, lookups = (lambda d: d), 0
     bits = int(2 * (classes * (hi_f - shift) + labels).max()).bit_length()
     if budget is not None and bits > budget:
         clip = distance_clip(int((hi_f - shift).max()), classes, budget)
         if clip is None:
             return None, 0, None
-        cap, lookups = clip
-        bits = int(2 * (classes * np.minimum(hi_f - shift, cap) + labels).max()).bit_length()
+        cap, exact, lookups = clip
+        clipped = lambda d: (2 * cap * np.clip(d, 0, exact) + exact) // (2 * exact)
+        bits = int(2 * (classes * clipped(hi_f - shift) + labels).max()).bit_length()
 
     def predict(xs):
         q = np.clip(np.round(xs / scale) + zero, 0, top)
         f = c[None, :] + (factor * q * q).sum(1)[:, None] - 2 * (q @ r.T)
-        keys = classes * np.minimum(f - shift, cap) + labels[None, :]
+        keys = classes * clipped(f - shift) + labels[None, :]
         nearest = np.argsort(keys, axis=1, kind="stable")[:, :K]
         return np.array([vote(labels[row], classes) for row in nearest])
 
     return bits, lookups, predict
 
 
-def accuracy(points, labels, test_x, test_y, strategy):
+def accuracy(points, labels, test_x, test_y, strategy, inputset):
     classes = int(labels.max()) + 1
-    lo, hi = points.min(0), points.max(0)
+    lo, hi = np.minimum(points.min(0), inputset.min(0)), np.maximum(points.max(0), inputset.max(0))
     widest = (hi - lo).max()
     if strategy == "before":
         for b in range(6, 0, -1):
@@ -95,7 +98,7 @@ def accuracy(points, labels, test_x, test_y, strategy):
                 return np.mean(predict(test_x) == test_y)
         return np.nan
     # scored on at most 256 evenly spaced inputset rows, as compile does
-    scored = points[:: -(-len(points) // 256)]
+    scored = inputset[:: -(-len(inputset) // 256)]
     reference = float_predict(points, labels, scored, classes)
     budgets = [None] if strategy == "unclipped" else [MAX_COMPARISON_BITS, MAX_COMPARISON_BITS - 1]
     best, levels = None, 1.0
@@ -113,21 +116,32 @@ def accuracy(points, labels, test_x, test_y, strategy):
     return np.mean(best[1](test_x) == test_y) if best else np.nan
 
 
-for name, load, standardize in [
-    ("iris", load_iris, False),
-    ("iris, standardized", load_iris, True),
-    ("wine, standardized", load_wine, True),
-    ("breast cancer, standardized", load_breast_cancer, True),
+# name, data, standardized, columns kept, training points kept per class (all: None),
+# k, splits. The last row is knn_small's setting: the inputset is the whole training
+# split, the model holds 4 points per class.
+for name, load, standardize, columns, per_class, K, splits in [
+    ("iris", load_iris, False, None, None, 5, 12),
+    ("iris, standardized", load_iris, True, None, None, 5, 12),
+    ("wine, standardized", load_wine, True, None, None, 5, 12),
+    ("breast cancer, standardized", load_breast_cancer, True, None, None, 5, 12),
+    ("iris petals, 12 points, k = 3", load_iris, False, slice(2, 4), 4, 3, 40),
 ]:
     x, y = load(return_X_y=True)
+    if columns is not None:
+        x = x[:, columns]
     acc = {"float": [], "before": [], "unclipped": [], "now": []}
-    for seed in range(12):
+    for seed in range(splits):
         xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
         if standardize:
             s = StandardScaler().fit(xtr)
             xtr, xte = s.transform(xtr), s.transform(xte)
         ytr = ytr.astype(np.int64)
-        acc["float"].append(np.mean(float_predict(xtr, ytr, xte, int(ytr.max()) + 1) == yte))
+        points, labels = xtr, ytr
+        if per_class is not None:
+            rng = np.random.default_rng(seed)
+            keep = np.concatenate([rng.choice(np.flatnonzero(ytr == c), per_class, replace=False) for c in np.unique(ytr)])
+            points, labels = xtr[keep], ytr[keep]
+        acc["float"].append(np.mean(float_predict(points, labels, xte, int(labels.max()) + 1) == yte))
         for strategy in ("before", "unclipped", "now"):
-            acc[strategy].append(accuracy(xtr, ytr, xte, yte, strategy))
+            acc[strategy].append(accuracy(points, labels, xte, yte, strategy, xtr))
     print(f"{name:30s}", "  ".join(f"{k} {np.nanmean(v):.3f}" for k, v in acc.items()))

@@ -5,9 +5,9 @@
 //! and a clamp per feature, the points `F` times finer. The squared distance to point
 //! `i`, in units of `1 / F` grid steps, is then an integer, `F Σ_j x_j² − 2 Σ_j r_ij x_j +
 //! c_i`: one table per feature for `x_j²`, the rest an affine map. A fine grid makes
-//! distances wider than the comparisons take; they are then clipped at the largest
-//! distance a key can hold (one lookup, or two through a fold when one lookup cannot
-//! read them: [`DistanceClip`]), since only the nearest points need theirs exact. Each
+//! distances wider than the comparisons take; they are then clipped and scaled onto
+//! what a key can hold (one lookup, or two through a fold when one lookup cannot read
+//! them: [`DistanceClip`]), since only the nearest points matter. Each
 //! distance is packed with its point's label code into a key `C·dist + code`, so that a selection
 //! network of compare-exchange steps moves labels along with distances: one exact
 //! lookup per step, `min = a − relu(a − b)`, `max = b + relu(a − b)`. The network sorts
@@ -168,20 +168,12 @@ impl Lowering<'_> {
                         (terms, grid.key(nb, i, grid.constant[i]))
                     })
                     .collect();
-                let sound = (0..n)
-                    .map(|i| {
-                        (
-                            grid.key(nb, i, grid.range[i].0),
-                            grid.key(nb, i, grid.range[i].1),
-                        )
-                    })
-                    .collect();
                 integers(self.affine_sound(
                     &format!("{name}/keys"),
                     &[&squares, &x],
                     IntRows {
                         rows,
-                        sound: Some(sound),
+                        sound: Some(grid.key_ranges(nb)),
                     },
                     vec![1, n],
                 ))
@@ -248,7 +240,7 @@ impl Lowering<'_> {
         Ok(out)
     }
 
-    /// The keys `C·min(f_i − shift, cap) + code_i` of distances too wide for the
+    /// The keys `C·clipped(f_i − shift) + code_i` of distances too wide for the
     /// comparisons ([`DistanceClip`]): the distances, folded first when one lookup
     /// cannot read them, clipped by a lookup, then packed with their codes.
     fn clipped_keys(
@@ -322,26 +314,18 @@ impl Lowering<'_> {
             false,
         )?;
         let clipped = crate::bivariate::integers(
-            self.lut(format!("{name}/clip"), &clip_in, |_, v| v.min(clip.cap)),
+            self.lut(format!("{name}/clip"), &clip_in, |_, v| clip.clipped(v)),
             false,
         );
         let rows = (0..n)
             .map(|i| (vec![term(0, i, classes)], i64::from(nb.codes[i])))
-            .collect();
-        let sound = (0..n)
-            .map(|i| {
-                (
-                    grid.key(nb, i, grid.range[i].0),
-                    grid.key(nb, i, grid.range[i].1),
-                )
-            })
             .collect();
         Ok(integers(self.affine_sound(
             &format!("{name}/keys"),
             &[&clipped],
             IntRows {
                 rows,
-                sound: Some(sound),
+                sound: Some(grid.key_ranges(nb)),
             },
             vec![1, n],
         )))

@@ -12,7 +12,7 @@
 //!   the ties a coarse input grid makes between points on the same step.
 //!
 //! A fine grid makes distances wider than the comparisons can take. Only the nearest
-//! points need their exact distance, so such a grid clips every distance at the key
+//! points matter, so such a grid clips every distance and scales it onto the key
 //! budget ([`DistanceClip`]): one or two lookups per training point buy a grid as fine
 //! as the inputset asks for.
 //!
@@ -40,10 +40,14 @@ const SCORED_ROWS: usize = 256;
 /// Finenesses tried for the training points.
 const POINT_FACTORS: [i64; 4] = [1, 2, 4, 8];
 
-/// Distances clipped at `cap` before they become keys: `min(d, cap)`, so that keys stay
-/// within the comparisons however fine the grid. A distance that fits one lookup is
+/// Distances clipped and scaled onto the key budget before they become keys:
+/// `round(cap · min(d, exact) / exact)`, so that keys stay within the comparisons however
+/// fine the grid. `exact` is the widest distance one lookup reads exactly: beyond it
+/// every distance is as far as any, below it distances are bucketed evenly (a fine input
+/// grid with coarse distances agrees with the float vote more often than a coarse grid
+/// with exact ones; `scripts/knn_grid_study.py`). A distance that fits one lookup is
 /// clipped by it. A wider one is first folded into a narrow range that keeps every
-/// distance below `cap` exact and every other one at least `cap`:
+/// distance below `exact` as it is and every other one at least `exact`:
 /// `t = d − 2^drop · max(h − fold, 0)`, `h` the distance rounded approximately by `drop`
 /// bits (one lookup); a second lookup reads `t` and gives the key. An approximate
 /// rounding may come out one step off either way; `fold` is chosen so that the key is
@@ -51,7 +55,10 @@ const POINT_FACTORS: [i64; 4] = [1, 2, 4, 8];
 /// computes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DistanceClip {
+    /// The largest clipped distance a key holds.
     pub cap: i64,
+    /// The least distance clipped to `cap` (at least `cap`): the widest one lookup reads.
+    pub exact: i64,
     /// Bits the first lookup drops; 0: one exact lookup reads the distance and clips it.
     pub drop: u32,
     pub fold: i64,
@@ -62,35 +69,44 @@ impl DistanceClip {
     /// `bits` bits, or `None` when no key budget is left (too many classes) or the
     /// distances are too wide to fold in one lookup.
     fn new(widest: i64, classes: i64, bits: u32) -> Option<Self> {
-        // keys `C·min(d, cap) + code` whose differences fit the comparisons
+        // keys `C·clipped(d) + code` whose differences fit the comparisons
         let largest_key = (1i64 << (bits - 1)) - 1;
         let cap = (largest_key + 1 - classes) / classes;
-        let table_top = (1i64 << bits) - 1;
+        let table_size = 1i64 << bits;
         if cap < 1 {
             return None;
         }
-        if widest <= table_top {
+        if widest < table_size {
             return Some(DistanceClip {
                 cap,
+                exact: widest.max(cap),
                 drop: 0,
                 fold: 0,
             });
         }
+        // the least drop that reads `widest` keeps the most distances exact
         (1..bits).find_map(|drop| {
+            let step = 1i64 << drop;
+            let exact = step * (table_size / step - 4);
             let clip = DistanceClip {
                 cap,
+                exact,
                 drop,
-                fold: (cap + (1 << drop) - 1) / (1 << drop) + 2,
+                fold: exact / step + 2,
             };
-            (rounded_top(widest, drop, true) <= table_top && clip.folded_top() <= table_top)
-                .then_some(clip)
+            (exact >= cap && rounded_top(widest, drop, true) < table_size).then_some(clip)
         })
+    }
+
+    /// Distance `d` (or its fold) as a key holds it.
+    pub(crate) fn clipped(&self, d: i64) -> i64 {
+        (2 * self.cap * d.clamp(0, self.exact) + self.exact).div_euclid(2 * self.exact)
     }
 
     /// The largest folded distance `t`. With `h` one step off `⌊d / 2^drop⌋` downwards
     /// or two upwards (round to nearest, then the approximation), `t < 2^drop·(fold + 2)`;
-    /// `t = d` whenever `d < cap` (then `h ≤ fold`), and `t ≥ 2^drop·(fold − 2) ≥ cap`
-    /// when `h > fold`.
+    /// `t = d` whenever `d < exact` (then `h ≤ fold`), and `t ≥ 2^drop·(fold − 2) =
+    /// exact` when `h > fold`.
     pub(crate) fn folded_top(&self) -> i64 {
         (1i64 << self.drop) * (self.fold + 2) - 1
     }
@@ -216,8 +232,20 @@ impl KnnGrid {
     pub(crate) fn key(&self, nb: &Neighbours, i: usize, f: i64) -> i64 {
         let classes = nb.classes.max(1) as i64;
         let d = f - self.shift;
-        let d = self.clip.map_or(d, |c| d.min(c.cap));
+        let d = self.clip.map_or(d, |c| c.clipped(d));
         classes * d + i64::from(nb.codes[i])
+    }
+
+    /// Per training point, the least and largest key over every clamped input.
+    pub(crate) fn key_ranges(&self, nb: &Neighbours) -> Vec<(i64, i64)> {
+        (0..nb.point_count())
+            .map(|i| {
+                (
+                    self.key(nb, i, self.range[i].0),
+                    self.key(nb, i, self.range[i].1),
+                )
+            })
+            .collect()
     }
 
     /// Lookups per training point before the selection network.
@@ -493,7 +521,7 @@ mod tests {
                         for h in [nearest - 1, nearest, nearest + 1] {
                             let t = d - step * (h - clip.fold).max(0);
                             assert!((0..=clip.folded_top()).contains(&t), "{clip:?} d {d} h {h}");
-                            assert_eq!(t.min(clip.cap), d.min(clip.cap), "{clip:?} d {d} h {h}");
+                            assert_eq!(clip.clipped(t), clip.clipped(d), "{clip:?} d {d} h {h}");
                         }
                     }
                 }

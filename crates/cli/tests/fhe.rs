@@ -240,3 +240,18 @@ fn product_of_two_encrypted_fhe_equals_simulate() {
 fn k_nearest_neighbours_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("knn_small", 2) > 0);
 }
+
+/// k-NN on 13 features, whose distances are too wide for one lookup: they are folded
+/// through an approximate rounding before they are clipped, and the keys are the same
+/// whichever way FHE's rounding errs, so FHE decrypts the codes simulate computes.
+#[test]
+fn folded_k_nearest_neighbours_fhe_equals_simulate() {
+    let (a, _) = compile("knn_wine_small", None);
+    let c = &a.server.circuit;
+    assert!(
+        c.ids()
+            .any(|id| c.node(id).name.ends_with("neighbours/fold/round")),
+        "knn_wine_small's distances are folded"
+    );
+    assert!(fhe_equals_simulate("knn_wine_small", 1) > 0);
+}

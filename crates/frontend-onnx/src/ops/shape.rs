@@ -61,7 +61,7 @@ pub(crate) fn reshape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         .cloned()
         .ok_or_else(|| ctx.err("the target shape is not a constant (dynamic reshape)"))?;
     let in_shape = ctx.info(x).shape.clone();
-    let numel: usize = in_shape.iter().product();
+    let numel = ctx.numel(&in_shape)?;
     let allow_zero = ctx.attr_i("allowzero", 0) != 0;
     let mut shape = Vec::new();
     let mut infer = None;
@@ -80,7 +80,8 @@ pub(crate) fn reshape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             d => return Err(ctx.err(format!("invalid dimension {d} in target shape"))),
         }
     }
-    let known: usize = shape.iter().product();
+    // a target shape from the file may name dimensions whose product overflows
+    let known = ctx.numel(&shape)?;
     if let Some(i) = infer {
         if known == 0 || !numel.is_multiple_of(known) {
             return Err(ctx.err(format!("cannot reshape {in_shape:?} to {:?}", spec.data)));

@@ -305,9 +305,9 @@ fn every_family_in_the_user_guide_compiles_at_the_defaults_within_two_points() {
     simulation_close_to_float(&names, 0.02);
 }
 
-/// k-nearest neighbours compile at the defaults (the input grid narrowed so every
-/// comparison of the selection network is an exact lookup of at most 8 bits), and the
-/// circuit ends at the k labels: the vote runs on the client.
+/// k-nearest neighbours compile at the defaults (the input grid chosen and the distances
+/// clipped so that every comparison of the selection network is an exact lookup of at
+/// most 8 bits), and the circuit ends at the k labels: the vote runs on the client.
 #[test]
 fn k_nearest_neighbours_simulate_close_to_the_float_model() {
     for &(name, bound) in NEIGHBOURS {

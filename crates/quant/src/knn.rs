@@ -104,12 +104,12 @@ fn term(operand: u32, index: usize, weight: i64) -> Term {
 }
 
 /// `scale · (F Σ_j x_j² − 2 Σ_j r_j x_j)` over the squares (operand 0) and the input
-/// (operand 1), `square_weight = scale · F`.
-fn distance_terms(linear: &[i64], square_weight: i64, scale: i64) -> Vec<Term> {
+/// (operand 1), `F` the point factor.
+fn distance_terms(linear: &[i64], point_factor: i64, scale: i64) -> Vec<Term> {
     linear
         .iter()
         .enumerate()
-        .flat_map(|(j, &r)| [term(0, j, square_weight), term(1, j, -2 * scale * r)])
+        .flat_map(|(j, &r)| [term(0, j, scale * point_factor), term(1, j, -2 * scale * r)])
         .collect()
 }
 
@@ -163,8 +163,7 @@ impl Lowering<'_> {
                 // keys straight from the distances: `C·(f_i − shift) + code_i`
                 let rows = (0..n)
                     .map(|i| {
-                        let terms =
-                            distance_terms(&grid.linear[i], classes * grid.point_factor, classes);
+                        let terms = distance_terms(&grid.linear[i], grid.point_factor, classes);
                         (terms, grid.key(nb, i, grid.constant[i]))
                     })
                     .collect();

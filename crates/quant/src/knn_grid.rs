@@ -20,6 +20,8 @@
 //! wins; among equals, the one with the narrower comparisons (a clipped grid is also
 //! tried one bit narrower), fewer lookups, then the finer grid.
 
+use std::cmp::Reverse;
+
 use fhec_frontend_onnx::Neighbours;
 use fhec_ir::{bits_for_range, Range};
 
@@ -144,15 +146,9 @@ pub(crate) struct KnnGrid {
 
 impl KnnGrid {
     /// The grid of `scale` over per-feature `bounds`, its distances clipped to
-    /// comparisons of `budget` bits when they are wider, or `None` when a feature would
-    /// need more than 16 bits.
-    fn new(
-        nb: &Neighbours,
-        bounds: &[(f64, f64)],
-        scale: f64,
-        point_factor: i64,
-        budget: u32,
-    ) -> Option<Self> {
+    /// comparisons of [`MAX_COMPARISON_BITS`] when they are wider, or `None` when a
+    /// feature would need more than 16 bits.
+    fn new(nb: &Neighbours, bounds: &[(f64, f64)], scale: f64, point_factor: i64) -> Option<Self> {
         let mut zeros = Vec::with_capacity(bounds.len());
         let mut tops = Vec::with_capacity(bounds.len());
         for &(lo, hi) in bounds {
@@ -189,15 +185,7 @@ impl KnnGrid {
             range.push((lo, hi));
         }
         let shift = range.iter().map(|r| r.0).min().unwrap_or(0);
-        let classes = nb.classes.max(1) as i64;
-        let widest = range.iter().map(|r| r.1 - shift).max().unwrap_or(0);
-        let unclipped = bits_for_range(Range::new(0, 2 * (classes * widest + classes - 1)));
-        let clip = if unclipped <= budget {
-            None
-        } else {
-            DistanceClip::new(widest, classes, budget)
-        };
-        Some(KnnGrid {
+        let mut grid = KnnGrid {
             scale,
             zeros,
             tops,
@@ -206,8 +194,42 @@ impl KnnGrid {
             constant,
             range,
             shift,
-            clip,
-        })
+            clip: None,
+        };
+        grid.clip = grid.clip_for(nb, MAX_COMPARISON_BITS);
+        Some(grid)
+    }
+
+    /// The clip that fits keys into comparisons of `budget` bits; `None` when the
+    /// distances fit unclipped, or cannot be clipped to fit.
+    fn clip_for(&self, nb: &Neighbours, budget: u32) -> Option<DistanceClip> {
+        let classes = nb.classes.max(1) as i64;
+        let widest = self
+            .range
+            .iter()
+            .map(|r| r.1 - self.shift)
+            .max()
+            .unwrap_or(0);
+        let unclipped = bits_for_range(Range::new(0, 2 * (classes * widest + classes - 1)));
+        (unclipped > budget)
+            .then(|| DistanceClip::new(widest, classes, budget))
+            .flatten()
+    }
+
+    /// How many `scored` inputset rows this grid's vote agrees with `float_votes` on.
+    fn agreement(&self, nb: &Neighbours, scored: &[&[f64]], float_votes: &[u32]) -> usize {
+        scored
+            .iter()
+            .zip(float_votes)
+            .filter(|(r, &v)| {
+                let x: Vec<i64> = r
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| self.quantize(j, v))
+                    .collect();
+                vote(&self.nearest_codes(nb, &x), nb.classes) == v
+            })
+            .count()
     }
 
     /// Feature `j` of an input on the grid, as the client quantizes it.
@@ -335,8 +357,9 @@ pub(crate) fn choose(
         .collect();
     let max_levels = ((1i64 << max_input_bits.min(16)) - 1) as f64;
     let mut narrowest = u32::MAX;
-    // (agreements, comparison bits, lookups per point, scale, grid)
-    let mut best: Option<(usize, u32, usize, f64, KnnGrid)> = None;
+    // ranked by agreement, then narrower comparisons, fewer lookups, finer grid
+    type Rank = (usize, Reverse<u32>, Reverse<usize>, f64);
+    let mut best: Option<(Rank, KnnGrid)> = None;
     // the widest feature spans `levels` steps: 1, 1.5, 2, … up to the input bits
     let mut levels = 1.0;
     while levels <= max_levels {
@@ -344,7 +367,7 @@ pub(crate) fn choose(
         // when even the coarsest points are too wide, every finer level is too
         let mut coarsest_too_wide = false;
         for factor in POINT_FACTORS {
-            let Some(grid) = KnnGrid::new(nb, &bounds, scale, factor, MAX_COMPARISON_BITS) else {
+            let Some(grid) = KnnGrid::new(nb, &bounds, scale, factor) else {
                 continue;
             };
             let bits = grid.comparison_bits(nb);
@@ -357,34 +380,20 @@ pub(crate) fn choose(
             // clipped one bit narrower, the comparisons cost half as much
             let narrower = grid
                 .clip
-                .and_then(|_| KnnGrid::new(nb, &bounds, scale, factor, MAX_COMPARISON_BITS - 1))
-                .filter(|g| g.clip.is_some());
+                .and_then(|_| grid.clip_for(nb, MAX_COMPARISON_BITS - 1))
+                .map(|clip| KnnGrid {
+                    clip: Some(clip),
+                    ..grid.clone()
+                });
             for grid in std::iter::once(grid).chain(narrower) {
-                let bits = grid.comparison_bits(nb);
-                let lookups = grid.lookups_per_point();
-                let agree = scored
-                    .iter()
-                    .zip(&float_votes)
-                    .filter(|(r, &v)| {
-                        let x: Vec<i64> = r
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &v)| grid.quantize(j, v))
-                            .collect();
-                        vote(&grid.nearest_codes(nb, &x), nb.classes) == v
-                    })
-                    .count();
-                let rank = |a: usize, b: u32, l: usize, s: f64| {
-                    (a, std::cmp::Reverse(b), std::cmp::Reverse(l), -s)
-                };
-                let better = match &best {
-                    None => true,
-                    Some((a, b, l, s, _)) => {
-                        rank(agree, bits, lookups, scale) > rank(*a, *b, *l, *s)
-                    }
-                };
-                if better {
-                    best = Some((agree, bits, lookups, scale, grid));
+                let rank = (
+                    grid.agreement(nb, &scored, &float_votes),
+                    Reverse(grid.comparison_bits(nb)),
+                    Reverse(grid.lookups_per_point()),
+                    -scale,
+                );
+                if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                    best = Some((rank, grid));
                 }
             }
         }
@@ -393,7 +402,7 @@ pub(crate) fn choose(
         }
         levels += 0.5;
     }
-    best.map(|b| b.4).ok_or(narrowest)
+    best.map(|(_, grid)| grid).ok_or(narrowest)
 }
 
 #[cfg(test)]
@@ -421,7 +430,7 @@ mod tests {
         let nb = model();
         let bounds = [(0.0, 10.0), (0.0, 1.0)];
         for factor in POINT_FACTORS {
-            let grid = KnnGrid::new(&nb, &bounds, 10.0 / 7.0, factor, MAX_COMPARISON_BITS).unwrap();
+            let grid = KnnGrid::new(&nb, &bounds, 10.0 / 7.0, factor).unwrap();
             let largest = 1i64 << (grid.comparison_bits(&nb) - 1);
             for x0 in 0..=grid.tops[0] {
                 for x1 in 0..=grid.tops[1] {

@@ -63,21 +63,23 @@ def _arrays_out(outputs) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
     return arrays[0] if len(arrays) == 1 else arrays
 
 
-def _onnx_bytes(model) -> Tuple[bytes, str]:
-    """The ONNX model's bytes and a name for reports, from a path or a ModelProto."""
+def _onnx_bytes(model) -> Tuple[bytes, str, Optional[str]]:
+    """The ONNX model's bytes, a name for reports, and the directory its external data
+    files are read from (a path's directory; a ModelProto from ``onnx.load`` already
+    holds its tensors)."""
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         with open(path, "rb") as f:
-            return f.read(), os.path.basename(path)
+            return f.read(), os.path.basename(path), os.path.dirname(os.path.abspath(path))
     if isinstance(model, (bytes, bytearray)):
-        return bytes(model), "model.onnx"
+        return bytes(model), "model.onnx", None
     serialize = getattr(model, "SerializeToString", None)
     if serialize is None:
         raise FhecError(
             f"expected a path to an ONNX file or an onnx.ModelProto, not {type(model).__name__}"
         )
     name = getattr(getattr(model, "graph", None), "name", "") or "model"
-    return serialize(), f"{name}.onnx"
+    return serialize(), f"{name}.onnx", None
 
 
 class Model:
@@ -123,10 +125,11 @@ def compile(
     ``fhec compile`` does (docs/USER-GUIDE.md): ``n_bits``, ``rounding_threshold_bits``,
     ``rounding`` (``"approximate"`` or ``"exact"``), ``p_error`` (per bootstrap) or
     ``global_p_error`` (per sample), ``memory_budget`` (bytes)."""
-    onnx, source = _onnx_bytes(model)
+    onnx, source, model_dir = _onnx_bytes(model)
     native = _native.compile(
         onnx,
         source,
+        model_dir,
         _arrays_in(inputset),
         n_bits=n_bits,
         rounding_threshold_bits=rounding_threshold_bits,

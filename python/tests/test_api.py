@@ -102,6 +102,18 @@ def test_a_torch_exported_model_runs_in_fhe_as_simulated():
     assert np.array_equal(executed, simulated[:2])
 
 
+def test_a_model_with_external_data_compiles_from_its_path():
+    # torch's dynamo exporter keeps the weights in model.onnx.data beside model.onnx
+    d = FIXTURES / "cnn_maxpool_digits_dynamo"
+    x_test = np.load(d / "test_x.npy")[:20]
+    model = fhec.compile(d / "model.onnx", np.load(d / "train.npy"))
+    reference = np.load(d / "reference.npz")["logits"][:20]
+    assert np.allclose(model.predict(x_test, fhe="disable"), reference, atol=1e-4)
+    # bytes alone cannot reach the data file: the error says so
+    with pytest.raises(fhec.FhecError, match="external data file"):
+        fhec.compile((d / "model.onnx").read_bytes(), np.load(d / "train.npy"))
+
+
 def test_errors_are_fhec_errors_with_fhec_messages(tmp_path):
     x = np.zeros((4, 4), dtype=np.float32)
     with pytest.raises(fhec.FhecError, match="not an ONNX model"):

@@ -200,9 +200,18 @@ pub fn import_with_inputset(
     Vec<Vec<fhec_frontend_onnx::Tensor>>,
 )> {
     let bytes = read_limited(model, memory_budget(), "an ONNX model")?;
-    let graph = fhec_compiler::import(&bytes, &limits()).map_err(|e| compile_error(model, e))?;
+    let graph = fhec_compiler::import(&bytes, &limits(), Some(model_dir(model)))
+        .map_err(|e| compile_error(model, e))?;
     let samples = load_samples(inputset, &graph)?;
     Ok((graph, samples))
+}
+
+/// The directory of a model file: where its external data files are read from.
+pub fn model_dir(model: &Path) -> &Path {
+    match model.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// The model file's name, as artifacts record it.

@@ -640,3 +640,53 @@ fn nearest_neighbours_sharing_their_input_are_refused_naming_why() {
         &["TopK", "also read by other operations"],
     );
 }
+
+/// A model whose weights live in an external data file (torch's dynamo exporter) is read
+/// from beside it; a missing file, or a location outside the model's directory, is
+/// refused naming the tensor and the file.
+#[test]
+fn external_data_is_read_beside_the_model_and_only_there() {
+    let src = fixture("cnn_maxpool_digits_dynamo");
+    let d = tmp("external-data");
+    let model = d.join("model.onnx");
+    std::fs::copy(src.join("model.onnx"), &model).unwrap();
+    let train = s(&src.join("train.npy")).to_string();
+    let args = |m: &Path| {
+        vec![
+            "compile".to_string(),
+            s(m).to_string(),
+            "--inputset".into(),
+            train.clone(),
+            "-o".into(),
+            s(&d.join("m.fhe")).to_string(),
+            "--force".into(),
+        ]
+    };
+    let run = |m: &Path, needles: &[&str]| {
+        let a = args(m);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        assert_fails(&a, needles);
+    };
+    // the data file is missing
+    run(&model, &["model.onnx", "external data file", "model.onnx.data"]);
+    // with it beside the model, the model compiles
+    std::fs::copy(src.join("model.onnx.data"), d.join("model.onnx.data")).unwrap();
+    let a = args(&model);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&a);
+    // a location that leaves the model's directory is never opened
+    let mut m = pb::ModelProto::decode(std::fs::read(&model).unwrap().as_slice()).unwrap();
+    for t in &mut m.graph.as_mut().unwrap().initializer {
+        for e in &mut t.external_data {
+            if e.key == "location" {
+                e.value = "../model.onnx.data".into();
+            }
+        }
+    }
+    let escaping = d.join("escaping.onnx");
+    std::fs::write(&escaping, m.encode_to_vec()).unwrap();
+    run(
+        &escaping,
+        &["escaping.onnx", "../model.onnx.data", "not a relative path inside"],
+    );
+}

@@ -22,13 +22,13 @@ fn the_float_interpreter_agrees_with_tract_on_every_fixture_tract_runs() {
     for dir in &names {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
-        let Ok(graph) = fhec_compiler::import(&bytes, &Default::default()) else {
+        let Ok(graph) = fhec_compiler::import(&bytes, &Default::default(), Some(dir)) else {
             continue; // a fixture fhec refuses on purpose (tests/fixtures/refused)
         };
         let mut samples = fhec::files::load_samples(&dir.join("test_x.npy"), &graph).unwrap();
         samples.truncate(16);
         let ours = fhec_runtime::samples::clear(&graph, &samples).unwrap();
-        match fhec_reference::run(&bytes, &graph, &samples) {
+        match fhec_reference::run(&bytes, Some(dir), &graph, &samples) {
             Ok(theirs) => {
                 let a = fhec_reference::compare(&ours, &theirs)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -96,6 +96,8 @@ pub struct Options {
     pub strict: bool,
     /// Memory the model, its inputset and calibration may take.
     pub limits: Limits,
+    /// The directory of the model file, where its external data files are read from.
+    pub model_dir: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -107,12 +109,19 @@ impl Options {
             free: adapt::Knobs::all(),
             strict: false,
             limits: Limits::default(),
+            model_dir: None,
         }
     }
 }
 
-pub fn import(onnx: &[u8], limits: &Limits) -> Result<FloatGraph, CompileError> {
-    Ok(fhec_frontend_onnx::import_with(onnx, limits)?)
+/// Imports an ONNX model; `model_dir` is the directory of its file, where tensors kept
+/// in external data files are read from.
+pub fn import(
+    onnx: &[u8],
+    limits: &Limits,
+    model_dir: Option<&std::path::Path>,
+) -> Result<FloatGraph, CompileError> {
+    Ok(fhec_frontend_onnx::import_from(onnx, limits, model_dir)?)
 }
 
 /// Refuses an inputset whose calibration would take more than the budget: the quantizer
@@ -380,7 +389,7 @@ pub fn compile(
     options: &Options,
 ) -> Result<Compiled, CompileError> {
     let start = Instant::now();
-    let graph = import(onnx, &options.limits)?;
+    let graph = import(onnx, &options.limits, options.model_dir.as_deref())?;
     let samples = inputset(&graph, inputset_arrays)?;
     compile_graph(graph, &samples, source, options, start)
 }

@@ -76,6 +76,7 @@ impl Settings {
             },
             strict,
             limits,
+            model_dir: None,
         }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod conv;
 mod error;
+mod external;
 pub mod graph;
 pub mod interp;
 mod ops;
@@ -55,12 +56,28 @@ pub fn import(bytes: &[u8]) -> Result<FloatGraph, ImportError> {
 
 /// Decodes and imports an ONNX model, refusing one whose tensors would take more than
 /// `limits` allows (the error names where the budget ran out and how much was needed).
+/// A model that keeps tensors in external data files is refused: see [`import_from`].
 pub fn import_with(bytes: &[u8], limits: &Limits) -> Result<FloatGraph, ImportError> {
-    let model = pb::ModelProto::decode(bytes).map_err(|e| {
+    import_from(bytes, limits, None)
+}
+
+/// [`import_with`] for a model read from a file in `model_dir`: tensors it keeps in
+/// external data files (ONNX's `location`, relative to the model file) are read from
+/// there.
+pub fn import_from(
+    bytes: &[u8],
+    limits: &Limits,
+    model_dir: Option<&std::path::Path>,
+) -> Result<FloatGraph, ImportError> {
+    let mut model = pb::ModelProto::decode(bytes).map_err(|e| {
         ImportError::NotOnnx(format!(
             "protobuf decoding failed ({e}); the file is truncated or not ONNX"
         ))
     })?;
+    if let Some(dir) = model_dir.filter(|_| external::uses_external_data(&model)) {
+        external::load(&mut model, dir, limits.memory_bytes)?;
+    }
+    let model = model;
     let graph = match &model.graph {
         Some(g) if model.ir_version > 0 && !g.node.is_empty() => g,
         _ => {
@@ -137,6 +154,7 @@ pub fn import_with(bytes: &[u8], limits: &Limits) -> Result<FloatGraph, ImportEr
             .ok_or_else(|| ImportError::MissingOutput(out.name.clone()))?;
         outputs.push(id);
     }
+    ops::fuse_dense_chains(&mut b.nodes, &outputs);
     prune_dead_nodes(&mut b.nodes, &outputs);
     Ok(FloatGraph {
         values: b.values,
@@ -187,9 +205,21 @@ fn opsets(model: &pb::ModelProto) -> Result<i64, ImportError> {
             ai_onnx = Some(o.version);
         }
     }
-    ai_onnx.ok_or_else(|| {
-        ImportError::NotOnnx("the model declares no ai.onnx opset (opset_import)".into())
-    })
+    // a graph of ai.onnx.ml operators only (onnxmltools' tree ensembles) need not
+    // import ai.onnx, whose version then decides nothing
+    let uses_ai_onnx = model
+        .graph
+        .iter()
+        .flat_map(|g| &g.node)
+        .any(|n| matches!(n.domain.as_str(), "" | "ai.onnx"));
+    match ai_onnx {
+        Some(v) => Ok(v),
+        None if !uses_ai_onnx => Ok(*AI_ONNX_OPSETS.end()),
+        None => Err(ImportError::NotOnnx(
+            "the graph has ai.onnx operators but the model declares no ai.onnx opset (opset_import)"
+                .into(),
+        )),
+    }
 }
 
 fn domain_name(d: &str) -> &str {

@@ -28,7 +28,9 @@ pub(crate) fn decode_tensor(t: &TensorProto) -> Result<Tensor, ImportError> {
     };
     if t.data_location == 1 || !t.external_data.is_empty() {
         return Err(err(
-            "external data is not supported; save the model with its tensors embedded".into(),
+            "is stored in an external data file, which only a model read from its path can \
+             reach: compile the model file with its data file beside it"
+                .into(),
         ));
     }
     let dtype = dtype_of(t.data_type)

@@ -252,13 +252,14 @@ fn save_parts(a: &Artifact, dir: &Path) -> anyhow::Result<()> {
 
 /// Compiles an ONNX model (its bytes) on an inputset; `source` names it in reports.
 #[pyfunction]
-#[pyo3(signature = (onnx, source, inputset, n_bits = None, rounding_threshold_bits = None,
+#[pyo3(signature = (onnx, source, model_dir, inputset, n_bits = None, rounding_threshold_bits = None,
     rounding = None, p_error = None, global_p_error = None, memory_budget = None))]
 #[allow(clippy::too_many_arguments)]
 fn compile(
     py: Python<'_>,
     onnx: &[u8],
     source: String,
+    model_dir: Option<std::path::PathBuf>,
     inputset: Vec<ArrayIn<'_>>,
     n_bits: Option<u32>,
     rounding_threshold_bits: Option<u32>,
@@ -291,7 +292,10 @@ fn compile(
     let limits = fhec_compiler::Limits {
         memory_bytes: memory_budget.unwrap_or(fhec_frontend_onnx::DEFAULT_MEMORY_BUDGET),
     };
-    let options = settings.options(false, limits);
+    let options = fhec_compiler::Options {
+        model_dir,
+        ..settings.options(false, limits)
+    };
     let compiled = py
         .detach(|| fhec_compiler::compile(onnx, &source, &arrays, &options))
         .map_err(error)?;

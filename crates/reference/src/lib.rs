@@ -36,14 +36,27 @@ fn unsupported(e: TractError) -> ReferenceError {
 
 /// Runs every sample (one tensor per model input, batch dimension 1) through tract;
 /// returns one tensor per model output per sample, in the graph's output order.
+/// `model_dir` is the directory of the model file, where tract reads its external data.
 pub fn run(
     onnx: &[u8],
+    model_dir: Option<&std::path::Path>,
     graph: &FloatGraph,
     samples: &[Vec<Tensor>],
 ) -> Result<Vec<Vec<Tensor>>, ReferenceError> {
-    let mut model = tract_onnx::onnx()
-        .model_for_read(&mut &onnx[..])
+    let onnx_framework = tract_onnx::onnx();
+    let proto = onnx_framework
+        .proto_model_for_read(&mut &onnx[..])
         .map_err(unsupported)?;
+    let parsed = onnx_framework
+        .parse(&proto, model_dir.and_then(|d| d.to_str()))
+        .map_err(unsupported)?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(ReferenceError::Unsupported(format!(
+            "inputs {:?} are not resolved",
+            parsed.unresolved_inputs
+        )));
+    }
+    let mut model = parsed.model;
     for (i, &v) in graph.inputs.iter().enumerate() {
         let info = graph.value(v);
         let fact = InferenceFact::dt_shape(datum_type(info.dtype), info.shape.clone());

@@ -335,3 +335,72 @@ fn matmul_varying(
     ctx.add_node(Op::Sparse(map), vec![p], vec![(out, shape, dtype)]);
     Ok(())
 }
+
+/// Merges a Dense whose only reader is another Dense into it: `W₂(W₁x + b₁) + b₂ =
+/// (W₂W₁)x + (W₂b₁ + b₂)`, the same function with one layer of weights, so the circuit
+/// needs no table lookup between them (scikit-learn's PCA before a linear model, two
+/// torch Linear layers with only a Dropout between). The inner node is left unread for
+/// the dead-node pass; a value the graph returns is never merged away.
+pub(crate) fn fuse_dense_chains(nodes: &mut [crate::graph::Node], outputs: &[crate::ValueId]) {
+    for j in 0..nodes.len() {
+        let Op::Dense { .. } = nodes[j].op else {
+            continue;
+        };
+        let Some(&v) = nodes[j].inputs.first() else {
+            continue;
+        };
+        let readers = nodes.iter().filter(|n| n.inputs.contains(&v)).count();
+        if readers != 1 || outputs.contains(&v) {
+            continue;
+        }
+        let Some(i) = nodes[..j].iter().position(|n| n.outputs == [v]) else {
+            continue;
+        };
+        let (
+            Op::Dense {
+                inputs: k1,
+                outputs: n1,
+                weight: w1,
+                bias: b1,
+            },
+            Op::Dense {
+                inputs: k2,
+                outputs: n2,
+                weight: w2,
+                bias: b2,
+            },
+        ) = (&nodes[i].op, &nodes[j].op)
+        else {
+            continue;
+        };
+        if n1 != k2 {
+            continue;
+        }
+        let (k1, k2, n2) = (*k1, *k2, *n2);
+        let mut weight = vec![0.0; n2 * k1];
+        let mut bias = b2.clone();
+        for o in 0..n2 {
+            for m in 0..k2 {
+                let w = w2[o * k2 + m];
+                if w == 0.0 {
+                    continue;
+                }
+                bias[o] += w * b1[m];
+                for (acc, &x) in weight[o * k1..(o + 1) * k1]
+                    .iter_mut()
+                    .zip(&w1[m * k1..(m + 1) * k1])
+                {
+                    *acc += w * x;
+                }
+            }
+        }
+        let input = nodes[i].inputs.clone();
+        nodes[j].op = Op::Dense {
+            inputs: k1,
+            outputs: n2,
+            weight,
+            bias,
+        };
+        nodes[j].inputs = input;
+    }
+}

@@ -46,6 +46,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
             "LogSoftmax" => mlops::softmax,
             "LayerNormalization" => norm::layer_normalization,
             "Identity" => shape::identity,
+            "Shape" => shape::shape,
             "Flatten" => shape::flatten,
             "Reshape" => shape::reshape,
             "Constant" => shape::constant,
@@ -81,6 +82,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
     Some(f)
 }
 
+pub(crate) use linear::fuse_dense_chains;
 pub(crate) use neighbours::fuse as fuse_neighbours;
 pub(crate) use qdq::{narrow_quantize, quantize_value};
 

@@ -1,4 +1,4 @@
-//! Shape operators (Identity, Flatten, Reshape), Constant and Cast.
+//! Shape operators (Identity, Flatten, Reshape, Shape), Constant and Cast.
 
 use crate::graph::{DType, Op, Tensor};
 use crate::tensor::dtype_of;
@@ -144,4 +144,22 @@ pub(crate) fn cast(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let shape = ctx.info(x).shape.clone();
     ctx.add_node(Op::Cast { to }, vec![x], vec![(out, shape, to)]);
     Ok(())
+}
+
+/// Shape: the input's static shape from `start` to `end`, as a constant. fhec evaluates
+/// one sample at a time, so the batch dimension is 1, as the Reshape or Expand the shape
+/// feeds (`x.view(x.size(0), -1)` in torch) expects it to be for one sample.
+pub(crate) fn shape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
+    let x = ctx.required_input(0)?;
+    let dims = ctx.info(x).shape.clone();
+    let rank = dims.len() as i64;
+    let clamp = |a: i64| (if a < 0 { a + rank } else { a }).clamp(0, rank) as usize;
+    let (start, end) = (clamp(ctx.attr_i("start", 0)), clamp(ctx.attr_i("end", rank)));
+    let picked: Vec<f64> = dims
+        .get(start..end.max(start))
+        .unwrap_or(&[])
+        .iter()
+        .map(|&d| d as f64)
+        .collect();
+    ctx.set_constant(0, Tensor::new(vec![picked.len()], picked, DType::I64))
 }

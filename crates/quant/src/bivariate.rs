@@ -289,13 +289,18 @@ impl Lowering<'_> {
                 .iter()
                 .map(|&(a, b)| row(&[(0, a as u32, 1), (0, b as u32, -1)], 0))
                 .collect();
-            let d = self.affine(
+            let d = self.affine_shared_shift(
                 &format!("{name}/diff"),
                 &[cur],
                 IntRows { rows, sound: None },
                 vec![1, pairs.len()],
             );
-            let relu = self.lut_input(&format!("{name}/relu"), name, d.node, &d.calib)?;
+            // a difference of two values on one grid needs one bit more than they do:
+            // rounded to the threshold it would lose the max's last bit, so it keeps one
+            // more (Concrete's max is exact at that width too)
+            let bits = self.cfg.rounding_bits.map(|r| r + 1);
+            let relu =
+                self.lut_input_rounded_to(&format!("{name}/relu"), name, d.node, &d.calib, bits)?;
             let shift = d.shift.clone();
             let r = self.lut(format!("{name}/relu"), &relu, |e, v| (v - shift[e]).max(0));
             Some(integers(r, false))

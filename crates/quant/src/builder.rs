@@ -338,14 +338,23 @@ impl Lowering<'_> {
         }
     }
 
-    fn read_only_by_trees(&self, id: ValueId) -> bool {
+    /// Whether every reader of `id` takes one grid per feature as well as one per
+    /// tensor: a tree ensemble compares each feature with its own thresholds, a dense
+    /// layer folds each feature's step into its weight column (outside QAT, whose
+    /// weights are integers on the model's own grid).
+    fn read_only_feature_wise(&self, id: ValueId) -> bool {
         let mut readers = self
             .graph
             .nodes
             .iter()
             .filter(|n| n.inputs.contains(&id))
             .peekable();
-        readers.peek().is_some() && readers.all(|n| matches!(n.op, Op::TreeEnsemble(_)))
+        readers.peek().is_some()
+            && readers.all(|n| match n.op {
+                Op::TreeEnsemble(_) => true,
+                Op::Dense { .. } => !self.qat && n.inputs[0] == id,
+                _ => false,
+            })
     }
 
     /// Circuit input `index`: the value `id` (a model input or a head output), whose
@@ -407,15 +416,26 @@ impl Lowering<'_> {
             scale,
         });
         let numel: usize = info.shape.iter().product();
-        // a tree ensemble compares each feature with its own thresholds: one grid per
-        // feature keeps a small-valued feature from being crushed by a large one
-        if model.is_none() && per_element.is_empty() && self.read_only_by_trees(id) {
-            per_element = (0..numel)
-                .map(|e| {
-                    let (lo, hi) = min_max(values.iter().map(|t| t.data[e]));
-                    asymmetric(lo, hi, bits)
+        // one grid per feature (last axis) keeps a small-valued feature from being
+        // crushed by a large one (raw scikit-learn features span 0.1 to 1000); a feature
+        // that is always 0 keeps the tensor's grid, so its step means nothing to a weight
+        let features = info.shape.last().copied().unwrap_or(1).max(1);
+        if model.is_none() && per_element.is_empty() && self.read_only_feature_wise(id) {
+            let grids: Vec<(f64, i64)> = (0..features)
+                .map(|f| {
+                    let (lo, hi) = min_max(
+                        values
+                            .iter()
+                            .flat_map(|t| t.data.iter().skip(f).step_by(features).copied()),
+                    );
+                    if lo == 0.0 && hi == 0.0 {
+                        (scale, zero_point)
+                    } else {
+                        asymmetric(lo, hi, bits)
+                    }
                 })
                 .collect();
+            per_element = (0..numel).map(|e| grids[e % features]).collect();
         }
         let iq = InputQuant {
             value: id,
@@ -604,10 +624,27 @@ impl Lowering<'_> {
         bias: &[f64],
         shape: Vec<usize>,
     ) -> Result<QValue, QuantError> {
-        let x = if x.narrow && x.pending.is_empty() && x.uniform_scale() {
+        // an input quantized per feature folds each feature's step into its weight
+        // column: `w·(s_i·q + o_i) = (w·s_i/s_0)·s_0·q + w·o_i`
+        let per_feature = !self.qat
+            && x.narrow
+            && x.pending.is_empty()
+            && (0..x.scale.len()).all(|e| x.scale[e] == x.scale[e % k]);
+        let x = if x.narrow && x.pending.is_empty() && (x.uniform_scale() || per_feature) {
             x
         } else {
             self.requantize(name, x)?
+        };
+        let folded: Vec<f64>;
+        let quantized_weight = if x.uniform_scale() {
+            weight
+        } else {
+            folded = weight
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w * x.scale[i % k] / x.scale[0])
+                .collect();
+            &folded
         };
         // a QAT model's weights are integers on its own grid (one step per output row)
         let model_steps = if self.qat {
@@ -622,7 +659,7 @@ impl Lowering<'_> {
             Some(steps) => steps.clone(),
             // one symmetric scale per output row (per channel): each row's integers use
             // all `weight_bits` levels
-            None => weight
+            None => quantized_weight
                 .chunks(k)
                 .map(|row| {
                     let wmax = row.iter().fold(0f64, |m, w| m.max(w.abs()));
@@ -630,7 +667,7 @@ impl Lowering<'_> {
                 })
                 .collect(),
         };
-        let wq: Vec<i64> = weight
+        let wq: Vec<i64> = quantized_weight
             .iter()
             .enumerate()
             .map(|(i, w)| (w / s_w[i / k]).round() as i64)

@@ -8,7 +8,7 @@
 use fhec_frontend_onnx::{interp, FloatGraph, ImportError, Op, Tensor, ValueId};
 
 /// Ops that may run in the head when every operand is a model input, a constant or a
-/// head output. Reshapes and casts join only behind another head op.
+/// head output.
 fn preprocessing(op: &Op) -> bool {
     matches!(
         op,
@@ -16,26 +16,51 @@ fn preprocessing(op: &Op) -> bool {
     )
 }
 
+/// Reshapes and casts join the head only next to preprocessing: before it (skl2onnx
+/// casts the input before a scaler's Mul and Add) or behind it.
+fn data_movement(op: &Op) -> bool {
+    matches!(op, Op::Reshape { .. } | Op::Cast { .. })
+}
+
 /// Which nodes form the head, given which nodes the circuit needs (`circuit_side` is
 /// computed with the head excluded, see [`crate::builder`]).
 pub(crate) fn client_head(graph: &FloatGraph) -> Vec<bool> {
     let mut head = vec![false; graph.nodes.len()];
     let mut available: Vec<bool> = graph.values.iter().map(|v| v.constant.is_some()).collect();
-    let mut from_head = vec![false; graph.values.len()];
+    // values computed by a preprocessing op, through any reshapes and casts after it
+    let mut preprocessed = vec![false; graph.values.len()];
     for &i in &graph.inputs {
         available[i.0 as usize] = true;
     }
     for (n, node) in graph.nodes.iter().enumerate() {
         let ready = node.inputs.iter().all(|v| available[v.0 as usize]);
-        let follows_head = node.inputs.iter().any(|v| from_head[v.0 as usize]);
-        let eligible = preprocessing(&node.op)
-            || (follows_head && matches!(node.op, Op::Reshape { .. } | Op::Cast { .. }));
-        if ready && eligible {
+        if ready && (preprocessing(&node.op) || data_movement(&node.op)) {
             head[n] = true;
+            let after = preprocessing(&node.op)
+                || node.inputs.iter().any(|v| preprocessed[v.0 as usize]);
             for o in &node.outputs {
                 available[o.0 as usize] = true;
-                from_head[o.0 as usize] = true;
+                preprocessed[o.0 as usize] = after;
             }
+        }
+    }
+    // a reshape or cast that follows no preprocessing and feeds no head node stays in
+    // the circuit (latest first, so a chain of them unwinds in one pass)
+    for n in (0..graph.nodes.len()).rev() {
+        let node = &graph.nodes[n];
+        if !head[n]
+            || !data_movement(&node.op)
+            || node.inputs.iter().any(|v| preprocessed[v.0 as usize])
+        {
+            continue;
+        }
+        let feeds_head = graph
+            .nodes
+            .iter()
+            .zip(&head)
+            .any(|(m, &h)| h && m.inputs.iter().any(|v| node.outputs.contains(v)));
+        if !feeds_head {
+            head[n] = false;
         }
     }
     // a head value the model returns, or that the post-processing reads, stays where it

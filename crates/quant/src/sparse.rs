@@ -40,7 +40,7 @@ impl Lowering<'_> {
         rows: IntRows,
         shape: Vec<usize>,
     ) -> Built {
-        self.affine_with(name, slots, rows, shape, false)
+        self.affine_with(name, slots, rows, shape, false, false)
     }
 
     /// [`affine`](Self::affine) built for the sound range of every element, not the
@@ -52,7 +52,21 @@ impl Lowering<'_> {
         rows: IntRows,
         shape: Vec<usize>,
     ) -> Built {
-        self.affine_with(name, slots, rows, shape, true)
+        self.affine_with(name, slots, rows, shape, true, false)
+    }
+
+    /// [`affine`](Self::affine) with one shift for every element where that makes the
+    /// node no wider: the lookups reading it then share one table (a tournament's
+    /// differences, whose per-element shifts would give each element its own table and
+    /// the MLIR one dense table per element).
+    pub(crate) fn affine_shared_shift(
+        &mut self,
+        name: &str,
+        slots: &[&QValue],
+        rows: IntRows,
+        shape: Vec<usize>,
+    ) -> Built {
+        self.affine_with(name, slots, rows, shape, false, true)
     }
 
     fn affine_with(
@@ -62,6 +76,7 @@ impl Lowering<'_> {
         rows: IntRows,
         shape: Vec<usize>,
         sound_design: bool,
+        shared_shift: bool,
     ) -> Built {
         let samples = slots[0].calib.len();
         let n = rows.rows.len();
@@ -97,6 +112,21 @@ impl Lowering<'_> {
             sound.push((slo + sh, shi + sh));
             design.push((dlo + sh, dhi + sh));
             shift.push(sh);
+        }
+        if shared_shift {
+            let most = shift.iter().copied().max().unwrap_or(0);
+            let top = |d: &[(i64, i64)], extra: &dyn Fn(usize) -> i64| {
+                let hi = (0..d.len()).map(|e| d[e].1 + extra(e)).max().unwrap_or(0);
+                bits_for_range(Range::new(0, hi.max(0)))
+            };
+            if top(&design, &|e| most - shift[e]) <= top(&design, &|_| 0) {
+                for e in 0..shift.len() {
+                    let delta = most - shift[e];
+                    sound[e] = (sound[e].0 + delta, sound[e].1 + delta);
+                    design[e] = (design[e].0 + delta, design[e].1 + delta);
+                    shift[e] = most;
+                }
+            }
         }
         for q in &mut calib {
             for (v, sh) in q.iter_mut().zip(&shift) {

@@ -65,6 +65,20 @@ impl Lowering<'_> {
         x: NodeId,
         calib: &[Vec<i64>],
     ) -> Result<LutInput, QuantError> {
+        let r = self.cfg.rounding_bits;
+        self.lut_input_rounded_to(name, consumer, x, calib, r)
+    }
+
+    /// [`lut_input`](Self::lut_input) rounding to `rounding_bits` instead of the
+    /// configured threshold.
+    pub(crate) fn lut_input_rounded_to(
+        &mut self,
+        name: &str,
+        consumer: &str,
+        x: NodeId,
+        calib: &[Vec<i64>],
+        rounding_bits: Option<u32>,
+    ) -> Result<LutInput, QuantError> {
         let range = self.circuit.node(x).range;
         debug_assert!(
             range.lo >= 0,
@@ -73,7 +87,7 @@ impl Lowering<'_> {
         let hi = range.hi.max(0);
         let width = bits_for_range(Range::new(0, hi));
         let mut drop = 0u32;
-        if let Some(r) = self.cfg.rounding_bits.filter(|&r| width > r) {
+        if let Some(r) = rounding_bits.filter(|&r| width > r) {
             drop = width - r;
             while !rounded_fits(hi, drop, r, self.cfg.rounding_approximate) {
                 drop += 1; // rounding up the largest value would not fit R bits

@@ -50,7 +50,8 @@ impl Knobs {
 pub struct Fidelity {
     pub samples: usize,
     /// Share of samples whose first float output of several elements (a classifier's
-    /// scores) has the same arg-max as the float model's, when there is such an output.
+    /// scores) has the same arg-max as the float model's, or whose Sigmoid probability
+    /// falls on the same side of 0.5, when there is such an output.
     pub top1_agreement: Option<f64>,
     /// 1 − Σ(sim − float)² / Σ(float − mean)² over that output's (or the first output's)
     /// elements.
@@ -126,6 +127,8 @@ struct Reference<'a> {
     output: usize,
     /// That output's float value for the first samples.
     floats: RefCell<Vec<Tensor>>,
+    /// The output is one Sigmoid probability: its class (over 0.5) is the prediction.
+    binary: bool,
 }
 
 impl<'a> Reference<'a> {
@@ -146,6 +149,7 @@ impl<'a> Reference<'a> {
             samples,
             output,
             floats: RefCell::new(Vec::new()),
+            binary: crate::score::binary_probability(graph, output),
         }
     }
 
@@ -205,6 +209,8 @@ impl<'a> Reference<'a> {
                         .0
                 };
                 agree += (argmax(&float.data) == argmax(&sim.data)) as usize;
+            } else if self.binary && !sim.data.is_empty() {
+                agree += ((float.data[0] > 0.5) == (sim.data[0] > 0.5)) as usize;
             } else {
                 top1_known = false;
             }
@@ -414,6 +420,7 @@ fn faster(
     knobs: Knobs,
     target: PErrorTarget,
     base: Candidate,
+    base_fidelity: Option<Fidelity>,
 ) -> Result<(Candidate, Option<Adaptation>), CompileError> {
     // each step applies to the settings kept so far, lowering choices included (sibling
     // leaves, exactly rounded comparisons), so it is one lowering, not a new search
@@ -441,7 +448,7 @@ fn faster(
         steps.push(rounding);
     }
     let mut kept = base;
-    let mut kept_fidelity: Option<Fidelity> = None;
+    let mut kept_fidelity: Option<Fidelity> = base_fidelity;
     let mut changed = false;
     let was = kept.1.predicted_ms_per_sample;
     for next in steps {
@@ -459,7 +466,8 @@ fn faster(
             None => noisy_fidelity(r, &kept)?,
         };
         let after = noisy_fidelity(r, &c)?;
-        if as_good(&before, &after) {
+        // faster, but never below the agreement the defaults are held to
+        if as_good(&before, &after) && (faithful(&after) || !faithful(&before)) {
             kept = c;
             kept_fidelity = Some(after);
             changed = true;
@@ -484,6 +492,122 @@ fn faster(
             flags,
         }),
     ))
+}
+
+/// The agreement a default must reach on the inputset: a classifier's top-1 agreement,
+/// or a regressor's R² against the float outputs. A compiled model loses at most the
+/// share of predictions it changes (in points of accuracy), and about its unexplained
+/// share of the float model's variance (in points of R²): at 0.98, within the 2 points a
+/// user expects of the defaults.
+const FAITHFUL: f64 = 0.98;
+
+fn faithful(f: &Fidelity) -> bool {
+    match f.top1_agreement {
+        Some(a) => a >= FAITHFUL,
+        None => f.r2 >= FAITHFUL,
+    }
+}
+
+/// Settings one or two steps above `cfg` on each free knob alone, up to 8 bits (a
+/// rounding threshold only where rounding is on).
+fn above(cfg: &QuantConfig, knobs: Knobs) -> Vec<QuantConfig> {
+    let mut out = Vec::new();
+    for d in 1..=2 {
+        let up = |b: u32| (b + d <= 8).then_some(b + d);
+        if let Some(r) = cfg.rounding_bits.filter(|_| knobs.rounding_bits).and_then(up) {
+            out.push(QuantConfig {
+                rounding_bits: Some(r),
+                ..cfg.clone()
+            });
+        }
+        if let Some(b) = up(cfg.input_bits).filter(|_| knobs.input_bits) {
+            out.push(QuantConfig {
+                input_bits: b,
+                ..cfg.clone()
+            });
+        }
+        if let Some(b) = up(cfg.activation_bits).filter(|_| knobs.activation_bits) {
+            out.push(QuantConfig {
+                activation_bits: b,
+                ..cfg.clone()
+            });
+        }
+        if let Some(b) = up(cfg.weight_bits).filter(|_| knobs.weight_bits) {
+            out.push(QuantConfig {
+                weight_bits: b,
+                ..cfg.clone()
+            });
+        }
+    }
+    out
+}
+
+/// When the settings as given lose the float model's predictions on the inputset as FHE
+/// would decrypt them (see [`FAITHFUL`], [`noisy_fidelity`]), more bits on one free
+/// knob: the candidates are tried from the fastest predicted, and the first faithful one
+/// is kept; when none is, the most faithful one if it agrees at least a point better.
+fn more_precise(
+    r: &Reference,
+    cfg: &QuantConfig,
+    knobs: Knobs,
+    target: PErrorTarget,
+    base: Candidate,
+) -> Result<(Candidate, Option<Adaptation>, Fidelity), CompileError> {
+    let before = noisy_fidelity(r, &base)?;
+    if faithful(&before) {
+        return Ok((base, None, before));
+    }
+    let mut candidates: Vec<Candidate> = above(&base.2, knobs)
+        .iter()
+        .filter_map(|up| attempt(r.graph, r.samples, up, target).ok())
+        .collect();
+    candidates.sort_by(|a, b| a.1.predicted_ms_per_sample.total_cmp(&b.1.predicted_ms_per_sample));
+    let mut found = None;
+    let mut closest: Option<(Candidate, Fidelity)> = None;
+    for c in candidates {
+        let f = noisy_fidelity(r, &c)?;
+        if faithful(&f) {
+            found = Some((c, f));
+            break;
+        }
+        if closest.as_ref().is_none_or(|(_, bf)| f.score() > bf.score()) {
+            closest = Some((c, f));
+        }
+    }
+    let gain = |f: &Fidelity| match (f.top1_agreement, before.top1_agreement) {
+        (Some(a), Some(b)) => a - b >= 0.01,
+        _ => f.r2 - before.r2 >= 0.01,
+    };
+    let Some((kept, fidelity)) = found.or(closest.filter(|(_, f)| gain(f))) else {
+        return Ok((base, None, before));
+    };
+    let (changes, flags) = describe(cfg, &kept.2);
+    let reason = format!(
+        "the settings as given agreed less with the float model on the inputset: {}",
+        before.text()
+    );
+    Ok((
+        kept,
+        Some(Adaptation {
+            changes,
+            reason,
+            fidelity: fidelity.clone(),
+            flags,
+        }),
+        fidelity,
+    ))
+}
+
+/// One adaptation from two made in turn: the changes from the settings as given are
+/// the later one's (it starts from the earlier one's result), the reasons both.
+fn merge(first: Option<Adaptation>, then: Option<Adaptation>) -> Option<Adaptation> {
+    match (first, then) {
+        (Some(a), Some(b)) => Some(Adaptation {
+            reason: format!("{}; then {}", a.reason, b.reason),
+            ..b
+        }),
+        (a, b) => b.or(a),
+    }
 }
 
 /// Whether `after` agrees with the float model as well as `before`: top-1 agreement
@@ -515,7 +639,9 @@ pub(crate) fn compile_adaptive(
                 return Ok((c, None));
             }
             if c.0.info.pbs_per_sample > 0 {
-                return faster(&r, cfg, knobs, target, c);
+                let (c, precise, measured) = more_precise(&r, cfg, knobs, target, c)?;
+                let (c, fast) = faster(&r, cfg, knobs, target, c, Some(measured))?;
+                return Ok((c, merge(precise, fast)));
             }
             if !knobs.input_bits || !knobs.weight_bits {
                 return Ok((c, None));

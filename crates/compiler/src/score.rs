@@ -8,7 +8,7 @@
 //! model is scored against the float model's own predictions (agreement, or R² against
 //! the float outputs), which the float model scores 100 on by definition.
 
-use fhec_frontend_onnx::{DType, FloatGraph, Tensor};
+use fhec_frontend_onnx::{Activation, DType, FloatGraph, Op, Tensor};
 use serde::Serialize;
 
 /// What a model predicts.
@@ -83,17 +83,38 @@ pub fn scored_output(graph: &FloatGraph, name: Option<&str>) -> Result<usize, Sc
         })
 }
 
-/// A classifier's output: integer labels, or several scores per sample.
-fn task_of(t: &Tensor) -> Task {
-    if t.dtype == DType::I64 || t.dtype == DType::Bool || t.data.len() > 1 {
+/// Whether output `k` of `graph` is one probability from a Sigmoid (through any
+/// reshapes): a binary classifier's, as torch models trained with a BCE loss end.
+pub fn binary_probability(graph: &FloatGraph, k: usize) -> bool {
+    let Some(&out) = graph.outputs.get(k) else {
+        return false;
+    };
+    if graph.value(out).shape.iter().product::<usize>() != 1 {
+        return false;
+    }
+    let mut v = out;
+    while let Some(node) = graph.nodes.iter().find(|n| n.outputs.contains(&v)) {
+        match &node.op {
+            Op::Activation(Activation::Sigmoid) => return true,
+            Op::Reshape { .. } => v = node.inputs[0],
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// A classifier's output: integer labels, several scores per sample, or one Sigmoid
+/// probability (`binary`).
+fn task_of(t: &Tensor, binary: bool) -> Task {
+    if t.dtype == DType::I64 || t.dtype == DType::Bool || t.data.len() > 1 || binary {
         Task::Classification
     } else {
         Task::Regression
     }
 }
 
-/// One prediction per sample: the label, the arg-max of the scores (first on a tie) or
-/// the regression value.
+/// One prediction per sample: the label, the arg-max of the scores (first on a tie), a
+/// probability's class (over 0.5: 1) or the regression value.
 fn predictions(outputs: &[Vec<Tensor>], k: usize, task: Task) -> Result<Vec<f64>, ScoreError> {
     outputs
         .iter()
@@ -109,6 +130,8 @@ fn predictions(outputs: &[Vec<Tensor>], k: usize, task: Task) -> Result<Vec<f64>
                     }
                 }
                 best.0 as f64
+            } else if task == Task::Classification && matches!(t.dtype, DType::F32 | DType::F64) {
+                f64::from(first > 0.5)
             } else {
                 first
             })
@@ -148,7 +171,7 @@ pub fn score(
         .first()
         .and_then(|o| o.get(k))
         .ok_or(ScoreError::NoSample)?;
-    let task = task_of(first);
+    let task = task_of(first, binary_probability(graph, k));
     let float_pred = predictions(float, k, task)?;
     let compiled_pred = predictions(compiled, k, task)?;
     if let Some(l) = labels {
@@ -214,9 +237,16 @@ mod tests {
             predictions(&scores, 0, Task::Classification).unwrap(),
             vec![1.0, 0.0]
         );
-        assert_eq!(task_of(&scores[0][0]), Task::Classification);
-        assert_eq!(task_of(&t(vec![3.0], DType::I64)[0]), Task::Classification);
-        assert_eq!(task_of(&t(vec![3.5], DType::F32)[0]), Task::Regression);
+        assert_eq!(task_of(&scores[0][0], false), Task::Classification);
+        assert_eq!(task_of(&t(vec![3.0], DType::I64)[0], false), Task::Classification);
+        assert_eq!(task_of(&t(vec![3.5], DType::F32)[0], false), Task::Regression);
+        // a Sigmoid's probability: class 1 over 0.5
+        let p = [t(vec![0.7], DType::F32), t(vec![0.2], DType::F32)];
+        assert_eq!(task_of(&p[0][0], true), Task::Classification);
+        assert_eq!(
+            predictions(&p, 0, Task::Classification).unwrap(),
+            vec![1.0, 0.0]
+        );
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! Types follow Concrete's conventions and fhec's execution: every ciphertext runs at
 //! the circuit's encoding width W, so leveled ops take and return `!FHE.eint<W>` with
-//! clear operands `i(W+1)`; a rounding narrows to `!FHE.eint<W − drop>`; a table lookup
-//! has one entry per value of its input type.
+//! clear operands `i(W+1)`; a rounding narrows to the width of its own range (its operand
+//! first multiplied up so that the rounding drops only its own low bits), and a lookup on
+//! an unrounded operand narrower than W narrows it the same way; a table lookup has one
+//! entry per value of its input type, so Concrete looks up as many bits as fhec does.
 //!
 //! Lowering (docs/MLIR.md): `Linear` → `FHELinalg.matmul_eint_int` + `FHELinalg.add_eint_int`;
 //! `Round` → `FHELinalg.round`; `Lut` → `FHELinalg.apply_lookup_table` (one table) or
@@ -154,6 +156,11 @@ struct Emitter<'a> {
     sparse: Vec<bool>,
     /// Index constants already defined (`%c<i>`), for `tensor.extract`.
     indices: std::collections::HashMap<usize, String>,
+}
+
+/// Bits of the values `0..=hi` (at least 1).
+fn range_bits(hi: i64) -> u32 {
+    fhec_ir::bits_for_range(fhec_ir::Range::new(0, hi.max(1)))
 }
 
 fn dims(shape: &[usize]) -> String {
@@ -331,10 +338,14 @@ fn collapse_groups(from: &[usize], to: &[usize]) -> Option<String> {
 }
 
 impl Emitter<'_> {
-    /// Width of a node's encrypted elements: W, or W − drop after a rounding.
+    /// Width of a node's encrypted elements: W, or after a rounding the width of its
+    /// own range (the `Round` arm of [`Emitter::node`] moves its operand up for it).
     fn elem_bits(&self, id: NodeId) -> u32 {
         match self.c.node(id).op {
-            IntOp::Round { drop_bits, .. } => self.info.encoding_bits - drop_bits,
+            IntOp::Round { drop_bits, .. } => {
+                let kept = range_bits(self.c.node(id).range.hi);
+                kept.min(self.info.encoding_bits - drop_bits)
+            }
             IntOp::Reshape => self.elem_bits(self.c.operands(id)[0]),
             _ => self.info.encoding_bits,
         }
@@ -365,6 +376,41 @@ impl Emitter<'_> {
             dense(values, shape)
         );
         name
+    }
+
+    /// A table operand `x` (node `src`, of type `x_ty`) that holds `p < W` bits at the
+    /// bottom of a W-bit encoding, as `!FHE.eint<p>`: multiplied by 2^(W−p) it sits in
+    /// the top bits, where a rounding to p bits is exact (the dropped bits are 0). The
+    /// lookup then reads p bits, as fhec's bootstrap does, not W (and its table has
+    /// 2^p entries). Returns the operand, its type and its width.
+    fn narrowed(&mut self, src: NodeId, x: String, x_ty: String, p: u32) -> (String, String, u32) {
+        let w = self.elem_bits(src);
+        if w != self.info.encoding_bits || p >= w {
+            return (x, x_ty, w);
+        }
+        let shifted = self.shifted_up(src, &x, &x_ty, w - p);
+        let r_ty = x_ty.replace(&format!("!FHE.eint<{w}>"), &format!("!FHE.eint<{p}>"));
+        let r = self.fresh();
+        let _ = writeln!(
+            self.body,
+            "    {r} = \"FHELinalg.round\"({shifted}) : ({x_ty}) -> {r_ty}"
+        );
+        (r, r_ty, p)
+    }
+
+    /// `x` (node `src`, of type `x_ty`, W bits) multiplied by 2^`up`.
+    fn shifted_up(&mut self, src: NodeId, x: &str, x_ty: &str, up: u32) -> String {
+        let shape = self.shapes[src.index()].clone();
+        let numel = shape.iter().product::<usize>();
+        let clear = format!("i{}", self.info.encoding_bits + 1);
+        let factor = self.constant(&vec![1i64 << up; numel], &shape, &clear);
+        let shifted = self.fresh();
+        let _ = writeln!(
+            self.body,
+            "    {shifted} = \"FHELinalg.mul_eint_int\"({x}, {factor}) : ({x_ty}, tensor<{}{clear}>) -> {x_ty}",
+            dims(&shape)
+        );
+        shifted
     }
 
     /// `ty(id)` with another shape.
@@ -746,8 +792,21 @@ impl Emitter<'_> {
                     )
                 }
             }
-            IntOp::Round { approximate, .. } => {
+            IntOp::Round {
+                approximate,
+                drop_bits,
+            } => {
                 let (x, x_ty) = x?;
+                // the t bits kept: the operand, below 2^(t+d), is first moved up by
+                // 2^(W−t−d), so the rounding to t bits drops d of its own bits and the
+                // lookup after it reads t bits, not W − d
+                let kept = self.elem_bits(id);
+                let up = self.info.encoding_bits - kept - drop_bits;
+                let x = if up > 0 {
+                    self.shifted_up(ops[0], &x, &x_ty, up)
+                } else {
+                    x
+                };
                 if *approximate {
                     // fhec reads the top bits in the table lookup's own bootstrap
                     let _ = writeln!(
@@ -769,9 +828,9 @@ impl Emitter<'_> {
                 table_of,
             } => {
                 let (x, x_ty) = x?;
+                let (x, x_ty, q) = self.narrowed(ops[0], x, x_ty, *precision);
                 // one entry per value of the input type; fhec reads the low p+1 bits and
                 // negates the table in the upper half (the bootstrap's negacyclic half)
-                let q = self.elem_bits(ops[0]);
                 let size = 1usize << q;
                 let full = |t: &[i64]| -> Vec<i64> {
                     (0..size)

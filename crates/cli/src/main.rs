@@ -353,6 +353,10 @@ struct QuantArgs {
     /// (docs/TREES.md).
     #[arg(long)]
     comparison_bits: Option<u32>,
+    /// Spread neurons before rounding only as far as the layer's noisiest neuron's weight
+    /// norm (compile turns it on by itself when the settings find no parameters).
+    #[arg(long)]
+    capped_spread: bool,
     /// Headroom of accumulator ranges beyond the inputset, as a fraction of their width (default 0.25).
     #[arg(long)]
     range_margin: Option<f64>,
@@ -376,6 +380,7 @@ impl QuantArgs {
             no_rounding: self.no_rounding,
             exact_rounding: self.rounding == RoundingMode::Exact,
             comparison_bits: self.comparison_bits,
+            capped_spread: self.capped_spread,
             range_margin: self.range_margin,
             p_error: self.p_error,
             global_p_error: self.global_p_error,

@@ -118,12 +118,6 @@ const NEIGHBOURS: &[(&str, f64)] = &[
     ("knn_wine_small", 0.04),
 ];
 
-/// Exports whose operators fhec reads (the float model matches onnxruntime) but whose
-/// simulation at the defaults is not yet within 2 points (docs/USER-GUIDE.md): a
-/// depthwise-separable CNN written with `x.view(x.size(0), -1)` (Shape, Gather,
-/// Unsqueeze, Concat, Reshape) finds no parameters at 6 bits and adapts down.
-const FLOAT_ONLY: &[&str] = &["cnn_view_digits"];
-
 /// `--mode clear` reproduces the onnxruntime outputs stored with each fixture.
 #[test]
 fn float_reference_matches_onnxruntime() {
@@ -134,7 +128,6 @@ fn float_reference_matches_onnxruntime() {
         .copied()
         .chain(NEIGHBOURS.iter().map(|n| n.0))
         .chain(families.iter().map(String::as_str))
-        .chain(FLOAT_ONLY.iter().copied())
     {
         let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
         let graph =

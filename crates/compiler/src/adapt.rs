@@ -28,6 +28,8 @@ pub struct Knobs {
     pub rounding_bits: bool,
     /// Tree comparisons may read fewer bits (`--comparison-bits`).
     pub comparison_bits: bool,
+    /// Spreading before rounding may be capped (`--capped-spread`).
+    pub spread: bool,
 }
 
 impl Knobs {
@@ -38,6 +40,7 @@ impl Knobs {
             activation_bits: true,
             rounding_bits: true,
             comparison_bits: true,
+            spread: true,
         }
     }
     fn any(self) -> bool {
@@ -297,6 +300,10 @@ fn describe(from: &QuantConfig, to: &QuantConfig) -> (Vec<String>, String) {
             ));
             flags.push(format!("--comparison-bits {c}"));
         }
+    }
+    if to.capped_spread && !from.capped_spread {
+        changes.push("neurons spread before rounding only within the layer's noise".into());
+        flags.push("--capped-spread".into());
     }
     if from.rounding_bits != to.rounding_bits {
         let show = |r: Option<u32>| r.map_or("none".to_string(), |r| r.to_string());
@@ -679,6 +686,35 @@ pub(crate) fn compile_adaptive(
             Ok((c, None))
         }
         Err(e @ (CompileError::TooWide(_) | CompileError::Params(_))) => {
+            // no parameters: first the same bits with the spreading capped (a nearly
+            // dead neuron's multiplier can be what is out of reach), before any bit is
+            // given up
+            let capped = QuantConfig {
+                capped_spread: true,
+                ..cfg.clone()
+            };
+            if matches!(e, CompileError::Params(_)) && knobs.spread && !cfg.capped_spread {
+                if let Ok(c) = attempt(graph, samples, &capped, target) {
+                    let f = r.fidelity(&c.0, FIDELITY_SAMPLES, None)?;
+                    let (changes, flags) = describe(cfg, &c.2);
+                    if strict {
+                        return Err(CompileError::Suggestion {
+                            failure: Box::new(e),
+                            flags,
+                            fidelity: f.text(),
+                        });
+                    }
+                    return Ok((
+                        c,
+                        Some(Adaptation {
+                            changes,
+                            reason: e.to_string(),
+                            fidelity: f,
+                            flags,
+                        }),
+                    ));
+                }
+            }
             // adapt the free knobs; failing that (or in strict mode), find settings over
             // every knob to suggest
             if !strict && knobs.any() {

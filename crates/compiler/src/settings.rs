@@ -21,6 +21,8 @@ pub struct Settings {
     /// Round exactly (extra bootstraps) instead of approximately.
     pub exact_rounding: bool,
     pub comparison_bits: Option<u32>,
+    /// Spread neurons before rounding only within the layer's noise (`--capped-spread`).
+    pub capped_spread: bool,
     pub range_margin: Option<f64>,
     /// Error probability per bootstrap.
     pub p_error: Option<f64>,
@@ -50,6 +52,7 @@ impl Settings {
         if let Some(m) = self.range_margin {
             c.range_margin = m;
         }
+        c.capped_spread = self.capped_spread;
         c
     }
 
@@ -72,6 +75,7 @@ impl Settings {
                 weight_bits: default_bits && self.weight_bits.is_none(),
                 activation_bits: default_bits && self.activation_bits.is_none(),
                 rounding_bits: self.rounding_threshold_bits.is_none() && !self.no_rounding,
+                spread: !self.capped_spread,
                 comparison_bits: self.comparison_bits.is_none(),
             },
             strict,

@@ -33,6 +33,13 @@ pub struct QuantConfig {
     /// lookup (docs/TREES.md). `fhec compile` also tries without and keeps the cheaper.
     #[serde(default = "enabled")]
     pub sibling_leaves: bool,
+    /// Spreading before rounding (docs/QUANTIZATION.md) lifts no neuron's weight norm
+    /// above the layer's largest unscaled one: a nearly dead channel, whose tiny range
+    /// asks for a multiplier in the thousands, then keeps fewer bits instead of taking
+    /// the parameters out of reach. `fhec compile` turns it on when the settings find no
+    /// parameters, before giving up any bit (`--capped-spread`).
+    #[serde(default)]
+    pub capped_spread: bool,
     /// Accumulators are built for their calibrated range widened by this fraction of its
     /// width on each side (clipped to the sound range), so held-out data slightly beyond
     /// the inputset does not wrap around.
@@ -50,6 +57,7 @@ impl Default for QuantConfig {
             comparison_bits: None,
             comparison_exact: false,
             sibling_leaves: true,
+            capped_spread: false,
             range_margin: 0.25,
         }
     }

@@ -322,6 +322,17 @@ impl Lowering<'_> {
             let g = group_of(e);
             multiplier[g] = multiplier[g].min(top / d.1.max(1));
         }
+        if self.cfg.capped_spread {
+            // a neuron's noise grows with its weights: none ends noisier than the layer's
+            // noisiest neuron was
+            let norms = row_norms(&node.op, groups);
+            let loudest = norms.iter().copied().fold(0.0, f64::max);
+            for (m, &norm) in multiplier.iter_mut().zip(&norms) {
+                if norm > 0.0 {
+                    *m = (*m).min(((loudest / norm).floor() as i64).max(1));
+                }
+            }
+        }
         let operands = self.circuit.operands(x.node);
         let mut n = node.clone();
         match &mut n.op {
@@ -375,6 +386,25 @@ impl Lowering<'_> {
         x.design = Some(design);
         x
     }
+}
+
+/// The 2-norm of each output row of a Linear, of each output channel of a Conv.
+fn row_norms(op: &IntOp, groups: usize) -> Vec<f64> {
+    let weights = match op {
+        IntOp::Linear { weight, .. } => weight.as_slice(),
+        IntOp::Conv(c) => c.weight.as_slice(),
+        _ => &[],
+    };
+    let per = weights.len() / groups.max(1);
+    (0..groups)
+        .map(|g| {
+            weights[g * per..(g + 1) * per]
+                .iter()
+                .map(|&w| (w as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect()
 }
 
 /// The largest index a rounding of `[0, hi]` by `drop` bits can produce: an approximate

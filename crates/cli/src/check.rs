@@ -88,7 +88,8 @@ fn float_reference(
         max_scaled_diff: None,
         tolerance: None,
     };
-    let reference = match fhec_reference::run(&onnx, Some(files::model_dir(model)), graph, samples) {
+    let reference = match fhec_reference::run(&onnx, Some(files::model_dir(model)), graph, samples)
+    {
         Ok(r) => r,
         Err(e) => return Ok(none("unsupported", e.to_string())),
     };

@@ -668,7 +668,10 @@ fn external_data_is_read_beside_the_model_and_only_there() {
         assert_fails(&a, needles);
     };
     // the data file is missing
-    run(&model, &["model.onnx", "external data file", "model.onnx.data"]);
+    run(
+        &model,
+        &["model.onnx", "external data file", "model.onnx.data"],
+    );
     // with it beside the model, the model compiles
     std::fs::copy(src.join("model.onnx.data"), d.join("model.onnx.data")).unwrap();
     let a = args(&model);
@@ -687,6 +690,10 @@ fn external_data_is_read_beside_the_model_and_only_there() {
     std::fs::write(&escaping, m.encode_to_vec()).unwrap();
     run(
         &escaping,
-        &["escaping.onnx", "../model.onnx.data", "not a relative path inside"],
+        &[
+            "escaping.onnx",
+            "../model.onnx.data",
+            "not a relative path inside",
+        ],
     );
 }

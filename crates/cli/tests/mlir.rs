@@ -271,9 +271,9 @@ fn mlir_agrees_with_the_circuit_on_every_fixture() {
             let table_lines: usize = text
                 .lines()
                 .filter(|l| {
-                    l.split(" = arith.constant")
-                        .next()
-                        .is_some_and(|v| l.contains(" = arith.constant") && tables.contains(v.trim()))
+                    l.split(" = arith.constant").next().is_some_and(|v| {
+                        l.contains(" = arith.constant") && tables.contains(v.trim())
+                    })
                 })
                 .map(str::len)
                 .sum();

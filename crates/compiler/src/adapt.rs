@@ -521,7 +521,11 @@ fn above(cfg: &QuantConfig, knobs: Knobs) -> Vec<QuantConfig> {
     let mut out = Vec::new();
     for d in 1..=2 {
         let up = |b: u32| (b + d <= 8).then_some(b + d);
-        if let Some(r) = cfg.rounding_bits.filter(|_| knobs.rounding_bits).and_then(up) {
+        if let Some(r) = cfg
+            .rounding_bits
+            .filter(|_| knobs.rounding_bits)
+            .and_then(up)
+        {
             out.push(QuantConfig {
                 rounding_bits: Some(r),
                 ..cfg.clone()
@@ -568,7 +572,10 @@ fn more_precise(
         .iter()
         .filter_map(|up| attempt(r.graph, r.samples, up, target).ok())
         .collect();
-    candidates.sort_by(|a, b| a.1.predicted_ms_per_sample.total_cmp(&b.1.predicted_ms_per_sample));
+    candidates.sort_by(|a, b| {
+        a.1.predicted_ms_per_sample
+            .total_cmp(&b.1.predicted_ms_per_sample)
+    });
     let mut found = None;
     let mut closest: Option<(Candidate, Fidelity)> = None;
     for c in candidates {
@@ -577,7 +584,10 @@ fn more_precise(
             found = Some((c, f));
             break;
         }
-        if closest.as_ref().is_none_or(|(_, bf)| f.score() > bf.score()) {
+        if closest
+            .as_ref()
+            .is_none_or(|(_, bf)| f.score() > bf.score())
+        {
             closest = Some((c, f));
         }
     }
@@ -689,11 +699,11 @@ pub(crate) fn compile_adaptive(
             // no parameters: first the same bits with the spreading capped (a nearly
             // dead neuron's multiplier can be what is out of reach), before any bit is
             // given up
-            let capped = QuantConfig {
-                capped_spread: true,
-                ..cfg.clone()
-            };
             if matches!(e, CompileError::Params(_)) && knobs.spread && !cfg.capped_spread {
+                let capped = QuantConfig {
+                    capped_spread: true,
+                    ..cfg.clone()
+                };
                 if let Ok(c) = attempt(graph, samples, &capped, target) {
                     let f = r.fidelity(&c.0, FIDELITY_SAMPLES, None)?;
                     let (changes, flags) = describe(cfg, &c.2);

@@ -238,8 +238,14 @@ mod tests {
             vec![1.0, 0.0]
         );
         assert_eq!(task_of(&scores[0][0], false), Task::Classification);
-        assert_eq!(task_of(&t(vec![3.0], DType::I64)[0], false), Task::Classification);
-        assert_eq!(task_of(&t(vec![3.5], DType::F32)[0], false), Task::Regression);
+        assert_eq!(
+            task_of(&t(vec![3.0], DType::I64)[0], false),
+            Task::Classification
+        );
+        assert_eq!(
+            task_of(&t(vec![3.5], DType::F32)[0], false),
+            Task::Regression
+        );
         // a Sigmoid's probability: class 1 over 0.5
         let p = [t(vec![0.7], DType::F32), t(vec![0.2], DType::F32)];
         assert_eq!(task_of(&p[0][0], true), Task::Classification);

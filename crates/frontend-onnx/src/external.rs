@@ -13,15 +13,6 @@ use crate::ImportError;
 /// `TensorProto.data_location` of a tensor stored in an external file.
 const EXTERNAL: i32 = 1;
 
-/// Whether any tensor of `model` is stored outside the model file.
-pub(crate) fn uses_external_data(model: &ModelProto) -> bool {
-    let mut found = false;
-    if let Some(g) = &model.graph {
-        visit(g, &mut |t| found |= is_external(t));
-    }
-    found
-}
-
 /// Reads every external tensor of `model` from files under `dir`, taking at most
 /// `budget` bytes in all.
 pub(crate) fn load(model: &mut ModelProto, dir: &Path, budget: u64) -> Result<(), ImportError> {
@@ -102,7 +93,12 @@ fn load_tensor(
     let mut data = Vec::new();
     file.seek(SeekFrom::Start(offset))
         .and_then(|_| (&mut file).take(n).read_to_end(&mut data))
-        .map_err(|e| err(format!("reading external data file {}: {e}", path.display())))?;
+        .map_err(|e| {
+            err(format!(
+                "reading external data file {}: {e}",
+                path.display()
+            ))
+        })?;
     if data.len() as u64 != n {
         return Err(err(format!(
             "external data file {} ended after {} of {n} bytes",
@@ -124,20 +120,6 @@ fn confined(dir: &Path, location: &str) -> Option<PathBuf> {
         .components()
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
     (plain && !location.is_empty()).then(|| dir.join(rel))
-}
-
-fn visit(g: &GraphProto, f: &mut impl FnMut(&TensorProto)) {
-    g.initializer.iter().for_each(&mut *f);
-    for n in &g.node {
-        for a in &n.attribute {
-            if let Some(t) = &a.t {
-                f(t);
-            }
-            if let Some(sub) = &a.g {
-                visit(sub, f);
-            }
-        }
-    }
 }
 
 fn visit_mut(g: &mut GraphProto, f: &mut impl FnMut(&mut TensorProto)) {

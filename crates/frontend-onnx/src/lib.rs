@@ -74,7 +74,7 @@ pub fn import_from(
             "protobuf decoding failed ({e}); the file is truncated or not ONNX"
         ))
     })?;
-    if let Some(dir) = model_dir.filter(|_| external::uses_external_data(&model)) {
+    if let Some(dir) = model_dir {
         external::load(&mut model, dir, limits.memory_bytes)?;
     }
     let model = model;

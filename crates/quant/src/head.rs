@@ -36,8 +36,8 @@ pub(crate) fn client_head(graph: &FloatGraph) -> Vec<bool> {
         let ready = node.inputs.iter().all(|v| available[v.0 as usize]);
         if ready && (preprocessing(&node.op) || data_movement(&node.op)) {
             head[n] = true;
-            let after = preprocessing(&node.op)
-                || node.inputs.iter().any(|v| preprocessed[v.0 as usize]);
+            let after =
+                preprocessing(&node.op) || node.inputs.iter().any(|v| preprocessed[v.0 as usize]);
             for o in &node.outputs {
                 available[o.0 as usize] = true;
                 preprocessed[o.0 as usize] = after;

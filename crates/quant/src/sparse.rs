@@ -20,6 +20,17 @@ pub(crate) struct IntRows {
     pub sound: Option<Vec<(i64, i64)>>,
 }
 
+/// The range an Affine node is built for, and how its elements are shifted above 0.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Design {
+    /// Calibrated, widened by the margin; each element shifted on its own.
+    Calibrated,
+    /// Sound: values that must never wrap whatever the input.
+    Sound,
+    /// Calibrated, with one shift for all elements where that makes the node no wider.
+    SharedShift,
+}
+
 /// An Affine node with its calibration facts.
 pub(crate) struct Built {
     pub node: NodeId,
@@ -40,7 +51,7 @@ impl Lowering<'_> {
         rows: IntRows,
         shape: Vec<usize>,
     ) -> Built {
-        self.affine_with(name, slots, rows, shape, false, false)
+        self.affine_with(name, slots, rows, shape, Design::Calibrated)
     }
 
     /// [`affine`](Self::affine) built for the sound range of every element, not the
@@ -52,7 +63,7 @@ impl Lowering<'_> {
         rows: IntRows,
         shape: Vec<usize>,
     ) -> Built {
-        self.affine_with(name, slots, rows, shape, true, false)
+        self.affine_with(name, slots, rows, shape, Design::Sound)
     }
 
     /// [`affine`](Self::affine) with one shift for every element where that makes the
@@ -66,7 +77,7 @@ impl Lowering<'_> {
         rows: IntRows,
         shape: Vec<usize>,
     ) -> Built {
-        self.affine_with(name, slots, rows, shape, false, true)
+        self.affine_with(name, slots, rows, shape, Design::SharedShift)
     }
 
     fn affine_with(
@@ -75,8 +86,7 @@ impl Lowering<'_> {
         slots: &[&QValue],
         rows: IntRows,
         shape: Vec<usize>,
-        sound_design: bool,
-        shared_shift: bool,
+        design_for: Design,
     ) -> Built {
         let samples = slots[0].calib.len();
         let n = rows.rows.len();
@@ -103,7 +113,7 @@ impl Lowering<'_> {
                 out.push(v);
             }
             let m = ((hi - lo) as f64 * self.cfg.range_margin).ceil() as i64;
-            let (dlo, dhi) = if sound_design {
+            let (dlo, dhi) = if design_for == Design::Sound {
                 (slo, shi)
             } else {
                 ((lo - m).max(slo), (hi + m).min(shi))
@@ -113,7 +123,7 @@ impl Lowering<'_> {
             design.push((dlo + sh, dhi + sh));
             shift.push(sh);
         }
-        if shared_shift {
+        if design_for == Design::SharedShift {
             let most = shift.iter().copied().max().unwrap_or(0);
             let top = |d: &[(i64, i64)], extra: &dyn Fn(usize) -> i64| {
                 let hi = (0..d.len()).map(|e| d[e].1 + extra(e)).max().unwrap_or(0);

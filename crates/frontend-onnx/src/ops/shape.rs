@@ -154,7 +154,10 @@ pub(crate) fn shape(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let dims = ctx.info(x).shape.clone();
     let rank = dims.len() as i64;
     let clamp = |a: i64| (if a < 0 { a + rank } else { a }).clamp(0, rank) as usize;
-    let (start, end) = (clamp(ctx.attr_i("start", 0)), clamp(ctx.attr_i("end", rank)));
+    let (start, end) = (
+        clamp(ctx.attr_i("start", 0)),
+        clamp(ctx.attr_i("end", rank)),
+    );
     let picked: Vec<f64> = dims
         .get(start..end.max(start))
         .unwrap_or(&[])

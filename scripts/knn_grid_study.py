@@ -10,7 +10,12 @@ whose vote agrees most with the float vote on the inputset, within 8-bit compari
 and what fhec builds now, the same choice where distances too wide for the comparisons
 are clipped at the widest one lookup reads exactly and scaled onto the largest key the
 comparisons allow (tried at 8 and 7 bits; among equal agreements the narrower
-comparisons, then fewer lookups, win).
+comparisons, then fewer lookups, win). That choice is scored three ways: "now", on the
+inputset rows as given (a row that is a training point has itself as nearest
+neighbour); "loo", with that training point left out of both votes; "both", the two
+counts added, which is what fhec scores (measured: iris 0.963, iris standardized
+0.937, wine 0.952, breast cancer 0.954, the 12-point model 0.936, against 0.965,
+0.928, 0.951, 0.951, 0.928 for "now").
 Usage: python scripts/knn_grid_study.py   (numpy and scikit-learn)
 """
 import numpy as np
@@ -25,10 +30,12 @@ def vote(codes, classes):
     return int(np.argmax(np.bincount(codes, minlength=classes)))
 
 
-def float_predict(points, labels, xs, classes):
+def float_predict(points, labels, xs, classes, left_out=None):
     out = []
-    for x in xs:
+    for i, x in enumerate(xs):
         d = ((points - x) ** 2).sum(1)
+        if left_out is not None and left_out[i] >= 0:
+            d[left_out[i]] = np.inf
         out.append(vote(labels[np.lexsort((np.arange(len(points)), d))[:K]], classes))
     return np.array(out)
 
@@ -77,10 +84,13 @@ def grid(points, labels, lo, hi, scale, factor, per_feature, classes, budget=Non
         clipped = lambda d: (2 * cap * np.clip(d, 0, exact) + exact) // (2 * exact)
         bits = int(2 * (classes * clipped(hi_f - shift) + labels).max()).bit_length()
 
-    def predict(xs):
+    def predict(xs, left_out=None):
         q = np.clip(np.round(xs / scale) + zero, 0, top)
         f = c[None, :] + (factor * q * q).sum(1)[:, None] - 2 * (q @ r.T)
-        keys = classes * clipped(f - shift) + labels[None, :]
+        keys = (classes * clipped(f - shift) + labels[None, :]).astype(np.float64)
+        if left_out is not None:
+            rows = np.flatnonzero(left_out >= 0)
+            keys[rows, left_out[rows]] = np.inf
         nearest = np.argsort(keys, axis=1, kind="stable")[:, :K]
         return np.array([vote(labels[row], classes) for row in nearest])
 
@@ -99,7 +109,11 @@ def accuracy(points, labels, test_x, test_y, strategy, inputset):
         return np.nan
     # scored on at most 256 evenly spaced inputset rows, as compile does
     scored = inputset[:: -(-len(inputset) // 256)]
+    # "loo": a row that is a training point is scored with that point left out (as a new
+    # sample at its place); "both": scored as given and left out, the two counts added
+    own = np.array([next(iter(np.flatnonzero((points == row).all(1))), -1) for row in scored])
     reference = float_predict(points, labels, scored, classes)
+    reference_loo = float_predict(points, labels, scored, classes, own)
     budgets = [None] if strategy == "unclipped" else [MAX_COMPARISON_BITS, MAX_COMPARISON_BITS - 1]
     best, levels = None, 1.0
     while levels <= 63:
@@ -109,7 +123,12 @@ def accuracy(points, labels, test_x, test_y, strategy, inputset):
             if not candidates:
                 break
             for bits, lookups, predict in candidates:
-                score = ((predict(scored) == reference).sum(), -bits, -lookups, levels)
+                agree = 0
+                if strategy != "loo":
+                    agree += (predict(scored) == reference).sum()
+                if strategy in ("loo", "both"):
+                    agree += (predict(scored, own) == reference_loo).sum()
+                score = (agree, -bits, -lookups, levels)
                 if best is None or score > best[0]:
                     best = (score, predict)
         levels += 0.5
@@ -129,7 +148,7 @@ for name, load, standardize, columns, per_class, K, splits in [
     x, y = load(return_X_y=True)
     if columns is not None:
         x = x[:, columns]
-    acc = {"float": [], "before": [], "unclipped": [], "now": []}
+    acc = {"float": [], "before": [], "unclipped": [], "now": [], "loo": [], "both": []}
     for seed in range(splits):
         xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
         if standardize:
@@ -142,6 +161,6 @@ for name, load, standardize, columns, per_class, K, splits in [
             keep = np.concatenate([rng.choice(np.flatnonzero(ytr == c), per_class, replace=False) for c in np.unique(ytr)])
             points, labels = xtr[keep], ytr[keep]
         acc["float"].append(np.mean(float_predict(points, labels, xte, int(labels.max()) + 1) == yte))
-        for strategy in ("before", "unclipped", "now"):
+        for strategy in ("before", "unclipped", "now", "loo", "both"):
             acc[strategy].append(accuracy(points, labels, xte, yte, strategy, xtr))
     print(f"{name:30s}", "  ".join(f"{k} {np.nanmean(v):.3f}" for k, v in acc.items()))

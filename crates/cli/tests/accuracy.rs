@@ -106,16 +106,16 @@ const TREES: &[(&str, f64)] = &[
 
 /// scikit-learn's KNeighborsClassifier as skl2onnx exports it, with the simulated
 /// accuracy drop from the float model each is held to at the defaults (distances
-/// clipped and scaled onto the keys: knn_iris measured 0 points, 45 of 45 as float;
-/// knn_wine_pipeline 1.9 points *above* float; knn_small 6.7 points, 2 of 30, and
-/// knn_wine_small 3.3, 1 of 30, where 12 training points make it a lottery: on 40
-/// splits of iris like knn_small the mean drop is 1.3 points,
-/// `python scripts/knn_grid_study.py`).
+/// clipped and scaled onto the keys, the grid scored on inputset rows as given and with
+/// their own training point left out: knn_iris measured 0 points, 45 of 45 as float;
+/// knn_wine_pipeline 0; knn_small 3.3 points, 1 of 30, and knn_wine_small 6.7, 2 of 30,
+/// where 12 training points make it a lottery: on 40 splits of iris like knn_small the
+/// mean drop is 0.5 points, `python scripts/knn_grid_study.py`).
 const NEIGHBOURS: &[(&str, f64)] = &[
     ("knn_iris", 0.02),
     ("knn_small", 0.07),
     ("knn_wine_pipeline", 0.02),
-    ("knn_wine_small", 0.04),
+    ("knn_wine_small", 0.07),
 ];
 
 /// `--mode clear` reproduces the onnxruntime outputs stored with each fixture.

@@ -493,6 +493,11 @@ impl Neighbours {
     }
     /// The codes of the `k` nearest points to `x`, nearest first (the float semantics).
     pub fn nearest_codes(&self, x: &[f64]) -> Vec<u32> {
+        self.nearest_codes_without(x, None)
+    }
+    /// [`Self::nearest_codes`] with point `left_out` not among the points: a training
+    /// point's neighbours as a new sample at its place would have them.
+    pub fn nearest_codes_without(&self, x: &[f64], left_out: Option<usize>) -> Vec<u32> {
         let dist: Vec<f64> = (0..self.point_count())
             .map(|i| {
                 self.point(i)
@@ -502,7 +507,7 @@ impl Neighbours {
                     .sum()
             })
             .collect();
-        let mut order: Vec<usize> = (0..dist.len()).collect();
+        let mut order: Vec<usize> = (0..dist.len()).filter(|&i| Some(i) != left_out).collect();
         order.sort_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
         order.iter().take(self.k).map(|&i| self.codes[i]).collect()
     }

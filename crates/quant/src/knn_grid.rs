@@ -17,7 +17,10 @@
 //! as the inputset asks for.
 //!
 //! The candidate that agrees most often with the float model's vote on the inputset
-//! wins; among equals, the one with the narrower comparisons (a clipped grid is also
+//! wins. A row that is a training point counts twice: as given, and with that point
+//! left out of both votes, as a new sample at its place would be voted on (scored as
+//! given alone, every grid agrees on a training point, its own nearest neighbour;
+//! `scripts/knn_grid_study.py` measures both ways over many splits). Among equals, the one with the narrower comparisons (a clipped grid is also
 //! tried one bit narrower), fewer lookups, then the finer grid.
 
 use std::cmp::Reverse;
@@ -217,17 +220,18 @@ impl KnnGrid {
     }
 
     /// How many `scored` inputset rows this grid's vote agrees with `float_votes` on.
-    fn agreement(&self, nb: &Neighbours, scored: &[&[f64]], float_votes: &[u32]) -> usize {
+    fn agreement(&self, nb: &Neighbours, scored: &[Scored], float_votes: &[u32]) -> usize {
         scored
             .iter()
             .zip(float_votes)
             .filter(|(r, &v)| {
                 let x: Vec<i64> = r
+                    .row
                     .iter()
                     .enumerate()
                     .map(|(j, &v)| self.quantize(j, v))
                     .collect();
-                vote(&self.nearest_codes(nb, &x), nb.classes) == v
+                vote(&self.nearest_codes(nb, &x, r.left_out), nb.classes) == v
             })
             .count()
     }
@@ -284,9 +288,11 @@ impl KnnGrid {
         bits_for_range(Range::new(0, 2 * largest))
     }
 
-    /// The codes of the `k` points with the smallest keys for grid input `x`.
-    fn nearest_codes(&self, nb: &Neighbours, x: &[i64]) -> Vec<u32> {
+    /// The codes of the `k` points with the smallest keys for grid input `x`, point
+    /// `left_out` not among them.
+    fn nearest_codes(&self, nb: &Neighbours, x: &[i64], left_out: Option<usize>) -> Vec<u32> {
         let mut keys: Vec<(i64, usize)> = (0..nb.point_count())
+            .filter(|&i| Some(i) != left_out)
             .map(|i| {
                 let f = self.constant[i]
                     + x.iter()
@@ -304,6 +310,25 @@ impl KnnGrid {
         keys.sort_unstable();
         keys.iter().map(|&(_, i)| nb.codes[i]).collect()
     }
+}
+
+/// An inputset row the grid is scored on.
+struct Scored<'a> {
+    row: &'a [f64],
+    /// The training point the row is (to within float rounding), left out of both
+    /// votes: a training point is its own nearest neighbour, so scoring it with itself
+    /// in would agree whatever the grid, and a new sample has no such neighbour.
+    left_out: Option<usize>,
+}
+
+/// The first training point within `tolerance` of `row` in every feature.
+fn training_point_at(nb: &Neighbours, row: &[f64], tolerance: f64) -> Option<usize> {
+    (0..nb.point_count()).find(|&i| {
+        nb.point(i)
+            .iter()
+            .zip(row)
+            .all(|(p, v)| (p - v).abs() <= tolerance)
+    })
 }
 
 /// The class most of `codes` name, the lowest on a tie.
@@ -346,14 +371,30 @@ pub(crate) fn choose(
         }
     }
     let widest = bounds.iter().map(|(lo, hi)| hi - lo).fold(0.0, f64::max);
-    let scored: Vec<&[f64]> = rows
+    // training points are stored as f32: a row within a few f32 steps of one is that point
+    let tolerance = 1e-6
+        * bounds
+            .iter()
+            .map(|(lo, hi)| lo.abs().max(hi.abs()))
+            .fold(0.0, f64::max);
+    let scored: Vec<Scored> = rows
         .iter()
         .step_by(rows.len().div_ceil(SCORED_ROWS).max(1))
-        .copied()
+        .flat_map(|&row| {
+            let own = training_point_at(nb, row, tolerance);
+            let as_given = Scored {
+                row,
+                left_out: None,
+            };
+            std::iter::once(as_given).chain(own.map(|i| Scored {
+                row,
+                left_out: Some(i),
+            }))
+        })
         .collect();
     let float_votes: Vec<u32> = scored
         .iter()
-        .map(|r| vote(&nb.nearest_codes(r), nb.classes))
+        .map(|r| vote(&nb.nearest_codes_without(r.row, r.left_out), nb.classes))
         .collect();
     let max_levels = ((1i64 << max_input_bits.min(16)) - 1) as f64;
     let mut narrowest = u32::MAX;
@@ -462,10 +503,35 @@ mod tests {
                 .map(|(j, &v)| grid.quantize(j, v))
                 .collect();
             assert_eq!(
-                vote(&grid.nearest_codes(&nb, &x), 3),
+                vote(&grid.nearest_codes(&nb, &x, None), 3),
                 vote(&nb.nearest_codes(row), 3)
             );
         }
+    }
+
+    /// A training point scored as a new sample: found from its f32-rounded row, and left
+    /// out of the grid's vote and of the float one alike.
+    #[test]
+    fn a_training_point_left_out_is_not_its_own_neighbour() {
+        let nb = Neighbours {
+            points: vec![0.1, 0.0, 1.0, 0.0, 5.0, 5.0],
+            features: 2,
+            codes: vec![0, 1, 2],
+            classes: 3,
+            k: 1,
+        };
+        let row = [f64::from(0.1f32), 0.0];
+        assert_eq!(training_point_at(&nb, &row, 1e-6), Some(0));
+        assert_eq!(training_point_at(&nb, &[0.5, 0.0], 1e-6), None);
+        let grid = choose(&nb, &[&nb.points], 6).unwrap();
+        let x: Vec<i64> = row
+            .iter()
+            .enumerate()
+            .map(|(j, &v)| grid.quantize(j, v))
+            .collect();
+        assert_eq!(grid.nearest_codes(&nb, &x, None), vec![0]);
+        assert_eq!(grid.nearest_codes(&nb, &x, Some(0)), vec![1]);
+        assert_eq!(nb.nearest_codes_without(&row, Some(0)), vec![1]);
     }
 
     /// When no grid fits, the narrowest comparison is reported: with 70 classes no key
@@ -507,7 +573,7 @@ mod tests {
                 .enumerate()
                 .map(|(j, &v)| grid.quantize(j, v))
                 .collect();
-            assert_eq!(grid.nearest_codes(&nb, &x), vec![*code]);
+            assert_eq!(grid.nearest_codes(&nb, &x, None), vec![*code]);
         }
     }
 

@@ -225,7 +225,12 @@ pub fn source_name(model: &Path) -> String {
 pub fn compile_error(model: &Path, e: fhec_compiler::CompileError) -> anyhow::Error {
     use fhec_compiler::CompileError::*;
     match e {
-        Import(_) | Quant(_) | TooWide(_) | Suggestion { .. } | OverBudget { .. } => {
+        Import(_)
+        | Quant(_)
+        | TooWide(_)
+        | Suggestion { .. }
+        | Pinned { .. }
+        | OverBudget { .. } => {
             anyhow::anyhow!("{}: {e}", model.display())
         }
         e => e.into(),

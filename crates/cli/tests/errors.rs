@@ -567,6 +567,67 @@ fn a_strict_failure_suggests_settings_that_compile() {
     );
 }
 
+/// Settings the user pinned that leave the free ones only a model far from the float
+/// one (cnn_digits16 at 8 input and activation bits and rounding threshold 8 fits 16
+/// bits only with 3-bit weights: 86% agreement) fail, naming what the pins allow and
+/// settings that agree better; applied with the user's other settings, those compile.
+#[test]
+fn pinned_settings_that_lose_the_float_model_fail_with_better_ones() {
+    let d = tmp("pinned");
+    let dir = fixture("cnn_digits16");
+    let out = d.join("m.fhe");
+    let (model, inputset) = (dir.join("model.onnx"), dir.join("train.npy"));
+    let base = [
+        "compile",
+        s(&model),
+        "--inputset",
+        s(&inputset),
+        "-o",
+        s(&out),
+    ];
+    let pins = [
+        ("--input-bits", "8"),
+        ("--activation-bits", "8"),
+        ("--rounding-threshold-bits", "8"),
+    ];
+    let with = |settings: &[(&str, &str)]| -> Vec<String> {
+        base.iter()
+            .map(|a| a.to_string())
+            .chain(
+                settings
+                    .iter()
+                    .flat_map(|(k, v)| [k.to_string(), v.to_string()]),
+            )
+            .collect()
+    };
+    let args = with(&pins);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = fhec(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("over the 16-bit limit"), "{err}");
+    assert!(err.contains("Keeping the settings you set"), "{err}");
+    assert!(!out.exists(), "nothing written");
+    let flags = err
+        .split("these settings compile and agree better: ")
+        .nth(1)
+        .and_then(|t| t.split(" (").next())
+        .unwrap_or_else(|| panic!("no suggestion in: {err}"));
+    let suggested: Vec<&str> = flags.split_whitespace().collect();
+    let suggested: Vec<(&str, &str)> = suggested.chunks(2).map(|p| (p[0], p[1])).collect();
+    assert!(!suggested.is_empty(), "{err}");
+    // the user's settings, each overridden where the suggestion names it
+    let mut settings: Vec<(&str, &str)> = pins
+        .iter()
+        .copied()
+        .filter(|(k, _)| !suggested.iter().any(|(s, _)| s == k))
+        .collect();
+    settings.extend(suggested);
+    let args = with(&settings);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (text, _) = ok(&args);
+    assert!(!text.contains("adapted:"), "{text}");
+}
+
 /// knn_iris edited by `edit`, compiled: fails naming each of `expected`, writes nothing.
 fn edited_knn_is_refused(
     what: &str,

@@ -46,6 +46,10 @@ impl Knobs {
     fn any(self) -> bool {
         self.input_bits || self.weight_bits || self.activation_bits || self.rounding_bits
     }
+    /// Every bit width and the rounding threshold are free.
+    fn every_bit(self) -> bool {
+        self.input_bits && self.weight_bits && self.activation_bits && self.rounding_bits
+    }
 }
 
 /// How close the circuit's simulation is to the float model on calibration samples.
@@ -515,6 +519,14 @@ fn faithful(f: &Fidelity) -> bool {
     }
 }
 
+/// Whether `a` agrees with the float model at least a point better than `b`.
+fn clearly_better(a: &Fidelity, b: &Fidelity) -> bool {
+    match (a.top1_agreement, b.top1_agreement) {
+        (Some(x), Some(y)) => x - y >= 0.01,
+        _ => a.r2 - b.r2 >= 0.01,
+    }
+}
+
 /// Settings one or two steps above `cfg` on each free knob alone, up to 8 bits (a
 /// rounding threshold only where rounding is on).
 fn above(cfg: &QuantConfig, knobs: Knobs) -> Vec<QuantConfig> {
@@ -591,11 +603,8 @@ fn more_precise(
             closest = Some((c, f));
         }
     }
-    let gain = |f: &Fidelity| match (f.top1_agreement, before.top1_agreement) {
-        (Some(a), Some(b)) => a - b >= 0.01,
-        _ => f.r2 - before.r2 >= 0.01,
-    };
-    let Some((kept, fidelity)) = found.or(closest.filter(|(_, f)| gain(f))) else {
+    let Some((kept, fidelity)) = found.or(closest.filter(|(_, f)| clearly_better(f, &before)))
+    else {
         return Ok((base, None, before));
     };
     let (changes, flags) = describe(cfg, &kept.2);
@@ -727,20 +736,50 @@ pub(crate) fn compile_adaptive(
             }
             // adapt the free knobs; failing that (or in strict mode), find settings over
             // every knob to suggest
+            let mut pinned_best = None;
             if !strict && knobs.any() {
                 if let Some((c, f)) = search(&r, cfg, knobs, target)? {
-                    let (changes, flags) = describe(cfg, &c.2);
-                    let reason = e.to_string();
-                    return Ok((
-                        c,
-                        Some(Adaptation {
-                            changes,
-                            reason,
-                            fidelity: f,
-                            flags,
-                        }),
-                    ));
+                    if faithful(&f) || knobs.every_bit() {
+                        let (changes, flags) = describe(cfg, &c.2);
+                        let reason = e.to_string();
+                        return Ok((
+                            c,
+                            Some(Adaptation {
+                                changes,
+                                reason,
+                                fidelity: f,
+                                flags,
+                            }),
+                        ));
+                    }
+                    pinned_best = Some((c, f));
                 }
+            }
+            // what the settings the user pinned allow loses the float model: kept only
+            // when freeing them would not do clearly better
+            if let Some((c, f)) = pinned_best {
+                let free = search(&r, cfg, Knobs::all(), target)?;
+                return match free {
+                    Some((better, bf)) if clearly_better(&bf, &f) => Err(CompileError::Pinned {
+                        failure: Box::new(e),
+                        kept_flags: describe(cfg, &c.2).1,
+                        kept_fidelity: f.text(),
+                        flags: describe(cfg, &better.2).1,
+                        fidelity: bf.text(),
+                    }),
+                    _ => {
+                        let (changes, flags) = describe(cfg, &c.2);
+                        Ok((
+                            c,
+                            Some(Adaptation {
+                                changes,
+                                reason: e.to_string(),
+                                fidelity: f,
+                                flags,
+                            }),
+                        ))
+                    }
+                };
             }
             match search(&r, cfg, Knobs::all(), target)? {
                 Some((c, f)) => Err(CompileError::Suggestion {

@@ -53,6 +53,16 @@ pub enum CompileError {
         flags: String,
         fidelity: String,
     },
+    /// The settings as given fail; what the free ones can be changed to agrees with the
+    /// float model clearly less than settings that change a pinned one.
+    #[error("{failure}. Keeping the settings you set, the best that compiles ({kept_flags}) gives only {kept_fidelity}; these settings compile and agree better: {flags} ({fidelity}); pass them, or set fewer settings to let fhec adapt them")]
+    Pinned {
+        failure: Box<CompileError>,
+        kept_flags: String,
+        kept_fidelity: String,
+        flags: String,
+        fidelity: String,
+    },
     /// Calibration would take more memory than the budget allows.
     #[error("calibrating on {samples} samples takes about {} ({values} values per sample), more than the memory budget of {}: use a smaller inputset or a larger budget", bytes_text(*.bytes), bytes_text(*.budget))]
     OverBudget {

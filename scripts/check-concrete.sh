@@ -14,9 +14,12 @@ fhec=${CARGO_TARGET_DIR:-target}/debug/fhec
 out=$(mktemp -d)
 fixtures=("$@")
 [ ${#fixtures[@]} -gt 0 ] || fixtures=($(ls tests/fixtures | while read f; do [ -f "tests/fixtures/$f/model.onnx" ] && echo "$f"; done))
+# as many compiles at once as there are cores; xargs fails if any does
+printf '%s\n' "${fixtures[@]}" | xargs -P "$(nproc)" -I{} sh -c \
+  '"$0" compile "tests/fixtures/$1/model.onnx" --inputset "tests/fixtures/$1/train.npy" -o "$2/$1.fhe" >/dev/null' \
+  "$fhec" {} "$out"
 stems=()
 for f in "${fixtures[@]}"; do
-  "$fhec" compile "tests/fixtures/$f/model.onnx" --inputset "tests/fixtures/$f/train.npy" -o "$out/$f.fhe" >/dev/null
   stems+=("$out/$f")
 done
 "$venv/bin/python" scripts/check_concrete.py "${stems[@]}"

@@ -11,6 +11,7 @@ parsed, verified and analysed), so a module that stops simulating is caught.
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -83,7 +84,11 @@ def check(stem: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--one":
         check(sys.argv[2])
-    codes = {s: subprocess.run([sys.executable, __file__, "--one", s]).returncode for s in sys.argv[1:]}
+    # one process per model, as many at once as there are cores (each prints one line)
+    jobs = int(os.environ.get("FHEC_CONCRETE_JOBS", os.cpu_count() or 1))
+    run_one = lambda s: subprocess.run([sys.executable, __file__, "--one", s]).returncode
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        codes = dict(zip(sys.argv[1:], pool.map(run_one, sys.argv[1:])))
     for s, c in codes.items():
         reason = KNOWN_DIFFERENT.get(os.path.basename(s))
         if reason is not None:

@@ -289,6 +289,53 @@ fn sparse(c: &Circuit, id: NodeId) -> bool {
     terms > 0 && dense > 16 * terms + 4096
 }
 
+/// The offsets and strides per axis when the elements `at` (flat indices into a tensor
+/// of shape `from`, one per element of shape `to`, row-major) are a strided slice of it:
+/// `to`'s element `i` is `from`'s element `offsets + strides ⊙ i` (same rank). A pooling
+/// window's position, a strided subsampling or a crop is one; a permutation is not.
+fn strided_slice(from: &[usize], to: &[usize], at: &[usize]) -> Option<(Vec<usize>, Vec<usize>)> {
+    let n: usize = to.iter().product();
+    if from.len() != to.len() || at.len() != n || n == 0 {
+        return None;
+    }
+    let unravel = |mut i: usize, shape: &[usize]| {
+        let mut idx = vec![0; shape.len()];
+        for d in (0..shape.len()).rev() {
+            idx[d] = i % shape[d].max(1);
+            i /= shape[d].max(1);
+        }
+        idx
+    };
+    let offsets = unravel(at[0], from);
+    let mut strides = vec![1; to.len()];
+    for d in 0..to.len() {
+        if to[d] == 1 {
+            continue;
+        }
+        let next = unravel(at[to[d + 1..].iter().product::<usize>()], from);
+        let same_elsewhere = (0..to.len()).all(|e| e == d || next[e] == offsets[e]);
+        if !same_elsewhere || next[d] <= offsets[d] {
+            return None;
+        }
+        strides[d] = next[d] - offsets[d];
+        if offsets[d] + (to[d] - 1) * strides[d] >= from[d] {
+            return None;
+        }
+    }
+    let mut from_strides = vec![1; from.len()];
+    for d in (0..from.len().saturating_sub(1)).rev() {
+        from_strides[d] = from_strides[d + 1] * from[d + 1];
+    }
+    let all = at.iter().enumerate().all(|(i, &a)| {
+        let idx = unravel(i, to);
+        let expected: usize = (0..to.len())
+            .map(|d| (offsets[d] + idx[d] * strides[d]) * from_strides[d])
+            .sum();
+        expected == a
+    });
+    all.then_some((offsets, strides))
+}
+
 /// `v` modulo 2^(w+1), printed in `[−2^w, 2^w)`: clear operands are one bit wider than
 /// the encrypted precision they meet, and values are taken modulo 2^(W+1) like every
 /// ciphertext.
@@ -508,13 +555,11 @@ impl Emitter<'_> {
         rows: &[Row],
         bias: &[i64],
     ) -> String {
-        let m = rows.len();
         let shape = self.shapes[id.index()].clone();
         let w = self.info.encoding_bits;
         let clear = format!("i{}", w + 1);
         let clear_ty = format!("tensor<{}{clear}>", dims(&shape));
         let row_ty = self.ty(id);
-        let zero = self.index(0);
         let mut sum: Option<String> = None;
         for (slot, &o) in ops.iter().enumerate() {
             let per_row: Vec<Vec<(usize, i64)>> = rows
@@ -532,9 +577,9 @@ impl Emitter<'_> {
             }
             let k = self.c.node(o).numel();
             let from = self.shapes[o.index()].clone();
-            let flat = self.reshaped(&names[o.index()], &self.ty(o), &from, &[1, k]);
             let flat_ty = self.ty_with_shape(o, &[1, k]);
             let gather_ty = self.ty_with_shape(o, &shape);
+            let mut flat: Option<String> = None;
             for t in 0..positions {
                 let picked: Vec<(usize, i64)> = per_row
                     .iter()
@@ -544,22 +589,20 @@ impl Emitter<'_> {
                             .unwrap_or((r.first().map_or(0, |f| f.0), 0))
                     })
                     .collect();
-                let mut scalars = Vec::with_capacity(m);
-                for &(i, _) in &picked {
-                    let at = self.index(i);
-                    let v = self.fresh();
-                    let _ = writeln!(
-                        self.body,
-                        "    {v} = tensor.extract {flat}[{zero}, {at}] : {flat_ty}"
-                    );
-                    scalars.push(v);
-                }
-                let gathered = self.fresh();
-                let _ = writeln!(
-                    self.body,
-                    "    {gathered} = tensor.from_elements {} : {gather_ty}",
-                    scalars.join(", ")
-                );
+                let at: Vec<usize> = picked.iter().map(|p| p.0).collect();
+                let gathered = if let Some((offsets, strides)) = strided_slice(&from, &shape, &at) {
+                    self.slice(&names[o.index()], o, &offsets, &shape, &strides)
+                } else {
+                    let flat = match &flat {
+                        Some(f) => f.clone(),
+                        None => {
+                            let f = self.reshaped(&names[o.index()], &self.ty(o), &from, &[1, k]);
+                            flat = Some(f.clone());
+                            f
+                        }
+                    };
+                    self.gather(&flat, &flat_ty, &at, &gather_ty)
+                };
                 // a multiplication also converts to the result's signedness, which an
                 // addition requires of both its operands
                 let term = if picked.iter().all(|p| p.1 == 1) && gather_ty == row_ty {
@@ -588,6 +631,57 @@ impl Emitter<'_> {
         let _ = writeln!(
             self.body,
             "    {r} = \"FHELinalg.add_eint_int\"({sum}, {b}) : ({row_ty}, {clear_ty}) -> {row_ty}"
+        );
+        r
+    }
+
+    /// The elements `at` of `flat` (a `[1, k]` tensor of type `flat_ty`), one
+    /// `tensor.extract` each, gathered by `tensor.from_elements` into `gather_ty`.
+    fn gather(&mut self, flat: &str, flat_ty: &str, at: &[usize], gather_ty: &str) -> String {
+        let zero = self.index(0);
+        let mut scalars = Vec::with_capacity(at.len());
+        for &i in at {
+            let at = self.index(i);
+            let v = self.fresh();
+            let _ = writeln!(
+                self.body,
+                "    {v} = tensor.extract {flat}[{zero}, {at}] : {flat_ty}"
+            );
+            scalars.push(v);
+        }
+        let gathered = self.fresh();
+        let _ = writeln!(
+            self.body,
+            "    {gathered} = tensor.from_elements {} : {gather_ty}",
+            scalars.join(", ")
+        );
+        gathered
+    }
+
+    /// `tensor.extract_slice` of node `o`'s value `x`: `sizes` elements from `offsets`
+    /// every `strides` along each axis.
+    fn slice(
+        &mut self,
+        x: &str,
+        o: NodeId,
+        offsets: &[usize],
+        sizes: &[usize],
+        strides: &[usize],
+    ) -> String {
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (from_ty, to_ty) = (self.ty(o), self.ty_with_shape(o, sizes));
+        let r = self.fresh();
+        let _ = writeln!(
+            self.body,
+            "    {r} = tensor.extract_slice {x}[{}] [{}] [{}] : {from_ty} to {to_ty}",
+            list(offsets),
+            list(sizes),
+            list(strides)
         );
         r
     }
@@ -877,5 +971,55 @@ impl Emitter<'_> {
             }
         };
         Some(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strided_slice;
+
+    /// Row-major flat indices into `from` of the elements `offsets + strides ⊙ i`.
+    fn picked(from: &[usize], to: &[usize], offsets: &[usize], strides: &[usize]) -> Vec<usize> {
+        let n: usize = to.iter().product();
+        (0..n)
+            .map(|mut i| {
+                let mut flat = 0;
+                let mut scale = 1;
+                for d in (0..to.len()).rev() {
+                    let idx = i % to[d];
+                    i /= to[d];
+                    flat += (offsets[d] + idx * strides[d]) * scale;
+                    scale *= from[d];
+                }
+                flat
+            })
+            .collect()
+    }
+
+    /// A pooling window's position, a crop and a strided subsampling are found with
+    /// their offsets and strides; a permutation, a repeat and a rank change are not.
+    #[test]
+    fn strided_slices_are_found_and_nothing_else() {
+        let from = [1, 4, 6, 6];
+        for (to, offsets, strides) in [
+            ([1, 4, 3, 3], [0, 0, 1, 0], [1, 1, 2, 2]),
+            ([1, 4, 3, 5], [0, 0, 1, 0], [1, 1, 2, 1]),
+            ([1, 2, 6, 6], [0, 2, 0, 0], [1, 1, 1, 1]),
+            ([1, 4, 1, 6], [0, 0, 5, 0], [1, 1, 1, 1]),
+        ] {
+            let at = picked(&from, &to, &offsets, &strides);
+            assert_eq!(
+                strided_slice(&from, &to, &at),
+                Some((offsets.to_vec(), strides.to_vec())),
+                "{to:?} {offsets:?} {strides:?}"
+            );
+        }
+        let mut swapped = picked(&from, &[1, 4, 3, 3], &[0, 0, 0, 0], &[1, 1, 2, 2]);
+        swapped.swap(3, 4);
+        assert_eq!(strided_slice(&from, &[1, 4, 3, 3], &swapped), None);
+        let repeated = vec![7; 36];
+        assert_eq!(strided_slice(&from, &[1, 4, 3, 3], &repeated), None);
+        let flat: Vec<usize> = (0..36).collect();
+        assert_eq!(strided_slice(&from, &[1, 36], &flat), None);
     }
 }

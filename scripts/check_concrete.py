@@ -37,12 +37,8 @@ KNOWN_DIFFERENT = {
 # no parameters for at its default error probability (fhec's own search, which allows
 # more decomposition levels, finds some), with what is known.
 KNOWN_NO_PARAMETERS = {
-    "cnn_maxpool_digits_dynamo": "exact max-pool tournaments: 384 7-bit lookups on "
-    "differences beside 576 6-bit ones in a 15-bit encoding (two partitions in fhec)",
     "op_concat": "random 3-class net adapted to 8 weight bits (agreement 85-95% with its "
     "float model at the defaults): 144 6-bit lookups in a 16-bit encoding",
-    "op_reduce": "random net adapted to 8 weight bits as op_concat: 6- and 7-bit lookups "
-    "in a 15-bit encoding (two partitions in fhec)",
 }
 
 

@@ -336,6 +336,59 @@ fn strided_slice(from: &[usize], to: &[usize], at: &[usize]) -> Option<(Vec<usiz
     all.then_some((offsets, strides))
 }
 
+/// One strided slice: `offsets + strides ⊙ i`.
+#[derive(Clone, Debug, PartialEq)]
+struct Slice {
+    offsets: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+/// The axis a gather of shape `to` is stacked on: its first longer than 1, so that the
+/// blocks are contiguous runs of its elements.
+fn stack_axis(to: &[usize]) -> usize {
+    to.iter().position(|&d| d > 1).unwrap_or(0)
+}
+
+/// The gather `picked` (per element of shape `to`, row-major: a flat index into a tensor
+/// of shape `from` and its weight) as strided slices of `from` stacked on
+/// [`stack_axis`]: `to[axis] / k` of it each, for the least such `k` (1: one slice). A
+/// block whose weights are all 0 reads nothing that counts: it takes another block's
+/// slice. A tournament level laid out step-major is such a stack (one block per step of
+/// a window), as is a crop or a strided subsampling (one block).
+fn stacked_slices(from: &[usize], to: &[usize], picked: &[(usize, i64)]) -> Option<Vec<Slice>> {
+    let axis = stack_axis(to);
+    let along = *to.get(axis)?;
+    let n = picked.len();
+    (1..=along).filter(|k| along % k == 0).find_map(|k| {
+        let mut block = to.to_vec();
+        block[axis] = along / k;
+        let size = n / k;
+        let slices: Vec<Option<Slice>> = picked
+            .chunks(size.max(1))
+            .map(|part| {
+                if part.iter().all(|p| p.1 == 0) {
+                    return None;
+                }
+                let at: Vec<usize> = part.iter().map(|p| p.0).collect();
+                strided_slice(from, &block, &at)
+                    .map(|(offsets, strides)| Slice { offsets, strides })
+            })
+            .collect();
+        let any = slices.iter().flatten().next()?.clone();
+        // every block with a weight must be a slice
+        let ok = slices
+            .iter()
+            .zip(picked.chunks(size.max(1)))
+            .all(|(s, part)| s.is_some() || part.iter().all(|p| p.1 == 0));
+        ok.then(|| {
+            slices
+                .into_iter()
+                .map(|s| s.unwrap_or_else(|| any.clone()))
+                .collect()
+        })
+    })
+}
+
 /// `v` modulo 2^(w+1), printed in `[−2^w, 2^w)`: clear operands are one bit wider than
 /// the encrypted precision they meet, and values are taken modulo 2^(W+1) like every
 /// ciphertext.
@@ -590,8 +643,8 @@ impl Emitter<'_> {
                     })
                     .collect();
                 let at: Vec<usize> = picked.iter().map(|p| p.0).collect();
-                let gathered = if let Some((offsets, strides)) = strided_slice(&from, &shape, &at) {
-                    self.slice(&names[o.index()], o, &offsets, &shape, &strides)
+                let gathered = if let Some(slices) = stacked_slices(&from, &shape, &picked) {
+                    self.stacked(&names[o.index()], o, &slices, &shape)
                 } else {
                     let flat = match &flat {
                         Some(f) => f.clone(),
@@ -656,6 +709,31 @@ impl Emitter<'_> {
             scalars.join(", ")
         );
         gathered
+    }
+
+    /// Strided slices of node `o`'s value `x` (see [`stacked_slices`]), concatenated on
+    /// [`stack_axis`] into `shape` when there are several.
+    fn stacked(&mut self, x: &str, o: NodeId, slices: &[Slice], shape: &[usize]) -> String {
+        let axis = stack_axis(shape);
+        let mut block = shape.to_vec();
+        block[axis] /= slices.len();
+        let parts: Vec<String> = slices
+            .iter()
+            .map(|s| self.slice(x, o, &s.offsets, &block, &s.strides))
+            .collect();
+        if let [one] = &parts[..] {
+            return one.clone();
+        }
+        let part_ty = self.ty_with_shape(o, &block);
+        let r = self.fresh();
+        let _ = writeln!(
+            self.body,
+            "    {r} = \"FHELinalg.concat\"({}) {{axis = {axis} : i64}} : ({}) -> {}",
+            parts.join(", "),
+            vec![part_ty; parts.len()].join(", "),
+            self.ty_with_shape(o, shape)
+        );
+        r
     }
 
     /// `tensor.extract_slice` of node `o`'s value `x`: `sizes` elements from `offsets`
@@ -976,10 +1054,10 @@ impl Emitter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::strided_slice;
+    use super::{stacked_slices, strided_slice};
 
     /// Row-major flat indices into `from` of the elements `offsets + strides ⊙ i`.
-    fn picked(from: &[usize], to: &[usize], offsets: &[usize], strides: &[usize]) -> Vec<usize> {
+    fn picked_at(from: &[usize], to: &[usize], offsets: &[usize], strides: &[usize]) -> Vec<usize> {
         let n: usize = to.iter().product();
         (0..n)
             .map(|mut i| {
@@ -996,6 +1074,39 @@ mod tests {
             .collect()
     }
 
+    /// A tournament level step-major: two blocks, each one tap of every 2×2 window; a
+    /// block of weight 0 (copies passed on alone) takes the other block's slice.
+    #[test]
+    fn stacked_blocks_are_slices_of_the_operand() {
+        let from = [1, 4, 6, 6];
+        let block = [1, 4, 3, 3];
+        let taps = [[0, 0, 0, 0], [0, 0, 1, 0]];
+        let strides = [1, 1, 2, 2];
+        let mut picked: Vec<(usize, i64)> = Vec::new();
+        for tap in taps {
+            picked.extend(
+                picked_at(&from, &block, &tap, &strides)
+                    .iter()
+                    .map(|&i| (i, 1)),
+            );
+        }
+        let slices = stacked_slices(&from, &[1, 8, 3, 3], &picked).unwrap();
+        assert_eq!(slices.len(), 2);
+        for (s, tap) in slices.iter().zip(taps) {
+            assert_eq!((&s.offsets[..], &s.strides[..]), (&tap[..], &strides[..]));
+        }
+        // the second block passes nothing on (weight 0, index 0): it reuses the first's
+        let half = picked.len() / 2;
+        for p in &mut picked[half..] {
+            *p = (0, 0);
+        }
+        let slices = stacked_slices(&from, &[1, 8, 3, 3], &picked).unwrap();
+        assert_eq!(slices[1], slices[0]);
+        // a block read at weight 1 that is no slice: none
+        picked[half] = (5, 1);
+        assert_eq!(stacked_slices(&from, &[1, 8, 3, 3], &picked), None);
+    }
+
     /// A pooling window's position, a crop and a strided subsampling are found with
     /// their offsets and strides; a permutation, a repeat and a rank change are not.
     #[test]
@@ -1007,14 +1118,14 @@ mod tests {
             ([1, 2, 6, 6], [0, 2, 0, 0], [1, 1, 1, 1]),
             ([1, 4, 1, 6], [0, 0, 5, 0], [1, 1, 1, 1]),
         ] {
-            let at = picked(&from, &to, &offsets, &strides);
+            let at = picked_at(&from, &to, &offsets, &strides);
             assert_eq!(
                 strided_slice(&from, &to, &at),
                 Some((offsets.to_vec(), strides.to_vec())),
                 "{to:?} {offsets:?} {strides:?}"
             );
         }
-        let mut swapped = picked(&from, &[1, 4, 3, 3], &[0, 0, 0, 0], &[1, 1, 2, 2]);
+        let mut swapped = picked_at(&from, &[1, 4, 3, 3], &[0, 0, 0, 0], &[1, 1, 2, 2]);
         swapped.swap(3, 4);
         assert_eq!(strided_slice(&from, &[1, 4, 3, 3], &swapped), None);
         let repeated = vec![7; 36];

@@ -38,6 +38,32 @@ fn quantized_with(x: &QValue, s: f64, o: f64) -> bool {
         && (z - z.round()).abs() < 1e-9
 }
 
+/// A tournament level's steps in order, each group's step indices, and the steps per
+/// group when every group has as many (`Some`): then the order is step-major, group
+/// `g`'s `p`-th step at `p · groups + g`, so that the `p`-th steps of all groups lie
+/// together, in the order of the groups; else group by group.
+fn level_layout(per_group: Vec<Vec<Step>>) -> (Vec<Step>, Vec<Vec<usize>>, Option<usize>) {
+    let groups = per_group.len();
+    let width = per_group.first().map_or(0, Vec::len);
+    if per_group.iter().all(|g| g.len() == width) {
+        let mut steps = Vec::with_capacity(groups * width);
+        for p in 0..width {
+            steps.extend(per_group.iter().map(|g| g[p]));
+        }
+        let next = (0..groups)
+            .map(|g| (0..width).map(|p| p * groups + g).collect())
+            .collect();
+        return (steps, next, Some(width));
+    }
+    let mut steps = Vec::new();
+    let mut next = Vec::with_capacity(groups);
+    for g in per_group {
+        next.push((steps.len()..steps.len() + g.len()).collect());
+        steps.extend(g);
+    }
+    (steps, next, None)
+}
+
 /// One output element of a tournament level.
 #[derive(Clone, Copy)]
 enum Step {
@@ -62,7 +88,8 @@ impl Lowering<'_> {
                 let (a, b) = self.align(name, a, b)?;
                 let (cur, l, r) = self.concat2(name, &a, &b, left, right);
                 let steps = l.iter().zip(&r).map(|(&i, &j)| Step::Pair(i, j)).collect();
-                self.max_step(name, &cur, steps, kind == BinaryKind::Min, shape)
+                let min = kind == BinaryKind::Min;
+                self.max_step(name, &cur, steps, min, shape.clone(), shape)
             }
             BinaryKind::And | BinaryKind::Or => {
                 let a = self.as_bits(&format!("{name}/a"), a)?;
@@ -263,7 +290,8 @@ impl Lowering<'_> {
     }
 
     /// One tournament level on `cur` (uniform scale and zero point): each step is the
-    /// max (min) of a pair, or a copy.
+    /// max (min) of a pair, or a copy. The level has `shape`, its pairs' differences
+    /// `diff_shape`.
     fn max_step(
         &mut self,
         name: &str,
@@ -271,6 +299,7 @@ impl Lowering<'_> {
         steps: Vec<Step>,
         min: bool,
         shape: Vec<usize>,
+        diff_shape: Vec<usize>,
     ) -> Result<QValue, QuantError> {
         let pairs: Vec<(usize, usize)> = steps
             .iter()
@@ -293,7 +322,7 @@ impl Lowering<'_> {
                 &format!("{name}/diff"),
                 &[cur],
                 IntRows { rows, sound: None },
-                vec![1, pairs.len()],
+                diff_shape,
             );
             // a difference of two values on one grid needs one bit more than they do:
             // rounded to the threshold it would lose the max's last bit, so it keeps one
@@ -374,32 +403,50 @@ impl Lowering<'_> {
             .collect();
         let mut level = 0;
         while cand.iter().any(|c| c.len() > 1) || level == 0 {
-            let mut steps = Vec::new();
-            let mut next = Vec::with_capacity(cand.len());
-            for c in &cand {
-                let mut mine = Vec::new();
-                for pair in c.chunks(2) {
-                    mine.push(steps.len());
-                    steps.push(match pair {
-                        [a, b] => Step::Pair(*a, *b),
-                        [a] => Step::Pass(*a),
-                        _ => unreachable!(),
-                    });
-                }
-                next.push(mine);
-            }
+            // per group: its candidates paired, an odd one out passed on alone
+            let per_group: Vec<Vec<Step>> = cand
+                .iter()
+                .map(|c| {
+                    c.chunks(2)
+                        .map(|pair| match *pair {
+                            [a, b] => Step::Pair(a, b),
+                            [a] => Step::Pass(a),
+                            _ => unreachable!("chunks of 2"),
+                        })
+                        .collect()
+                })
+                .collect();
+            let (steps, next, blocks) = level_layout(per_group);
             let last = next.iter().all(|c| c.len() == 1);
+            let pairs = steps.iter().filter(|s| matches!(s, Step::Pair(..))).count();
+            // a level of `blocks` steps per group, step-major, is `blocks` tensors of
+            // the output's shape stacked on one axis: each step position reads a strided
+            // slice of the level before (a pooling window's taps, MLIR.md)
+            let count = cand.len();
+            let one_per_group = shape.iter().product::<usize>() == count && !shape.is_empty();
+            let stacked = |n: usize| {
+                (blocks.is_some() && one_per_group && n > 0 && n % count == 0).then(|| {
+                    // stacked on the batch axis's neighbour when the batch is one, so
+                    // that flattening the level stays a collapse of its axes
+                    let mut s = shape.clone();
+                    let axis = usize::from(s.len() > 1 && s[0] == 1);
+                    s[axis] *= n / count;
+                    s
+                })
+            };
             let step_shape = if last {
                 shape.clone()
             } else {
-                vec![1, steps.len()]
+                stacked(steps.len()).unwrap_or_else(|| vec![1, steps.len()])
             };
+            let diff_shape = stacked(pairs).unwrap_or_else(|| vec![1, pairs]);
             cur = self.max_step(
                 &format!("{name}/level{level}"),
                 &cur,
                 steps,
                 min,
                 step_shape,
+                diff_shape,
             )?;
             cand = next;
             level += 1;

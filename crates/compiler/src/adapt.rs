@@ -100,6 +100,17 @@ pub struct Adaptation {
 }
 
 impl Adaptation {
+    /// The settings `to` in place of `from`, for `reason`.
+    fn new(from: &QuantConfig, to: &QuantConfig, reason: String, fidelity: Fidelity) -> Self {
+        let (changes, flags) = describe(from, to);
+        Adaptation {
+            changes,
+            reason,
+            fidelity,
+            flags,
+        }
+    }
+
     /// One line: what changed, why, how faithful the result is, and the flags that give it.
     pub fn text(&self) -> String {
         format!(
@@ -489,20 +500,12 @@ fn faster(
     let Some(fidelity) = kept_fidelity.filter(|_| changed) else {
         return Ok((kept, None));
     };
-    let (changes, flags) = describe(cfg, &kept.2);
     let reason = format!(
         "{:.0} ms per sample predicted instead of {was:.0}, agreeing with the float model as often on the inputset",
         kept.1.predicted_ms_per_sample
     );
-    Ok((
-        kept,
-        Some(Adaptation {
-            changes,
-            reason,
-            fidelity,
-            flags,
-        }),
-    ))
+    let adaptation = Adaptation::new(cfg, &kept.2, reason, fidelity);
+    Ok((kept, Some(adaptation)))
 }
 
 /// The agreement a default must reach on the inputset: a classifier's top-1 agreement,
@@ -607,21 +610,12 @@ fn more_precise(
     else {
         return Ok((base, None, before));
     };
-    let (changes, flags) = describe(cfg, &kept.2);
     let reason = format!(
         "the settings as given agreed less with the float model on the inputset: {}",
         before.text()
     );
-    Ok((
-        kept,
-        Some(Adaptation {
-            changes,
-            reason,
-            fidelity: fidelity.clone(),
-            flags,
-        }),
-        fidelity,
-    ))
+    let adaptation = Adaptation::new(cfg, &kept.2, reason, fidelity.clone());
+    Ok((kept, Some(adaptation), fidelity))
 }
 
 /// One adaptation from two made in turn: the changes from the settings as given are
@@ -687,17 +681,9 @@ pub(crate) fn compile_adaptive(
                     if better.0.info.pbs_per_sample == 0 {
                         let f = r.fidelity(&better.0, FIDELITY_SAMPLES, None)?;
                         if f.score() >= base.score() {
-                            let (changes, flags) = describe(cfg, &better.2);
-                            return Ok((
-                                better,
-                                Some(Adaptation {
-                                    changes,
-                                    reason: "the circuit has no bootstrap, so more bits cost only a few output bytes"
-                                        .into(),
-                                    fidelity: f,
-                                    flags,
-                                }),
-                            ));
+                            let reason = "the circuit has no bootstrap, so more bits cost only a few output bytes";
+                            let adaptation = Adaptation::new(cfg, &better.2, reason.into(), f);
+                            return Ok((better, Some(adaptation)));
                         }
                     }
                 }
@@ -715,71 +701,43 @@ pub(crate) fn compile_adaptive(
                 };
                 if let Ok(c) = attempt(graph, samples, &capped, target) {
                     let f = r.fidelity(&c.0, FIDELITY_SAMPLES, None)?;
-                    let (changes, flags) = describe(cfg, &c.2);
                     if strict {
                         return Err(CompileError::Suggestion {
                             failure: Box::new(e),
-                            flags,
+                            flags: describe(cfg, &c.2).1,
                             fidelity: f.text(),
                         });
                     }
-                    return Ok((
-                        c,
-                        Some(Adaptation {
-                            changes,
-                            reason: e.to_string(),
-                            fidelity: f,
-                            flags,
-                        }),
-                    ));
+                    let adaptation = Adaptation::new(cfg, &c.2, e.to_string(), f);
+                    return Ok((c, Some(adaptation)));
                 }
             }
             // adapt the free knobs; failing that (or in strict mode), find settings over
             // every knob to suggest
-            let mut pinned_best = None;
             if !strict && knobs.any() {
                 if let Some((c, f)) = search(&r, cfg, knobs, target)? {
-                    if faithful(&f) || knobs.every_bit() {
-                        let (changes, flags) = describe(cfg, &c.2);
-                        let reason = e.to_string();
-                        return Ok((
-                            c,
-                            Some(Adaptation {
-                                changes,
-                                reason,
-                                fidelity: f,
-                                flags,
-                            }),
-                        ));
-                    }
-                    pinned_best = Some((c, f));
+                    // what the settings the user pinned allow loses the float model:
+                    // kept only when freeing them would not do clearly better
+                    let freed = if faithful(&f) || knobs.every_bit() {
+                        None
+                    } else {
+                        search(&r, cfg, Knobs::all(), target)?
+                            .filter(|(_, bf)| clearly_better(bf, &f))
+                    };
+                    return match freed {
+                        Some((better, bf)) => Err(CompileError::Pinned {
+                            failure: Box::new(e),
+                            kept_flags: describe(cfg, &c.2).1,
+                            kept_fidelity: f.text(),
+                            flags: describe(cfg, &better.2).1,
+                            fidelity: bf.text(),
+                        }),
+                        None => {
+                            let adaptation = Adaptation::new(cfg, &c.2, e.to_string(), f);
+                            Ok((c, Some(adaptation)))
+                        }
+                    };
                 }
-            }
-            // what the settings the user pinned allow loses the float model: kept only
-            // when freeing them would not do clearly better
-            if let Some((c, f)) = pinned_best {
-                let free = search(&r, cfg, Knobs::all(), target)?;
-                return match free {
-                    Some((better, bf)) if clearly_better(&bf, &f) => Err(CompileError::Pinned {
-                        failure: Box::new(e),
-                        kept_flags: describe(cfg, &c.2).1,
-                        kept_fidelity: f.text(),
-                        flags: describe(cfg, &better.2).1,
-                        fidelity: bf.text(),
-                    }),
-                    _ => {
-                        let (changes, flags) = describe(cfg, &c.2);
-                        Ok((
-                            c,
-                            Some(Adaptation {
-                                changes,
-                                reason: e.to_string(),
-                                fidelity: f,
-                                flags,
-                            }),
-                        ))
-                    }
-                };
             }
             match search(&r, cfg, Knobs::all(), target)? {
                 Some((c, f)) => Err(CompileError::Suggestion {

@@ -362,30 +362,25 @@ fn stacked_slices(from: &[usize], to: &[usize], picked: &[(usize, i64)]) -> Opti
     (1..=along).filter(|k| along % k == 0).find_map(|k| {
         let mut block = to.to_vec();
         block[axis] = along / k;
-        let size = n / k;
+        // per block: `Some(None)` when its weights are all 0, `None` when it is no slice
         let slices: Vec<Option<Slice>> = picked
-            .chunks(size.max(1))
+            .chunks((n / k).max(1))
             .map(|part| {
                 if part.iter().all(|p| p.1 == 0) {
-                    return None;
+                    return Some(None);
                 }
                 let at: Vec<usize> = part.iter().map(|p| p.0).collect();
-                strided_slice(from, &block, &at)
-                    .map(|(offsets, strides)| Slice { offsets, strides })
+                let (offsets, strides) = strided_slice(from, &block, &at)?;
+                Some(Some(Slice { offsets, strides }))
             })
-            .collect();
+            .collect::<Option<_>>()?;
         let any = slices.iter().flatten().next()?.clone();
-        // every block with a weight must be a slice
-        let ok = slices
-            .iter()
-            .zip(picked.chunks(size.max(1)))
-            .all(|(s, part)| s.is_some() || part.iter().all(|p| p.1 == 0));
-        ok.then(|| {
+        Some(
             slices
                 .into_iter()
                 .map(|s| s.unwrap_or_else(|| any.clone()))
-                .collect()
-        })
+                .collect(),
+        )
     })
 }
 
@@ -642,18 +637,17 @@ impl Emitter<'_> {
                             .unwrap_or((r.first().map_or(0, |f| f.0), 0))
                     })
                     .collect();
-                let at: Vec<usize> = picked.iter().map(|p| p.0).collect();
                 let gathered = if let Some(slices) = stacked_slices(&from, &shape, &picked) {
                     self.stacked(&names[o.index()], o, &slices, &shape)
                 } else {
+                    // flattened once, at the first gather that reads elements
                     let flat = match &flat {
                         Some(f) => f.clone(),
-                        None => {
-                            let f = self.reshaped(&names[o.index()], &self.ty(o), &from, &[1, k]);
-                            flat = Some(f.clone());
-                            f
-                        }
+                        None => flat
+                            .insert(self.reshaped(&names[o.index()], &self.ty(o), &from, &[1, k]))
+                            .clone(),
                     };
+                    let at: Vec<usize> = picked.iter().map(|p| p.0).collect();
                     self.gather(&flat, &flat_ty, &at, &gather_ty)
                 };
                 // a multiplication also converts to the result's signedness, which an

@@ -20,8 +20,9 @@
 //! wins. A row that is a training point counts twice: as given, and with that point
 //! left out of both votes, as a new sample at its place would be voted on (scored as
 //! given alone, every grid agrees on a training point, its own nearest neighbour;
-//! `scripts/knn_grid_study.py` measures both ways over many splits). Among equals, the one with the narrower comparisons (a clipped grid is also
-//! tried one bit narrower), fewer lookups, then the finer grid.
+//! `scripts/knn_grid_study.py` measures both ways over many splits). Among equals, the
+//! one with the narrower comparisons (a clipped grid is also tried one bit narrower),
+//! fewer lookups, then the finer grid.
 
 use std::cmp::Reverse;
 

@@ -425,7 +425,7 @@ impl Lowering<'_> {
             let count = cand.len();
             let one_per_group = shape.iter().product::<usize>() == count && !shape.is_empty();
             let stacked = |n: usize| {
-                (blocks.is_some() && one_per_group && n > 0 && n % count == 0).then(|| {
+                (blocks.is_some() && one_per_group && n > 0 && n.is_multiple_of(count)).then(|| {
                     // stacked on the batch axis's neighbour when the batch is one, so
                     // that flattening the level stays a collapse of its axes
                     let mut s = shape.clone();

@@ -336,11 +336,48 @@ fn strided_slice(from: &[usize], to: &[usize], at: &[usize]) -> Option<(Vec<usiz
     all.then_some((offsets, strides))
 }
 
-/// One strided slice: `offsets + strides ⊙ i`.
+/// One strided slice of an operand, in its rank: `sizes` elements from `offsets` every
+/// `strides` along each axis. A gather of lower rank reads it with the unit axes of
+/// `sizes` it lacks dropped (a rank-reducing `tensor.extract_slice`).
 #[derive(Clone, Debug, PartialEq)]
 struct Slice {
     offsets: Vec<usize>,
+    sizes: Vec<usize>,
     strides: Vec<usize>,
+}
+
+/// `to` with unit axes inserted to make it `rank` long, every way (only `to` itself when
+/// it already is; none when it is longer).
+fn lifted(to: &[usize], rank: usize) -> Vec<Vec<usize>> {
+    let Some(units) = rank.checked_sub(to.len()) else {
+        return Vec::new();
+    };
+    (0u32..1 << rank)
+        .filter(|mask| mask.count_ones() as usize == units)
+        .map(|mask| {
+            let mut rest = to.iter();
+            (0..rank)
+                .map(|d| match mask >> d & 1 {
+                    1 => 1,
+                    _ => rest.next().copied().unwrap_or(1),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The elements `at` (per element of `to`, row-major) as one strided slice of a tensor
+/// of shape `from`, read at `to`'s rank or with unit axes dropped: a reduction over an
+/// axis without `keepdims`, one step of its tournament.
+fn rank_reduced_slice(from: &[usize], to: &[usize], at: &[usize]) -> Option<Slice> {
+    lifted(to, from.len()).into_iter().find_map(|sizes| {
+        let (offsets, strides) = strided_slice(from, &sizes, at)?;
+        Some(Slice {
+            offsets,
+            sizes,
+            strides,
+        })
+    })
 }
 
 /// The axis a gather of shape `to` is stacked on: its first longer than 1, so that the
@@ -370,8 +407,7 @@ fn stacked_slices(from: &[usize], to: &[usize], picked: &[(usize, i64)]) -> Opti
                     return Some(None);
                 }
                 let at: Vec<usize> = part.iter().map(|p| p.0).collect();
-                let (offsets, strides) = strided_slice(from, &block, &at)?;
-                Some(Some(Slice { offsets, strides }))
+                Some(Some(rank_reduced_slice(from, &block, &at)?))
             })
             .collect::<Option<_>>()?;
         let any = slices.iter().flatten().next()?.clone();
@@ -711,10 +747,7 @@ impl Emitter<'_> {
         let axis = stack_axis(shape);
         let mut block = shape.to_vec();
         block[axis] /= slices.len();
-        let parts: Vec<String> = slices
-            .iter()
-            .map(|s| self.slice(x, o, &s.offsets, &block, &s.strides))
-            .collect();
+        let parts: Vec<String> = slices.iter().map(|s| self.slice(x, o, s, &block)).collect();
         if let [one] = &parts[..] {
             return one.clone();
         }
@@ -730,30 +763,23 @@ impl Emitter<'_> {
         r
     }
 
-    /// `tensor.extract_slice` of node `o`'s value `x`: `sizes` elements from `offsets`
-    /// every `strides` along each axis.
-    fn slice(
-        &mut self,
-        x: &str,
-        o: NodeId,
-        offsets: &[usize],
-        sizes: &[usize],
-        strides: &[usize],
-    ) -> String {
+    /// `tensor.extract_slice` of node `o`'s value `x` into a tensor of `shape` (`s.sizes`,
+    /// or it with unit axes dropped).
+    fn slice(&mut self, x: &str, o: NodeId, s: &Slice, shape: &[usize]) -> String {
         let list = |v: &[usize]| {
             v.iter()
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let (from_ty, to_ty) = (self.ty(o), self.ty_with_shape(o, sizes));
+        let (from_ty, to_ty) = (self.ty(o), self.ty_with_shape(o, shape));
         let r = self.fresh();
         let _ = writeln!(
             self.body,
             "    {r} = tensor.extract_slice {x}[{}] [{}] [{}] : {from_ty} to {to_ty}",
-            list(offsets),
-            list(sizes),
-            list(strides)
+            list(&s.offsets),
+            list(&s.sizes),
+            list(&s.strides)
         );
         r
     }
@@ -1048,7 +1074,7 @@ impl Emitter<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{stacked_slices, strided_slice};
+    use super::{lifted, rank_reduced_slice, stacked_slices, strided_slice};
 
     /// Row-major flat indices into `from` of the elements `offsets + strides ⊙ i`.
     fn picked_at(from: &[usize], to: &[usize], offsets: &[usize], strides: &[usize]) -> Vec<usize> {
@@ -1126,5 +1152,33 @@ mod tests {
         assert_eq!(strided_slice(&from, &[1, 4, 3, 3], &repeated), None);
         let flat: Vec<usize> = (0..36).collect();
         assert_eq!(strided_slice(&from, &[1, 36], &flat), None);
+        assert_eq!(rank_reduced_slice(&from, &[1, 36], &flat), None);
+    }
+
+    /// A reduction without `keepdims` reads each position of the reduced axis as a slice
+    /// with that axis dropped; a lower rank that is no slice is not one.
+    #[test]
+    fn rank_reduced_slices_drop_unit_axes() {
+        let from = [1, 4, 6, 6];
+        let at = picked_at(&from, &[1, 4, 6, 1], &[0, 0, 0, 3], &[1, 1, 1, 2]);
+        let s = rank_reduced_slice(&from, &[1, 4, 6], &at).unwrap();
+        assert_eq!(
+            (&s.offsets[..], &s.sizes[..], &s.strides[..]),
+            (&[0, 0, 0, 3][..], &[1, 4, 6, 1][..], &[1, 1, 1, 1][..])
+        );
+        let at = picked_at(&from, &[1, 4, 1, 6], &[0, 0, 2, 0], &[1, 1, 1, 1]);
+        let s = rank_reduced_slice(&from, &[1, 4, 6], &at).unwrap();
+        assert_eq!(
+            (&s.offsets[..], &s.sizes[..]),
+            (&[0, 0, 2, 0][..], &[1, 4, 1, 6][..])
+        );
+        let mut swapped = at.clone();
+        swapped.swap(0, 1);
+        assert_eq!(rank_reduced_slice(&from, &[1, 4, 6], &swapped), None);
+        assert_eq!(
+            lifted(&[4, 6], 3),
+            vec![vec![1, 4, 6], vec![4, 1, 6], vec![4, 6, 1]]
+        );
+        assert!(lifted(&[1, 4, 6], 2).is_empty());
     }
 }

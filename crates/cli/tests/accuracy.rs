@@ -709,3 +709,70 @@ fn defaults_that_lose_the_float_model_get_more_bits_and_say_so() {
         "strict keeps the settings as given"
     );
 }
+
+/// A table lookup read only by dense layers quantizes each neuron on its own grid, so
+/// each hidden neuron's largest value on the inputset is the top level (on one grid for
+/// the layer, only the widest neuron's would be; a neuron the inputset never activates
+/// stays at 0); a lookup also read by a residual Add keeps one grid and stays one lookup
+/// for both readers.
+#[test]
+fn hidden_neurons_are_quantized_on_their_own_grids() {
+    let cfg = fhec_quant::QuantConfig::default();
+    let top = (1i64 << cfg.activation_bits) - 1;
+    let lowered = |name: &str| {
+        let (graph, samples) = fhec::files::import_with_inputset(
+            &fixture(name).join("model.onnx"),
+            &fixture(name).join("train.npy"),
+        )
+        .unwrap();
+        let q = fhec_compiler::lower(&graph, &samples, &cfg)
+            .unwrap()
+            .quantized;
+        (graph, samples, q)
+    };
+    for name in ["mlp_digits", "mlp_iris"] {
+        let (graph, samples, q) = lowered(name);
+        let c = &q.circuit;
+        let luts: Vec<_> = c
+            .ids()
+            .filter(|&id| matches!(c.node(id).op, fhec_ir::IntOp::Lut { .. }))
+            .collect();
+        assert!(!luts.is_empty(), "{name}");
+        let mut most = vec![vec![0i64; 0]; c.len()];
+        for sample in &samples {
+            let inputs = q.client.quantize_inputs(&graph, sample).unwrap();
+            let values = fhec_ir::interp::evaluate(c, &inputs, None).unwrap();
+            for &id in &luts {
+                let m = &mut most[id.index()];
+                m.resize(values[id.index()].len(), 0);
+                for (m, &v) in m.iter_mut().zip(&values[id.index()]) {
+                    *m = (*m).max(v);
+                }
+            }
+        }
+        for &id in &luts {
+            let m = &most[id.index()];
+            let short = m.iter().filter(|&&v| v != top && v != 0).count();
+            println!(
+                "{name}: {}: {} of {} neurons reach level {top} on the inputset",
+                c.node(id).name,
+                m.iter().filter(|&&v| v == top).count(),
+                m.len()
+            );
+            assert_eq!(
+                short,
+                0,
+                "{name}: {}: largest values {m:?}",
+                c.node(id).name
+            );
+        }
+    }
+    // the hidden ReLU feeds the branch's Gemm and the Add: one lookup, on one grid
+    let (_, _, q) = lowered("residual_digits");
+    let c = &q.circuit;
+    let luts = c
+        .ids()
+        .filter(|&id| matches!(c.node(id).op, fhec_ir::IntOp::Lut { .. }))
+        .count();
+    assert_eq!(luts, 3, "residual_digits: one lookup per hidden value");
+}

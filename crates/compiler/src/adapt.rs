@@ -569,9 +569,10 @@ fn above(cfg: &QuantConfig, knobs: Knobs) -> Vec<QuantConfig> {
 }
 
 /// When the settings as given lose the float model's predictions on the inputset as FHE
-/// would decrypt them (see [`FAITHFUL`], [`noisy_fidelity`]), more bits on one free
-/// knob: the candidates are tried from the fastest predicted, and the first faithful one
-/// is kept; when none is, the most faithful one if it agrees at least a point better.
+/// would decrypt them (see [`FAITHFUL`], [`noisy_fidelity`]), more bits, one free knob
+/// a step at a time (see [`more_precise_step`]), from each kept result again while it
+/// is not faithful and a step still gains: a model that needs two knobs raised (wide
+/// raw inputs and fine weights) gets both.
 fn more_precise(
     r: &Reference,
     cfg: &QuantConfig,
@@ -583,7 +584,74 @@ fn more_precise(
     if faithful(&before) {
         return Ok((base, None, before));
     }
-    let mut candidates: Vec<Candidate> = above(&base.2, knobs)
+    let (mut kept, mut fidelity) = (base, before.clone());
+    let mut changed = false;
+    // each step raises a knob, at most to 8 bits: the loop ends
+    while !faithful(&fidelity) {
+        let Some((c, f)) = more_precise_step(r, knobs, target, &kept.2, &fidelity)? else {
+            break;
+        };
+        (kept, fidelity, changed) = (c, f, true);
+    }
+    // knobs that only help together (finer weights need finer activations to show):
+    // from every free knob at 8 down to the first settings that compile
+    if !faithful(&fidelity) {
+        if let Some((c, f)) = from_the_top(r, &kept.2, knobs, target)? {
+            if clearly_better(&f, &fidelity) {
+                (kept, fidelity, changed) = (c, f, true);
+            }
+        }
+    }
+    if !changed {
+        return Ok((kept, None, fidelity));
+    }
+    let reason = format!(
+        "the settings as given agreed less with the float model on the inputset: {}",
+        before.text()
+    );
+    let adaptation = Adaptation::new(cfg, &kept.2, reason, fidelity.clone());
+    Ok((kept, Some(adaptation), fidelity))
+}
+
+/// Every free knob of `cfg` at 8 bits (the rounding threshold too, where rounding is
+/// on), or the nearest settings below that compile and agree best with the float model
+/// ([`search`]); with its agreement as FHE would decrypt it.
+fn from_the_top(
+    r: &Reference,
+    cfg: &QuantConfig,
+    knobs: Knobs,
+    target: PErrorTarget,
+) -> Result<Option<(Candidate, Fidelity)>, CompileError> {
+    let top = |free: bool, b: u32| if free { b.max(8) } else { b };
+    let top = QuantConfig {
+        input_bits: top(knobs.input_bits, cfg.input_bits),
+        weight_bits: top(knobs.weight_bits, cfg.weight_bits),
+        activation_bits: top(knobs.activation_bits, cfg.activation_bits),
+        rounding_bits: cfg.rounding_bits.map(|b| top(knobs.rounding_bits, b)),
+        ..cfg.clone()
+    };
+    let found = match attempt(r.graph, r.samples, &top, target) {
+        Ok(c) => Some(c),
+        Err(_) => search(r, &top, knobs, target)?.map(|(c, _)| c),
+    };
+    let Some(c) = found else {
+        return Ok(None);
+    };
+    let f = noisy_fidelity(r, &c)?;
+    Ok(Some((c, f)))
+}
+
+/// Settings one or two steps above `from` on one free knob: of those that compile,
+/// tried from the fastest predicted, the first faithful one, else the most faithful if
+/// it agrees at least a point better than `now`; `None` when none does.
+fn more_precise_step(
+    r: &Reference,
+    knobs: Knobs,
+    target: PErrorTarget,
+    from: &QuantConfig,
+    now: &Fidelity,
+) -> Result<Option<(Candidate, Fidelity)>, CompileError> {
+    let mut candidates: Vec<Candidate> = above(from, knobs)
         .iter()
         .filter_map(|up| attempt(r.graph, r.samples, up, target).ok())
         .collect();
@@ -591,13 +659,11 @@ fn more_precise(
         a.1.predicted_ms_per_sample
             .total_cmp(&b.1.predicted_ms_per_sample)
     });
-    let mut found = None;
     let mut closest: Option<(Candidate, Fidelity)> = None;
     for c in candidates {
         let f = noisy_fidelity(r, &c)?;
         if faithful(&f) {
-            found = Some((c, f));
-            break;
+            return Ok(Some((c, f)));
         }
         if closest
             .as_ref()
@@ -606,16 +672,7 @@ fn more_precise(
             closest = Some((c, f));
         }
     }
-    let Some((kept, fidelity)) = found.or(closest.filter(|(_, f)| clearly_better(f, &before)))
-    else {
-        return Ok((base, None, before));
-    };
-    let reason = format!(
-        "the settings as given agreed less with the float model on the inputset: {}",
-        before.text()
-    );
-    let adaptation = Adaptation::new(cfg, &kept.2, reason, fidelity.clone());
-    Ok((kept, Some(adaptation), fidelity))
+    Ok(closest.filter(|(_, f)| clearly_better(f, now)))
 }
 
 /// One adaptation from two made in turn: the changes from the settings as given are

@@ -357,6 +357,28 @@ impl Lowering<'_> {
             })
     }
 
+    /// Whether every reader of `id`, through reshapes and casts (which keep its
+    /// quantization), is a dense layer reading it as its input: then a table lookup
+    /// producing it may quantize each feature on its own grid, which those layers fold
+    /// into their weights, and no other reader needs it on one grid (a second lookup).
+    fn read_only_densely(&self, id: ValueId) -> bool {
+        let mut readers = self
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.inputs.contains(&id))
+            .peekable();
+        readers.peek().is_some()
+            && readers.all(|n| match n.op {
+                Op::Dense { .. } => n.inputs[0] == id,
+                Op::Reshape { .. }
+                | Op::Cast {
+                    to: DType::F32 | DType::F64,
+                } => self.read_only_densely(n.outputs[0]),
+                _ => false,
+            })
+    }
+
     /// Circuit input `index`: the value `id` (a model input or a head output), whose
     /// calibration samples are `values`.
     fn input(
@@ -506,7 +528,14 @@ impl Lowering<'_> {
         let out_id = node.outputs[0];
         let out_shape = self.graph.value(out_id).shape.clone();
         let result = match &node.op {
-            Op::Dense { inputs, outputs, weight, bias } => self.dense(&node.name, x, *inputs, *outputs, weight, bias, out_shape)?,
+            Op::Dense { inputs, outputs, weight, bias } => {
+                let lookup_first = !x.narrow || !x.pending.is_empty();
+                if lookup_first && !self.qat && self.read_only_densely(node.inputs[0]) {
+                    self.dense_on_feature_grids(&node.name, x, (*inputs, *outputs), weight, bias, out_shape)?
+                } else {
+                    self.dense(&node.name, x, *inputs, *outputs, weight, bias, out_shape)?
+                }
+            }
             Op::Activation(a) => QValue { pending: [x.pending.clone(), vec![Pending::Activation(*a)]].concat(), ..x },
             Op::BinaryConst { kind, constant, constant_first } => self.binary(x, *kind, &constant.data, *constant_first),
             Op::Reshape { .. } => {
@@ -614,6 +643,37 @@ impl Lowering<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// A dense layer whose input takes a table lookup first, with one grid per feature
+    /// (folded into the weights). Every feature then spans all its levels, which can
+    /// widen the accumulator: where it reaches the last bit below the limit (a rounding
+    /// may need it) and one grid for the tensor would keep it narrower, one grid it is.
+    /// The version not kept is left unread (removed at the end), its grids unreported.
+    fn dense_on_feature_grids(
+        &mut self,
+        name: &str,
+        x: QValue,
+        (k, n): (usize, usize),
+        weight: &[f64],
+        bias: &[f64],
+        shape: Vec<usize>,
+    ) -> Result<QValue, QuantError> {
+        let width = |l: &Self, v: &QValue| fhec_ir::bits_for_range(l.circuit.node(v.node).range);
+        let before = self.origins.len();
+        let grids = self.requantize_per_feature(name, x.clone(), k)?;
+        let per_feature = self.dense(name, grids, k, n, weight, bias, shape.clone())?;
+        if width(self, &per_feature) < fhec_ir::MAX_BITS {
+            return Ok(per_feature);
+        }
+        let reported = self.origins.split_off(before);
+        let one_grid = self.dense(name, x, k, n, weight, bias, shape)?;
+        if width(self, &one_grid) < width(self, &per_feature) {
+            return Ok(one_grid);
+        }
+        self.origins.truncate(before);
+        self.origins.extend(reported);
+        Ok(per_feature)
+    }
+
     fn dense(
         &mut self,
         name: &str,

@@ -54,7 +54,8 @@ pub struct QuantOrigin {
     pub kind: OriginKind,
     pub from_model: bool,
     pub bits: u32,
-    /// The grid's step (the first row's, for per-row weights).
+    /// The grid's step (the first row's, for per-row weights; the first feature's, for
+    /// per-feature activations).
     pub scale: f64,
 }
 

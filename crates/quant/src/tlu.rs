@@ -37,6 +37,17 @@ impl Grid {
     }
 }
 
+/// The grids a requantization quantizes onto.
+#[derive(Clone, Copy, Debug)]
+enum Grids {
+    /// One, calibrated on every element.
+    Calibrated,
+    /// One per feature (element `e` is feature `e % k`), each calibrated on its own.
+    PerFeature(usize),
+    /// One given (a model's own grid, or one shared with another operand).
+    Given(Grid),
+}
+
 /// A table operand after the optional rounding: `node` holds `round(x / 2^drop)`.
 pub(crate) struct LutInput {
     pub node: NodeId,
@@ -227,17 +238,39 @@ impl Lowering<'_> {
         x: QValue,
         to: Option<Grid>,
     ) -> Result<QValue, QuantError> {
+        self.requantize_cached(consumer, x, to.map_or(Grids::Calibrated, Grids::Given))
+    }
+
+    /// [`requantize`](Self::requantize) for a consumer that folds a step per feature
+    /// into its weights (a dense layer of `features` inputs): each feature calibrated on
+    /// its own grid, so a neuron whose range is a tenth of the layer's keeps all
+    /// `activation_bits` levels instead of about three fewer.
+    pub(crate) fn requantize_per_feature(
+        &mut self,
+        consumer: &str,
+        x: QValue,
+        features: usize,
+    ) -> Result<QValue, QuantError> {
+        self.requantize_cached(consumer, x, Grids::PerFeature(features))
+    }
+
+    fn requantize_cached(
+        &mut self,
+        consumer: &str,
+        x: QValue,
+        grids: Grids,
+    ) -> Result<QValue, QuantError> {
         // a value read by several consumers is requantized once
         let key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            format!("{:?}{:?}{:?}{:?}", x.pending, x.scale, x.offset, to).hash(&mut h);
+            format!("{:?}{:?}{:?}{:?}", x.pending, x.scale, x.offset, grids).hash(&mut h);
             (x.node, h.finish())
         };
         if let Some(done) = self.requantized.get(&key) {
             return Ok(done.clone());
         }
-        let result = self.requantize_uncached(consumer, x, to)?;
+        let result = self.requantize_uncached(consumer, x, grids)?;
         self.requantized.insert(key, result.clone());
         Ok(result)
     }
@@ -246,36 +279,64 @@ impl Lowering<'_> {
         &mut self,
         consumer: &str,
         x: QValue,
-        to: Option<Grid>,
+        grids: Grids,
     ) -> Result<QValue, QuantError> {
         let x = self.spread_before_rounding(x);
         let name = format!("{consumer}/input");
         let input = self.lut_input(&name, consumer, x.node, &x.calib)?;
         let drop = input.drop;
         let bits = self.cfg.activation_bits;
-        let grid = to.unwrap_or_else(|| {
-            let (lo, hi) = min_max(input.calib.iter().flat_map(|q| {
-                q.iter()
-                    .enumerate()
-                    .map(|(e, &v)| x.float(e, (v << drop) as f64))
-            }));
-            let grid = Grid::calibrated(asymmetric(lo, hi, bits), bits);
-            self.origins.push(crate::QuantOrigin {
-                tensor: consumer.to_string(),
-                kind: crate::OriginKind::Activation,
-                from_model: false,
-                bits,
-                scale: grid.scale,
-            });
-            grid
+        // element e is quantized on grid[e % period]
+        let (grid, period) = match grids {
+            Grids::Given(g) => (vec![g], 1),
+            Grids::Calibrated | Grids::PerFeature(_) => {
+                let period = match grids {
+                    Grids::PerFeature(k) if k > 0 => k,
+                    _ => 1,
+                };
+                // the calibrated range of the elements `e % period == f` (all: `None`)
+                let range = |f: Option<usize>| {
+                    min_max(input.calib.iter().flat_map(|q| {
+                        q.iter()
+                            .enumerate()
+                            .filter(|(e, _)| f.is_none_or(|f| e % period == f))
+                            .map(|(e, &v)| x.float(e, (v << drop) as f64))
+                    }))
+                };
+                let (lo, hi) = range(None);
+                let whole = Grid::calibrated(asymmetric(lo, hi, bits), bits);
+                let grid: Vec<Grid> = match period {
+                    1 => vec![whole],
+                    _ => (0..period)
+                        .map(|f| match range(Some(f)) {
+                            // a feature constant on the inputset (a neuron it never
+                            // activates) has no range of its own: the tensor's grid
+                            (lo, hi) if lo.min(0.0) >= hi.max(0.0) => whole,
+                            (lo, hi) => Grid::calibrated(asymmetric(lo, hi, bits), bits),
+                        })
+                        .collect(),
+                };
+                self.origins.push(crate::QuantOrigin {
+                    tensor: consumer.to_string(),
+                    kind: crate::OriginKind::Activation,
+                    from_model: false,
+                    bits,
+                    scale: grid[0].scale,
+                });
+                (grid, period)
+            }
+        };
+        let out = self.lut(name, &input, |e, v| {
+            grid[e % period].quantize(x.float(e, v as f64))
         });
-        let (s_out, z_out) = (grid.scale, grid.zero);
-        let out = self.lut(name, &input, |e, v| grid.quantize(x.float(e, v as f64)));
         let numel = out.sound.len();
+        let grid_of = |e: usize| grid[e % period];
         Ok(QValue {
             node: out.node,
-            scale: vec![s_out; numel],
-            offset: vec![-s_out * z_out as f64; numel],
+            scale: (0..numel).map(|e| grid_of(e).scale).collect(),
+            offset: (0..numel)
+                .map(|e| -grid_of(e).scale * grid_of(e).zero as f64)
+                .collect(),
             pending: vec![],
             narrow: true,
             calib: out.calib,

@@ -37,10 +37,6 @@ KNOWN_DIFFERENT = {
 # no parameters for at its default error probability (fhec's own search, which allows
 # more decomposition levels, finds some), with what is known.
 KNOWN_NO_PARAMETERS = {
-    "op_concat": "random 3-class net adapted to 8 weight bits (agreement 85-95% with its "
-    "float model at the defaults): 144 6-bit lookups in a 16-bit encoding",
-    "op_reduce": "random conv net adapted to 8 weight bits and rounding threshold 8 "
-    "(agreement 16% -> 93% with its float model): 8-bit lookups in a 16-bit encoding",
     "op_where_not_and_or": "random net adapted to 8 weight bits and rounding threshold 8 "
     "(agreement 93.5% -> 99.3% with its float model): 8-bit lookups in a 15-bit encoding",
 }

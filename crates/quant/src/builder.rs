@@ -642,7 +642,6 @@ impl Lowering<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// A dense layer whose input takes a table lookup first, with one grid per feature
     /// (folded into the weights). Every feature then spans all its levels, which can
     /// widen the accumulator: where it reaches the last bit below the limit (a rounding
@@ -674,6 +673,7 @@ impl Lowering<'_> {
         Ok(per_feature)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dense(
         &mut self,
         name: &str,

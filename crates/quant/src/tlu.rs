@@ -294,25 +294,27 @@ impl Lowering<'_> {
                     Grids::PerFeature(k) if k > 0 => k,
                     _ => 1,
                 };
-                // the calibrated range of the elements `e % period == f` (all: `None`)
-                let range = |f: Option<usize>| {
-                    min_max(input.calib.iter().flat_map(|q| {
-                        q.iter()
-                            .enumerate()
-                            .filter(|(e, _)| f.is_none_or(|f| e % period == f))
-                            .map(|(e, &v)| x.float(e, (v << drop) as f64))
-                    }))
-                };
-                let (lo, hi) = range(None);
+                // the calibrated range of each feature (elements `e % period == f`), in
+                // one pass over the inputset
+                let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); period];
+                for q in &input.calib {
+                    for (e, &v) in q.iter().enumerate() {
+                        let r = &mut ranges[e % period];
+                        let value = x.float(e, (v << drop) as f64);
+                        *r = (r.0.min(value), r.1.max(value));
+                    }
+                }
+                let (lo, hi) = min_max(ranges.iter().flat_map(|r| [r.0, r.1]));
                 let whole = Grid::calibrated(asymmetric(lo, hi, bits), bits);
                 let grid: Vec<Grid> = match period {
                     1 => vec![whole],
-                    _ => (0..period)
-                        .map(|f| match range(Some(f)) {
-                            // a feature constant on the inputset (a neuron it never
+                    _ => ranges
+                        .iter()
+                        .map(|&(lo, hi)| match (lo.min(0.0), hi.max(0.0)) {
+                            // a feature that is 0 on the whole inputset (a neuron it never
                             // activates) has no range of its own: the tensor's grid
-                            (lo, hi) if lo.min(0.0) >= hi.max(0.0) => whole,
-                            (lo, hi) => Grid::calibrated(asymmetric(lo, hi, bits), bits),
+                            (lo, hi) if lo >= hi => whole,
+                            _ => Grid::calibrated(asymmetric(lo, hi, bits), bits),
                         })
                         .collect(),
                 };

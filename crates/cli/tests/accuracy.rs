@@ -779,7 +779,7 @@ fn hidden_neurons_are_quantized_on_their_own_grids() {
 
 /// Knobs that only help together: a torch MLP on raw breast-cancer features needs finer
 /// weights and finer lookups at once, where one knob at a time stops short (89.7%
-/// agreement on the inputset, 89.5% test accuracy against 96.5% float); the search from
+/// agreement on the inputset, 88.9% test accuracy against 96.5% float); the search from
 /// every free knob at 8 down finds settings that simulate within 2 points.
 #[test]
 fn knobs_that_only_help_together_are_found_from_the_top() {

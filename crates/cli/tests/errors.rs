@@ -474,6 +474,64 @@ fn tree_ensemble5_set_membership_and_min_aggregation_are_refused() {
     }
 }
 
+/// svc_linear_breast_pipeline's SVMClassifier node changed.
+fn svm_classifier_model(change: impl Fn(&mut pb::NodeProto)) -> Vec<u8> {
+    let bytes = std::fs::read(fixture("svc_linear_breast_pipeline").join("model.onnx")).unwrap();
+    let mut m = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "SVMClassifier")
+        .unwrap();
+    node.name = "the_svc".into();
+    change(node);
+    m.encode_to_vec()
+}
+
+/// An SVC whose decision is not one linear map of the input (an RBF kernel, Platt
+/// probabilities) is refused by name, not compiled into something else.
+#[test]
+fn svm_classifiers_other_than_binary_linear_are_refused() {
+    let d = tmp("svc");
+    let inputset = fixture("svc_linear_breast_pipeline").join("train.npy");
+    let rbf = svm_classifier_model(|n| {
+        for a in &mut n.attribute {
+            if a.name == "kernel_type" {
+                a.s = b"RBF".to_vec();
+            }
+        }
+    });
+    let platt = svm_classifier_model(|n| {
+        for name in ["prob_a", "prob_b"] {
+            n.attribute.push(pb::AttributeProto {
+                name: name.into(),
+                floats: vec![-1.5],
+                r#type: 6, // FLOATS
+                ..Default::default()
+            });
+        }
+    });
+    for (file, bytes, needles) in [
+        ("rbf.onnx", rbf, ["the_svc", "kernel RBF"]),
+        ("platt.onnx", platt, ["the_svc", "probability=True"]),
+    ] {
+        let p = d.join(file);
+        std::fs::write(&p, bytes).unwrap();
+        assert_fails(
+            &[
+                "compile",
+                s(&p),
+                "--inputset",
+                s(&inputset),
+                "-o",
+                s(&d.join("m.fhe")),
+            ],
+            &needles,
+        );
+    }
+}
+
 /// mlp_iris with its opset declaration (or its outputs) changed.
 fn mlp_iris_edited(edit: impl Fn(&mut pb::ModelProto)) -> Vec<u8> {
     let bytes = std::fs::read(fixture("mlp_iris").join("model.onnx")).unwrap();

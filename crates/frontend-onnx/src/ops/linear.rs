@@ -252,6 +252,79 @@ pub(crate) fn linear_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError
     Ok(())
 }
 
+/// ai.onnx.ml SVMClassifier with a linear kernel, two classes: its one decision
+/// `s = Σ_m c_m ⟨sv_m, x⟩ + ρ` is the linear map `⟨Σ_m c_m sv_m, x⟩ + ρ`, and onnxruntime
+/// labels it `classlabels[0]` when `s > 0` (a vote for the first class of the pair),
+/// with scores `[−s, s]`: the classifier head of one score with the labels swapped.
+/// Other kernels need every support vector's kernel in the circuit, several classes a
+/// one-vs-one vote, `prob_a`/`prob_b` Platt scaling: each refused by name.
+pub(crate) fn svm_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
+    let x = ctx.required_input(0)?;
+    let features = features_of(ctx, x)?;
+    let kernel = ctx.attr_s("kernel_type").unwrap_or_else(|| "LINEAR".into());
+    if kernel != "LINEAR" {
+        return Err(ctx.err(format!("kernel {kernel} is not supported: only a linear kernel is a linear map of the input (train SVC(kernel=\"linear\") or LinearSVC)")));
+    }
+    if ctx.attr_strings_len("classlabels_strings") > 0 {
+        return Err(ctx.err("string class labels are not supported: export with integer labels"));
+    }
+    let labels = ctx.attr_ints("classlabels_ints");
+    let per_class = ctx.attr_ints("vectors_per_class");
+    let rho = ctx.attr_floats("rho");
+    if labels.len() != 2 || per_class.len() != 2 || rho.len() != 1 {
+        return Err(ctx.err(format!("{} classes: only a binary SVC is supported (several classes vote one against one; LinearSVC, one against the rest, is supported)", labels.len())));
+    }
+    if !ctx.attr_floats("prob_a").is_empty() {
+        return Err(ctx.err("SVC(probability=True) is not supported (Platt scaling of one-vs-one votes): export without probability"));
+    }
+    if post_transform(ctx)? != PostTransform::None {
+        return Err(ctx.err("SVMClassifier post_transform other than NONE is not supported"));
+    }
+    let coef = ctx.attr_floats("coefficients");
+    let vectors = ctx.attr_floats("support_vectors");
+    let count: usize = per_class.iter().map(|&n| n.max(0) as usize).sum();
+    if count == 0 || coef.len() != count || vectors.len() != count * features {
+        return Err(ctx.err(format!(
+            "{} coefficients and {} support vector values for {count} support vectors of {features} features",
+            coef.len(),
+            vectors.len()
+        )));
+    }
+    let mut weight = vec![0.0f64; features];
+    for (c, sv) in coef.iter().zip(vectors.chunks(features)) {
+        for (w, &v) in weight.iter_mut().zip(sv) {
+            *w += f64::from(*c) * f64::from(v);
+        }
+    }
+    let (label_name, score_name) = match (ctx.output_name(0), ctx.output_name(1)) {
+        (Some(l), Some(s)) => (l.to_string(), s.to_string()),
+        _ => return Err(ctx.err("SVMClassifier needs both outputs (label, scores)")),
+    };
+    let raw = format!("{}/decision", ctx.node_name());
+    let dense = Op::Dense {
+        inputs: features,
+        outputs: 1,
+        weight,
+        bias: vec![f64::from(rho[0])],
+    };
+    let decision = ctx.add_node(dense, vec![x], vec![(raw, vec![1, 1], DType::F32)]);
+    let head = Op::ClassifierHead {
+        labels: vec![labels[1], labels[0]],
+        post_transform: PostTransform::None,
+        binary_single_score: true,
+    };
+    ctx.add_sub_node(
+        "head",
+        head,
+        decision,
+        vec![
+            (label_name, vec![1], DType::I64),
+            (score_name, vec![1, 2], DType::F32),
+        ],
+    );
+    Ok(())
+}
+
 pub(crate) fn linear_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let features = features_of(ctx, x)?;

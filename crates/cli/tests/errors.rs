@@ -474,35 +474,36 @@ fn tree_ensemble5_set_membership_and_min_aggregation_are_refused() {
     }
 }
 
-/// svc_linear_breast_pipeline's SVMClassifier node changed.
-fn svm_classifier_model(change: impl Fn(&mut pb::NodeProto)) -> Vec<u8> {
-    let bytes = std::fs::read(fixture("svc_linear_breast_pipeline").join("model.onnx")).unwrap();
+/// Fixture `name`'s SVM node (an SVMClassifier or SVMRegressor) changed.
+fn svm_model(name: &str, change: impl Fn(&mut pb::NodeProto)) -> Vec<u8> {
+    let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
     let mut m = pb::ModelProto::decode(bytes.as_slice()).unwrap();
     let graph = m.graph.as_mut().unwrap();
     let node = graph
         .node
         .iter_mut()
-        .find(|n| n.op_type == "SVMClassifier")
+        .find(|n| n.op_type.starts_with("SVM"))
         .unwrap();
     node.name = "the_svc".into();
     change(node);
     m.encode_to_vec()
 }
 
-/// An SVC whose decision is not one linear map of the input (an RBF kernel, Platt
-/// probabilities) is refused by name, not compiled into something else.
+/// An SVM whose output is not one linear map of the input (an RBF kernel, Platt
+/// probabilities, a one-class SVM's sign) is refused by name, not compiled into
+/// something else.
 #[test]
-fn svm_classifiers_other_than_binary_linear_are_refused() {
-    let d = tmp("svc");
-    let inputset = fixture("svc_linear_breast_pipeline").join("train.npy");
-    let rbf = svm_classifier_model(|n| {
+fn svms_other_than_linear_are_refused() {
+    let d = tmp("svm");
+    let svc = "svc_linear_breast_pipeline";
+    let rbf = svm_model(svc, |n| {
         for a in &mut n.attribute {
             if a.name == "kernel_type" {
                 a.s = b"RBF".to_vec();
             }
         }
     });
-    let platt = svm_classifier_model(|n| {
+    let platt = svm_model(svc, |n| {
         for name in ["prob_a", "prob_b"] {
             n.attribute.push(pb::AttributeProto {
                 name: name.into(),
@@ -512,12 +513,27 @@ fn svm_classifiers_other_than_binary_linear_are_refused() {
             });
         }
     });
-    for (file, bytes, needles) in [
-        ("rbf.onnx", rbf, ["the_svc", "kernel RBF"]),
-        ("platt.onnx", platt, ["the_svc", "probability=True"]),
+    let one_class = svm_model("svr_linear_diabetes", |n| {
+        n.attribute.push(pb::AttributeProto {
+            name: "one_class".into(),
+            i: 1,
+            r#type: 2, // INT
+            ..Default::default()
+        });
+    });
+    for (file, bytes, from, needles) in [
+        ("rbf.onnx", rbf, svc, ["the_svc", "kernel RBF"]),
+        ("platt.onnx", platt, svc, ["the_svc", "probability=True"]),
+        (
+            "one_class.onnx",
+            one_class,
+            "svr_linear_diabetes",
+            ["the_svc", "one-class"],
+        ),
     ] {
         let p = d.join(file);
         std::fs::write(&p, bytes).unwrap();
+        let inputset = fixture(from).join("train.npy");
         assert_fails(
             &[
                 "compile",

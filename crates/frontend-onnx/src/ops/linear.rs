@@ -261,10 +261,7 @@ pub(crate) fn linear_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError
 pub(crate) fn svm_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let features = features_of(ctx, x)?;
-    let kernel = ctx.attr_s("kernel_type").unwrap_or_else(|| "LINEAR".into());
-    if kernel != "LINEAR" {
-        return Err(ctx.err(format!("kernel {kernel} is not supported: only a linear kernel is a linear map of the input (train SVC(kernel=\"linear\") or LinearSVC)")));
-    }
+    linear_kernel(ctx)?;
     if ctx.attr_strings_len("classlabels_strings") > 0 {
         return Err(ctx.err("string class labels are not supported: export with integer labels"));
     }
@@ -280,22 +277,8 @@ pub(crate) fn svm_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     if post_transform(ctx)? != PostTransform::None {
         return Err(ctx.err("SVMClassifier post_transform other than NONE is not supported"));
     }
-    let coef = ctx.attr_floats("coefficients");
-    let vectors = ctx.attr_floats("support_vectors");
     let count: usize = per_class.iter().map(|&n| n.max(0) as usize).sum();
-    if count == 0 || coef.len() != count || vectors.len() != count * features {
-        return Err(ctx.err(format!(
-            "{} coefficients and {} support vector values for {count} support vectors of {features} features",
-            coef.len(),
-            vectors.len()
-        )));
-    }
-    let mut weight = vec![0.0f64; features];
-    for (c, sv) in coef.iter().zip(vectors.chunks(features)) {
-        for (w, &v) in weight.iter_mut().zip(sv) {
-            *w += f64::from(*c) * f64::from(v);
-        }
-    }
+    let weight = folded_support_vectors(ctx, count, features)?;
     let (label_name, score_name) = match (ctx.output_name(0), ctx.output_name(1)) {
         (Some(l), Some(s)) => (l.to_string(), s.to_string()),
         _ => return Err(ctx.err("SVMClassifier needs both outputs (label, scores)")),
@@ -323,6 +306,72 @@ pub(crate) fn svm_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         ],
     );
     Ok(())
+}
+
+/// ai.onnx.ml SVMRegressor with a linear kernel over its support vectors (skl2onnx's
+/// `SVR(kernel="linear")`): `Σ_m c_m ⟨sv_m, x⟩ + ρ`, one linear map. A one-class SVM
+/// (its sign) and other kernels are refused by name.
+pub(crate) fn svm_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
+    let x = ctx.required_input(0)?;
+    let features = features_of(ctx, x)?;
+    linear_kernel(ctx)?;
+    if ctx.attr_i("one_class", 0) != 0 {
+        return Err(ctx.err("a one-class SVM (OneClassSVM) is not supported"));
+    }
+    if post_transform(ctx)? != PostTransform::None {
+        return Err(ctx.err("SVMRegressor post_transform other than NONE is not supported"));
+    }
+    let rho = ctx.attr_floats("rho");
+    let count = ctx.attr_i("n_supports", 0).max(0) as usize;
+    if rho.len() != 1 {
+        return Err(ctx.err(format!(
+            "{} rho values for one regression target",
+            rho.len()
+        )));
+    }
+    let weight = folded_support_vectors(ctx, count, features)?;
+    let out = ctx.required_output(0)?;
+    let dense = Op::Dense {
+        inputs: features,
+        outputs: 1,
+        weight,
+        bias: vec![f64::from(rho[0])],
+    };
+    ctx.add_node(dense, vec![x], vec![(out, vec![1, 1], DType::F32)]);
+    Ok(())
+}
+
+/// Refuses an SVM kernel other than linear, naming it.
+fn linear_kernel(ctx: &NodeCtx<'_>) -> Result<(), ImportError> {
+    match ctx.attr_s("kernel_type").as_deref().unwrap_or("LINEAR") {
+        "LINEAR" => Ok(()),
+        kernel => Err(ctx.err(format!("kernel {kernel} is not supported: only a linear kernel is a linear map of the input (train with kernel=\"linear\", or LinearSVC / LinearSVR)"))),
+    }
+}
+
+/// `Σ_m c_m sv_m` over the `count` support vectors of `features` values (attributes
+/// `coefficients` and `support_vectors`): a linear-kernel SVM's weight vector.
+fn folded_support_vectors(
+    ctx: &NodeCtx<'_>,
+    count: usize,
+    features: usize,
+) -> Result<Vec<f64>, ImportError> {
+    let coef = ctx.attr_floats("coefficients");
+    let vectors = ctx.attr_floats("support_vectors");
+    if count == 0 || coef.len() != count || vectors.len() != count * features {
+        return Err(ctx.err(format!(
+            "{} coefficients and {} support vector values for {count} support vectors of {features} features",
+            coef.len(),
+            vectors.len()
+        )));
+    }
+    let mut weight = vec![0.0f64; features];
+    for (c, sv) in coef.iter().zip(vectors.chunks(features)) {
+        for (w, &v) in weight.iter_mut().zip(sv) {
+            *w += f64::from(*c) * f64::from(v);
+        }
+    }
+    Ok(weight)
 }
 
 pub(crate) fn linear_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {

@@ -62,6 +62,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
         ("ai.onnx.ml", op) => match op {
             "LinearClassifier" => linear::linear_classifier,
             "SVMClassifier" => linear::svm_classifier,
+            "SVMRegressor" => linear::svm_regressor,
             "LinearRegressor" => linear::linear_regressor,
             "ZipMap" => mlops::zipmap,
             "Normalizer" => mlops::normalizer,

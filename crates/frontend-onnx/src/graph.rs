@@ -421,6 +421,13 @@ pub enum Op {
         post_transform: PostTransform,
         binary_single_score: bool,
     },
+    /// The tail of a several-class ai.onnx.ml SVMClassifier: its one-vs-one decisions
+    /// (pairs `(i, j)`, `i < j`, in order) → (label, the decisions). A pair votes for
+    /// `i` when its decision is positive, else for `j`; the label is the first class
+    /// with the most votes.
+    OneVsOneVotes {
+        labels: Vec<i64>,
+    },
     /// ai.onnx.ml ZipMap; the map sequence is represented by its [1, classes] tensor.
     ZipMap,
     Cast {
@@ -530,6 +537,7 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::ArgMax { .. } => "ArgMax",
             Op::ClassifierHead { .. } => "ClassifierHead",
+            Op::OneVsOneVotes { .. } => "OneVsOneVotes",
             Op::TreeEnsemble(_) => "TreeEnsemble",
             Op::ZipMap => "ZipMap",
             Op::Cast { .. } => "Cast",

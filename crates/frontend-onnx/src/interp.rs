@@ -308,6 +308,14 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             vec![Tensor::new(shape, data, DType::I64)]
         }
         Op::TreeEnsemble(e) => vec![Tensor::new(vec![1, e.outputs], e.eval(&x.data), DType::F32)],
+        Op::OneVsOneVotes { labels } => vec![
+            Tensor::new(
+                vec![1],
+                vec![one_vs_one_label(labels, &x.data) as f64],
+                DType::I64,
+            ),
+            x.clone(),
+        ],
         Op::ClassifierHead {
             labels,
             post_transform,
@@ -348,6 +356,22 @@ pub fn eval_op(op: &Op, args: &[&Tensor]) -> Vec<Tensor> {
             ]
         }
     }
+}
+
+/// The label the one-vs-one `decisions` of `labels.len()` classes vote for
+/// ([`Op::OneVsOneVotes`]).
+fn one_vs_one_label(labels: &[i64], decisions: &[f64]) -> i64 {
+    let k = labels.len();
+    let mut votes = vec![0usize; k];
+    let pairs = (0..k).flat_map(|i| (i + 1..k).map(move |j| (i, j)));
+    for ((i, j), &d) in pairs.zip(decisions) {
+        votes[if d > 0.0 { i } else { j }] += 1;
+    }
+    let best = votes
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > votes[b] { i } else { b });
+    labels.get(best).copied().unwrap_or(0)
 }
 
 fn softmax(row: &[f64]) -> Vec<f64> {

@@ -217,20 +217,23 @@ fn check_inputset(graph: &FloatGraph, inputset: &[Vec<Tensor>]) -> Result<(), Qu
 pub(crate) fn circuit_side(graph: &FloatGraph, head: &[bool]) -> Vec<bool> {
     let mut side = vec![false; graph.nodes.len()];
     let mut needed: std::collections::HashSet<ValueId> = Default::default();
-    // the circuit ends at a nearest-neighbours selection: the vote on the k labels and
-    // what follows run on the client
-    let mut after_neighbours = vec![false; graph.values.len()];
+    // the circuit ends at a nearest-neighbours selection or a classifier's scores: the
+    // vote on the k labels, the label chosen from the scores and whatever a converter
+    // computes from them (skl2onnx's one-vs-rest decision of an SVC) run on the client
+    let mut on_client = vec![false; graph.values.len()];
     for node in &graph.nodes {
-        if matches!(node.op, Op::Neighbours(_))
-            || node.inputs.iter().any(|v| after_neighbours[v.0 as usize])
-        {
+        let ends_circuit = matches!(
+            node.op,
+            Op::Neighbours(_) | Op::ClassifierHead { .. } | Op::OneVsOneVotes { .. }
+        );
+        if ends_circuit || node.inputs.iter().any(|v| on_client[v.0 as usize]) {
             for o in &node.outputs {
-                after_neighbours[o.0 as usize] = true;
+                on_client[o.0 as usize] = true;
             }
         }
     }
     for (i, node) in graph.nodes.iter().enumerate().rev() {
-        if head[i] || node.inputs.iter().any(|v| after_neighbours[v.0 as usize]) {
+        if head[i] || node.inputs.iter().any(|v| on_client[v.0 as usize]) {
             continue;
         }
         // pure data movement (a column picked after the classifier's head…) needs

@@ -108,6 +108,43 @@ pub(crate) fn binary(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     }
 }
 
+/// ONNX Sum of varying inputs (broadcast): one sparse map adding them; a single input
+/// passes through.
+pub(crate) fn sum(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
+    let inputs: Vec<ValueId> = (0..ctx.node.input.len())
+        .map(|i| ctx.required_input(i))
+        .collect::<Result<_, _>>()?;
+    if let [x] = inputs[..] {
+        let shape = ctx.info(x).shape.clone();
+        return super::shape::reshape_to(ctx, shape);
+    }
+    if inputs.iter().any(|&v| ctx.constant(v).is_some()) {
+        return Err(ctx.err("Sum with a constant input: fhec sums varying inputs (write an Add)"));
+    }
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|&v| ctx.info(v).shape.clone()).collect();
+    let shape = shapes
+        .iter()
+        .skip(1)
+        .try_fold(shapes[0].clone(), |s, t| broadcast_shapes(&s, t))
+        .ok_or_else(|| ctx.err(format!("operand shapes {shapes:?} do not broadcast")))?;
+    if shape.first() != Some(&1) {
+        return Err(ctx.err("the broadcast result does not keep the batch axis first"));
+    }
+    let numel = ctx.numel(&shape)?;
+    let rows: Vec<Row> = (0..numel)
+        .map(|f| {
+            let at = unravel(f, &shape);
+            let terms = shapes
+                .iter()
+                .enumerate()
+                .map(|(slot, s)| (slot, broadcast_index(&at, s), 1.0))
+                .collect();
+            (terms, 0.0)
+        })
+        .collect();
+    emit_rows(ctx, &inputs, rows, shape)
+}
+
 fn two_varying(
     ctx: &mut NodeCtx<'_>,
     kind: BinaryKind,

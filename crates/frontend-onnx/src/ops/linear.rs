@@ -252,12 +252,15 @@ pub(crate) fn linear_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError
     Ok(())
 }
 
-/// ai.onnx.ml SVMClassifier with a linear kernel, two classes: its one decision
-/// `s = Σ_m c_m ⟨sv_m, x⟩ + ρ` is the linear map `⟨Σ_m c_m sv_m, x⟩ + ρ`, and onnxruntime
-/// labels it `classlabels[0]` when `s > 0` (a vote for the first class of the pair),
-/// with scores `[−s, s]`: the classifier head of one score with the labels swapped.
-/// Other kernels need every support vector's kernel in the circuit, several classes a
-/// one-vs-one vote, `prob_a`/`prob_b` Platt scaling: each refused by name.
+/// ai.onnx.ml SVMClassifier with a linear kernel (skl2onnx's `SVC(kernel="linear")`).
+/// Each one-vs-one decision `s_ij = Σ_m c_m ⟨sv_m, x⟩ + ρ_ij` (support vectors of
+/// classes `i` and `j`, coefficient rows as onnxruntime reads them) is the linear map
+/// `⟨Σ_m c_m sv_m, x⟩ + ρ_ij`: the circuit computes the decisions, no bootstrap, and the
+/// client votes. Two classes: onnxruntime labels `classlabels[0]` when `s > 0` (a vote
+/// for the pair's first class), with scores `[−s, s]`, the classifier head of one score
+/// with the labels swapped; more: [`Op::OneVsOneVotes`], the decisions as scores.
+/// Other kernels need every support vector's kernel in the circuit, `prob_a`/`prob_b`
+/// Platt scaling of the decisions: each refused by name.
 pub(crate) fn svm_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
     let x = ctx.required_input(0)?;
     let features = features_of(ctx, x)?;
@@ -266,43 +269,75 @@ pub(crate) fn svm_classifier(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
         return Err(ctx.err("string class labels are not supported: export with integer labels"));
     }
     let labels = ctx.attr_ints("classlabels_ints");
-    let per_class = ctx.attr_ints("vectors_per_class");
+    let per_class: Vec<usize> = ctx
+        .attr_ints("vectors_per_class")
+        .iter()
+        .map(|&n| n.max(0) as usize)
+        .collect();
+    let k = labels.len();
+    let pairs = k * k.saturating_sub(1) / 2;
     let rho = ctx.attr_floats("rho");
-    if labels.len() != 2 || per_class.len() != 2 || rho.len() != 1 {
-        return Err(ctx.err(format!("{} classes: only a binary SVC is supported (several classes vote one against one; LinearSVC, one against the rest, is supported)", labels.len())));
+    if k < 2 || per_class.len() != k || rho.len() != pairs {
+        return Err(ctx.err(format!(
+            "{k} class labels, {} support vector counts and {} rho values: a one-vs-one SVC of {k} classes has {pairs}",
+            per_class.len(),
+            rho.len()
+        )));
     }
     if !ctx.attr_floats("prob_a").is_empty() {
-        return Err(ctx.err("SVC(probability=True) is not supported (Platt scaling of one-vs-one votes): export without probability"));
+        return Err(ctx.err("SVC(probability=True) is not supported (Platt scaling of the one-vs-one decisions): export without probability"));
     }
     if post_transform(ctx)? != PostTransform::None {
         return Err(ctx.err("SVMClassifier post_transform other than NONE is not supported"));
     }
-    let count: usize = per_class.iter().map(|&n| n.max(0) as usize).sum();
-    let weight = folded_support_vectors(ctx, count, features)?;
+    let count: usize = per_class.iter().sum();
+    let (coef, vectors) = support_vectors(ctx, count, k - 1, features)?;
+    let start: Vec<usize> = per_class
+        .iter()
+        .scan(0, |at, &n| {
+            *at += n;
+            Some(*at - n)
+        })
+        .collect();
+    let mut weight = vec![0.0f64; pairs * features];
+    let mut bias = Vec::with_capacity(pairs);
+    let rows = (0..k).flat_map(|i| (i + 1..k).map(move |j| (i, j)));
+    for ((i, j), row) in rows.zip(weight.chunks_mut(features)) {
+        let range = |c: usize| start[c]..start[c] + per_class[c];
+        add_folded(row, &coef[(j - 1) * count..j * count], &vectors, range(i));
+        add_folded(row, &coef[i * count..(i + 1) * count], &vectors, range(j));
+        bias.push(f64::from(rho[bias.len()]));
+    }
     let (label_name, score_name) = match (ctx.output_name(0), ctx.output_name(1)) {
         (Some(l), Some(s)) => (l.to_string(), s.to_string()),
         _ => return Err(ctx.err("SVMClassifier needs both outputs (label, scores)")),
     };
-    let raw = format!("{}/decision", ctx.node_name());
+    let raw = format!("{}/decisions", ctx.node_name());
     let dense = Op::Dense {
         inputs: features,
-        outputs: 1,
+        outputs: pairs,
         weight,
-        bias: vec![f64::from(rho[0])],
+        bias,
     };
-    let decision = ctx.add_node(dense, vec![x], vec![(raw, vec![1, 1], DType::F32)]);
-    let head = Op::ClassifierHead {
-        labels: vec![labels[1], labels[0]],
-        post_transform: PostTransform::None,
-        binary_single_score: true,
+    let decisions = ctx.add_node(dense, vec![x], vec![(raw, vec![1, pairs], DType::F32)]);
+    let (head, scores) = match k {
+        2 => (
+            Op::ClassifierHead {
+                labels: vec![labels[1], labels[0]],
+                post_transform: PostTransform::None,
+                binary_single_score: true,
+            },
+            2,
+        ),
+        _ => (Op::OneVsOneVotes { labels }, pairs),
     };
     ctx.add_sub_node(
         "head",
         head,
-        decision,
+        decisions,
         vec![
             (label_name, vec![1], DType::I64),
-            (score_name, vec![1, 2], DType::F32),
+            (score_name, vec![1, scores], DType::F32),
         ],
     );
     Ok(())
@@ -329,7 +364,9 @@ pub(crate) fn svm_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {
             rho.len()
         )));
     }
-    let weight = folded_support_vectors(ctx, count, features)?;
+    let (coef, vectors) = support_vectors(ctx, count, 1, features)?;
+    let mut weight = vec![0.0f64; features];
+    add_folded(&mut weight, &coef, &vectors, 0..count);
     let out = ctx.required_output(0)?;
     let dense = Op::Dense {
         inputs: features,
@@ -349,29 +386,36 @@ fn linear_kernel(ctx: &NodeCtx<'_>) -> Result<(), ImportError> {
     }
 }
 
-/// `Σ_m c_m sv_m` over the `count` support vectors of `features` values (attributes
-/// `coefficients` and `support_vectors`): a linear-kernel SVM's weight vector.
-fn folded_support_vectors(
+/// The `coefficients` (`rows` rows of one per support vector) and `support_vectors`
+/// (`count` of `features` values) of an SVM node, their sizes checked.
+fn support_vectors(
     ctx: &NodeCtx<'_>,
     count: usize,
+    rows: usize,
     features: usize,
-) -> Result<Vec<f64>, ImportError> {
+) -> Result<(Vec<f32>, Vec<f32>), ImportError> {
     let coef = ctx.attr_floats("coefficients");
     let vectors = ctx.attr_floats("support_vectors");
-    if count == 0 || coef.len() != count || vectors.len() != count * features {
+    if count == 0 || coef.len() != rows * count || vectors.len() != count * features {
         return Err(ctx.err(format!(
             "{} coefficients and {} support vector values for {count} support vectors of {features} features",
             coef.len(),
             vectors.len()
         )));
     }
-    let mut weight = vec![0.0f64; features];
-    for (c, sv) in coef.iter().zip(vectors.chunks(features)) {
-        for (w, &v) in weight.iter_mut().zip(sv) {
-            *w += f64::from(*c) * f64::from(v);
+    Ok((coef, vectors))
+}
+
+/// Adds `Σ_m coef[m] · sv_m` over the support vectors `range` (rows of `vectors`, each
+/// `into.len()` long) to `into`: a linear kernel's weight vector.
+fn add_folded(into: &mut [f64], coef: &[f32], vectors: &[f32], range: std::ops::Range<usize>) {
+    let features = into.len();
+    for m in range {
+        let sv = &vectors[m * features..(m + 1) * features];
+        for (w, &v) in into.iter_mut().zip(sv) {
+            *w += f64::from(coef[m]) * f64::from(v);
         }
     }
-    Ok(weight)
 }
 
 pub(crate) fn linear_regressor(ctx: &mut NodeCtx<'_>) -> Result<(), ImportError> {

@@ -23,6 +23,7 @@ pub(crate) fn builder(domain: &str, op_type: &str) -> Option<BuildFn> {
         ("" | "ai.onnx", op) => match op {
             "Gemm" => linear::gemm,
             "MatMul" => linear::matmul,
+            "Sum" => elementwise::sum,
             "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Greater"
             | "GreaterOrEqual" | "Less" | "LessOrEqual" | "Equal" | "And" | "Or" | "PRelu" => {
                 elementwise::binary

@@ -424,19 +424,32 @@ fn files_the_user_wrote_are_not_overwritten() {
     }
 }
 
-/// gbr5_diabetes's TreeEnsemble (ai.onnx.ml 5) with one attribute changed.
-fn tree_ensemble5_model(change: impl Fn(&mut pb::AttributeProto)) -> Vec<u8> {
-    let bytes = std::fs::read(fixture("gbr5_diabetes").join("model.onnx")).unwrap();
+/// Fixture `name`'s first node whose op type starts with `op`, renamed `node_name` and
+/// changed.
+fn edited_node(
+    name: &str,
+    op: &str,
+    node_name: &str,
+    change: impl Fn(&mut pb::NodeProto),
+) -> Vec<u8> {
+    let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
     let mut m = pb::ModelProto::decode(bytes.as_slice()).unwrap();
     let graph = m.graph.as_mut().unwrap();
     let node = graph
         .node
         .iter_mut()
-        .find(|n| n.op_type == "TreeEnsemble")
+        .find(|n| n.op_type.starts_with(op))
         .unwrap();
-    node.name = "the_trees".into();
-    node.attribute.iter_mut().for_each(change);
+    node.name = node_name.into();
+    change(node);
     m.encode_to_vec()
+}
+
+/// gbr5_diabetes's TreeEnsemble (ai.onnx.ml 5) with one attribute changed.
+fn tree_ensemble5_model(change: impl Fn(&mut pb::AttributeProto)) -> Vec<u8> {
+    edited_node("gbr5_diabetes", "TreeEnsemble", "the_trees", |n| {
+        n.attribute.iter_mut().for_each(&change)
+    })
 }
 
 #[test]
@@ -476,17 +489,7 @@ fn tree_ensemble5_set_membership_and_min_aggregation_are_refused() {
 
 /// Fixture `name`'s SVM node (an SVMClassifier or SVMRegressor) changed.
 fn svm_model(name: &str, change: impl Fn(&mut pb::NodeProto)) -> Vec<u8> {
-    let bytes = std::fs::read(fixture(name).join("model.onnx")).unwrap();
-    let mut m = pb::ModelProto::decode(bytes.as_slice()).unwrap();
-    let graph = m.graph.as_mut().unwrap();
-    let node = graph
-        .node
-        .iter_mut()
-        .find(|n| n.op_type.starts_with("SVM"))
-        .unwrap();
-    node.name = "the_svc".into();
-    change(node);
-    m.encode_to_vec()
+    edited_node(name, "SVM", "the_svc", change)
 }
 
 /// An SVM whose output is not one linear map of the input (an RBF kernel, Platt

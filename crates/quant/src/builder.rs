@@ -346,18 +346,11 @@ impl Lowering<'_> {
     /// layer folds each feature's step into its weight column (outside QAT, whose
     /// weights are integers on the model's own grid).
     fn read_only_feature_wise(&self, id: ValueId) -> bool {
-        let mut readers = self
-            .graph
-            .nodes
-            .iter()
-            .filter(|n| n.inputs.contains(&id))
-            .peekable();
-        readers.peek().is_some()
-            && readers.all(|n| match n.op {
-                Op::TreeEnsemble(_) => true,
-                Op::Dense { .. } => !self.qat && n.inputs[0] == id,
-                _ => false,
-            })
+        self.every_reader(id, |n| match n.op {
+            Op::TreeEnsemble(_) => true,
+            Op::Dense { .. } => !self.qat && n.inputs[0] == id,
+            _ => false,
+        })
     }
 
     /// Whether every reader of `id`, through reshapes and casts (which keep its
@@ -365,21 +358,29 @@ impl Lowering<'_> {
     /// producing it may quantize each feature on its own grid, which those layers fold
     /// into their weights, and no other reader needs it on one grid (a second lookup).
     fn read_only_densely(&self, id: ValueId) -> bool {
+        self.every_reader(id, |n| match n.op {
+            Op::Dense { .. } => n.inputs[0] == id,
+            Op::Reshape { .. }
+            | Op::Cast {
+                to: DType::F32 | DType::F64,
+            } => self.read_only_densely(n.outputs[0]),
+            _ => false,
+        })
+    }
+
+    /// Whether `id` has readers and every one is `accepted`.
+    fn every_reader(
+        &self,
+        id: ValueId,
+        accepted: impl Fn(&fhec_frontend_onnx::Node) -> bool,
+    ) -> bool {
         let mut readers = self
             .graph
             .nodes
             .iter()
             .filter(|n| n.inputs.contains(&id))
             .peekable();
-        readers.peek().is_some()
-            && readers.all(|n| match n.op {
-                Op::Dense { .. } => n.inputs[0] == id,
-                Op::Reshape { .. }
-                | Op::Cast {
-                    to: DType::F32 | DType::F64,
-                } => self.read_only_densely(n.outputs[0]),
-                _ => false,
-            })
+        readers.peek().is_some() && readers.all(accepted)
     }
 
     /// Circuit input `index`: the value `id` (a model input or a head output), whose

@@ -84,6 +84,7 @@ pub fn quantize(
             .any(|n| matches!(n.op, Op::Quantize { .. })),
         origins: Vec::new(),
         neighbour_grids: HashMap::new(),
+        dense_sources: HashMap::new(),
     };
     let mut inputs = Vec::new();
     for (index, (&id, values)) in circuit_inputs.iter().zip(&calibration).enumerate() {
@@ -271,6 +272,8 @@ pub(crate) struct Lowering<'a> {
     pub origins: Vec<crate::QuantOrigin>,
     /// The grid chosen for each input a k-nearest-neighbours op reads.
     pub neighbour_grids: HashMap<ValueId, crate::knn_grid::KnnGrid>,
+    /// Each dense layer of one row, by its node, when linear parts may bypass lookups.
+    pub dense_sources: crate::bypass::DenseSources,
 }
 
 /// Asymmetric quantization of `[lo, hi]` (widened to hold 0) on `bits` unsigned bits.
@@ -534,10 +537,15 @@ impl Lowering<'_> {
         let result = match &node.op {
             Op::Dense { inputs, outputs, weight, bias } => {
                 let lookup_first = !x.narrow || !x.pending.is_empty();
-                if lookup_first && !self.qat && self.read_only_densely(node.inputs[0]) {
-                    self.dense_on_feature_grids(&node.name, x, (*inputs, *outputs), weight, bias, out_shape)?
-                } else {
-                    self.dense(&node.name, x, *inputs, *outputs, weight, bias, out_shape)?
+                let feature_grids = lookup_first && !self.qat && self.read_only_densely(node.inputs[0]);
+                let past_lookup = match feature_grids && self.cfg.linear_bypass {
+                    true => self.dense_past_lookup(&node.name, &x, (*inputs, *outputs), weight, bias, out_shape.clone())?,
+                    false => None,
+                };
+                match past_lookup {
+                    Some(y) => y,
+                    None if feature_grids => self.dense_on_feature_grids(&node.name, x, (*inputs, *outputs), weight, bias, out_shape)?,
+                    None => self.dense(&node.name, x, *inputs, *outputs, weight, bias, out_shape)?,
                 }
             }
             Op::Activation(a) => QValue { pending: [x.pending.clone(), vec![Pending::Activation(*a)]].concat(), ..x },
@@ -678,7 +686,7 @@ impl Lowering<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn dense(
+    pub(crate) fn dense(
         &mut self,
         name: &str,
         x: QValue,
@@ -785,6 +793,11 @@ impl Lowering<'_> {
             .enumerate()
             .map(|(e, s)| (s.0 + shift[e % n], s.1 + shift[e % n]))
             .collect();
+        // bias correction: the rounded weights' error on the inputset's mean operand,
+        // `Σ (w − s_w·wq)·mean(q)`, goes into the offset. Raw features never come near
+        // 0, so that mean error dominates what rounding loses (a scikit-learn MLP on raw
+        // breast-cancer features: 36.8% → 94.7% with 6-bit first-layer weights alone)
+        let mean_q = mean_operand(&x.calib);
         let mut offset = Vec::with_capacity(rows * n);
         let mut scale = Vec::with_capacity(rows * n);
         for r in 0..rows {
@@ -793,7 +806,13 @@ impl Lowering<'_> {
                 let wo: f64 = (0..k)
                     .map(|i| weight[j * k + i] * x.offset[r * k + i])
                     .sum();
-                offset.push(wo + bias[j] - s * shift[j] as f64);
+                let rounding: f64 = (0..k)
+                    .map(|i| {
+                        let lost = quantized_weight[j * k + i] - s_w[j] * wq[j * k + i] as f64;
+                        lost * mean_q[r * k + i]
+                    })
+                    .sum();
+                offset.push(wo + x.scale[0] * rounding + bias[j] - s * shift[j] as f64);
                 scale.push(s);
             }
         }
@@ -814,6 +833,17 @@ impl Lowering<'_> {
             },
             &[x.node],
         );
+        if self.cfg.linear_bypass && rows == 1 {
+            let source = crate::bypass::DenseSource {
+                operand: x.clone(),
+                weight: weight.to_vec(),
+                bias: bias.to_vec(),
+                inputs: k,
+                scale: scale.clone(),
+                offset: offset.clone(),
+            };
+            self.dense_sources.insert(node, source);
+        }
         Ok(QValue {
             node,
             scale,
@@ -845,6 +875,19 @@ pub(crate) fn weight_step(row: &[f64]) -> Option<f64> {
             (q - q.round()).abs() < 1e-4 && q.abs() <= 127.5
         })
     })
+}
+
+/// Per element, the mean of an operand's integers over the inputset.
+pub(crate) fn mean_operand(calib: &[Vec<i64>]) -> Vec<f64> {
+    let numel = calib.first().map_or(0, Vec::len);
+    let mut sum = vec![0f64; numel];
+    for q in calib {
+        for (s, &v) in sum.iter_mut().zip(q) {
+            *s += v as f64;
+        }
+    }
+    let samples = calib.len().max(1) as f64;
+    sum.into_iter().map(|s| s / samples).collect()
 }
 
 /// Interval arithmetic through an integer matrix product (bias 0).

@@ -12,7 +12,7 @@
 use fhec_frontend_onnx::conv::Conv as FloatConv;
 use fhec_ir::{bits_for_range, IntOp, Node, Range, Status};
 
-use crate::builder::{symmetric_step, weight_step, Lowering, QValue};
+use crate::builder::{mean_operand, symmetric_step, weight_step, Lowering, QValue};
 use crate::QuantError;
 
 impl Lowering<'_> {
@@ -104,14 +104,19 @@ impl Lowering<'_> {
         let mut calib: Vec<Vec<i64>> = x.calib.iter().map(|q| ic.eval(q)).collect();
         let mut sound = Vec::with_capacity(numel);
         let mut tap_offset = Vec::with_capacity(numel);
+        // the rounded weights' error on the inputset's mean operand goes into the offset
+        // (bias correction, as in `Lowering::dense`)
+        let mean_q = mean_operand(&x.calib);
         for e in 0..numel {
             let (mut lo, mut hi, mut off) = (0i64, 0i64, 0f64);
+            let step = steps[e / count];
             ic.for_each_tap(e, |i, k| {
                 let (a, b) = x.sound[i];
                 let w = ic.weight[k];
                 lo += (w * a).min(w * b);
                 hi += (w * a).max(w * b);
                 off += conv.weight[k] * x.offset[i];
+                off += (conv.weight[k] - step * w as f64) * x.scale[0] * mean_q[i];
             });
             sound.push((lo, hi));
             tap_offset.push(off);

@@ -357,6 +357,11 @@ struct QuantArgs {
     /// norm (compile turns it on by itself when the settings find no parameters).
     #[arg(long)]
     capped_spread: bool,
+    /// A dense layer reading another's activations takes each activation's linear part
+    /// straight from the earlier layer's input, past the lookup, which computes only the
+    /// rest (compile turns it on by itself when the settings lose the float model)
+    #[arg(long)]
+    linear_bypass: bool,
     /// Headroom of accumulator ranges beyond the inputset, as a fraction of their width (default 0.25).
     #[arg(long)]
     range_margin: Option<f64>,
@@ -381,6 +386,7 @@ impl QuantArgs {
             exact_rounding: self.rounding == RoundingMode::Exact,
             comparison_bits: self.comparison_bits,
             capped_spread: self.capped_spread,
+            linear_bypass: self.linear_bypass,
             range_margin: self.range_margin,
             p_error: self.p_error,
             global_p_error: self.global_p_error,

@@ -30,6 +30,8 @@ pub struct Knobs {
     pub comparison_bits: bool,
     /// Spreading before rounding may be capped (`--capped-spread`).
     pub spread: bool,
+    /// Linear parts of activations may bypass their lookups (`--linear-bypass`).
+    pub bypass: bool,
 }
 
 impl Knobs {
@@ -41,6 +43,7 @@ impl Knobs {
             rounding_bits: true,
             comparison_bits: true,
             spread: true,
+            bypass: true,
         }
     }
     fn any(self) -> bool {
@@ -320,6 +323,10 @@ fn describe(from: &QuantConfig, to: &QuantConfig) -> (Vec<String>, String) {
         changes.push("neurons spread before rounding only within the layer's noise".into());
         flags.push("--capped-spread".into());
     }
+    if to.linear_bypass && !from.linear_bypass {
+        changes.push("activations' linear parts bypass their lookups".into());
+        flags.push("--linear-bypass".into());
+    }
     if from.rounding_bits != to.rounding_bits {
         let show = |r: Option<u32>| r.map_or("none".to_string(), |r| r.to_string());
         changes.push(format!(
@@ -586,6 +593,21 @@ fn more_precise(
     }
     let (mut kept, mut fidelity) = (base, before.clone());
     let mut changed = false;
+    // first the same bits with activations' linear parts past their lookups: what a
+    // nearly linear network loses is the rounding before each lookup
+    if knobs.bypass && !cfg.linear_bypass {
+        let bypass = QuantConfig {
+            linear_bypass: true,
+            ..cfg.clone()
+        };
+        if let Ok(c) = attempt(r.graph, r.samples, &bypass, target) {
+            let f = noisy_fidelity(r, &c)?;
+            // strictly: a model with no dense layer after another is unchanged
+            if f.score() > fidelity.score() {
+                (kept, fidelity, changed) = (c, f, true);
+            }
+        }
+    }
     // each step raises a knob, at most to 8 bits: the loop ends
     while !faithful(&fidelity) {
         let Some((c, f)) = more_precise_step(r, knobs, target, &kept.2, &fidelity)? else {

@@ -582,6 +582,7 @@ impl ClientSummary {
                     .map(|p| match p {
                         fhec_quant::Pending::Activation(a) => a.name().to_string(),
                         fhec_quant::Pending::Binary { kind, .. } => kind.name().to_string(),
+                        fhec_quant::Pending::Residual { .. } => "residual".to_string(),
                     })
                     .collect(),
                 constants: d

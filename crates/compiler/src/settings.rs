@@ -23,6 +23,8 @@ pub struct Settings {
     pub comparison_bits: Option<u32>,
     /// Spread neurons before rounding only within the layer's noise (`--capped-spread`).
     pub capped_spread: bool,
+    /// Linear parts of activations bypass their lookup (`--linear-bypass`).
+    pub linear_bypass: bool,
     pub range_margin: Option<f64>,
     /// Error probability per bootstrap.
     pub p_error: Option<f64>,
@@ -53,6 +55,7 @@ impl Settings {
             c.range_margin = m;
         }
         c.capped_spread = self.capped_spread;
+        c.linear_bypass = self.linear_bypass;
         c
     }
 
@@ -76,6 +79,7 @@ impl Settings {
                 activation_bits: default_bits && self.activation_bits.is_none(),
                 rounding_bits: self.rounding_threshold_bits.is_none() && !self.no_rounding,
                 spread: !self.capped_spread,
+                bypass: !self.linear_bypass,
                 comparison_bits: self.comparison_bits.is_none(),
             },
             strict,

@@ -63,6 +63,14 @@ pub enum Pending {
         constant: Vec<f64>,
         constant_first: bool,
     },
+    /// What `ops` compute beyond the straight line `slope[e]·x + intercept[e]`: the
+    /// part of an activation a table lookup keeps when its linear part bypasses it
+    /// (docs/QUANTIZATION.md, "Linear parts past the lookup").
+    Residual {
+        ops: Vec<Pending>,
+        slope: Vec<f64>,
+        intercept: Vec<f64>,
+    },
 }
 
 impl Pending {
@@ -78,6 +86,15 @@ impl Pending {
                 kind: *kind,
                 constant: src.iter().map(|&i| constant[i]).collect(),
                 constant_first: *constant_first,
+            },
+            Pending::Residual {
+                ops,
+                slope,
+                intercept,
+            } => Pending::Residual {
+                ops: ops.iter().map(|p| p.gather(src)).collect(),
+                slope: src.iter().map(|&i| slope[i]).collect(),
+                intercept: src.iter().map(|&i| intercept[i]).collect(),
             },
         }
     }
@@ -96,6 +113,14 @@ impl Pending {
                 } else {
                     kind.apply(x, c)
                 }
+            }
+            Pending::Residual {
+                ops,
+                slope,
+                intercept,
+            } => {
+                let full = ops.iter().fold(x, |v, p| p.apply(element, v));
+                full - slope[element] * x - intercept[element]
             }
         }
     }

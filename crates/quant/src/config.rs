@@ -40,6 +40,13 @@ pub struct QuantConfig {
     /// parameters, before giving up any bit (`--capped-spread`).
     #[serde(default)]
     pub capped_spread: bool,
+    /// A dense layer reading another's activations takes each activation's straight
+    /// line (least squares on the inputset) directly from the earlier layer's operand,
+    /// with no lookup on the way; the lookup computes only what the activation adds to
+    /// that line (docs/QUANTIZATION.md, "Linear parts past the lookup"). `fhec compile`
+    /// turns it on when the settings lose the float model (`--linear-bypass`).
+    #[serde(default)]
+    pub linear_bypass: bool,
     /// Accumulators are built for their calibrated range widened by this fraction of its
     /// width on each side (clipped to the sound range), so held-out data slightly beyond
     /// the inputset does not wrap around.
@@ -58,6 +65,7 @@ impl Default for QuantConfig {
             comparison_exact: false,
             sibling_leaves: true,
             capped_spread: false,
+            linear_bypass: false,
             range_margin: 0.25,
         }
     }

@@ -26,6 +26,7 @@
 
 mod bivariate;
 mod builder;
+mod bypass;
 mod client;
 mod config;
 mod conv;

@@ -263,10 +263,7 @@ impl ClientPart {
                 return bad("an output value out of range".into());
             }
             let n = numel(d.value);
-            let pending_ok = d.pending.iter().all(|p| match p {
-                Pending::Activation(_) => true,
-                Pending::Binary { constant, .. } => constant.len() == n,
-            });
+            let pending_ok = d.pending.iter().all(|p| pending_fits(p, n));
             if d.scale.len() != n
                 || d.offset.len() != n
                 || !pending_ok
@@ -297,6 +294,19 @@ impl ClientPart {
             .iter()
             .map(|q| q.shape.iter().product())
             .collect()
+    }
+}
+
+/// Whether a pending op's per-element constants cover the `n` elements it applies to.
+fn pending_fits(p: &Pending, n: usize) -> bool {
+    match p {
+        Pending::Activation(_) => true,
+        Pending::Binary { constant, .. } => constant.len() == n,
+        Pending::Residual {
+            ops,
+            slope,
+            intercept,
+        } => slope.len() == n && intercept.len() == n && ops.iter().all(|p| pending_fits(p, n)),
     }
 }
 

@@ -1,0 +1,172 @@
+//! Linear parts past the lookup (docs/QUANTIZATION.md, "Linear parts past the lookup").
+//!
+//! A dense layer `y = W₂·f(z) + b₂` reading the activations of an earlier one,
+//! `z = W₁·x + b₁`, splits each activation on the inputset into its straight line and
+//! the rest: `f(z_j) = α_j·z_j + β_j + r_j(z_j)`, `α_j, β_j` by least squares. Then
+//!
+//! ```text
+//! y = W₂·r(z) + (W₂·diag(α)·W₁)·x + W₂·(α∘b₁ + β) + b₂
+//! ```
+//!
+//! The table lookup computes only `r`, and the linear part reaches the layer from the
+//! earlier layer's operand `x` through clear weights, with no rounding on the way. A
+//! lookup reads its accumulator rounded to a few bits; when the network is nearly
+//! linear on its data (raw features whose neurons stay on one side of the ReLU), that
+//! rounding is what it loses, and `r` is flat there. One `Linear` over both operands
+//! (an `Affine` copy puts them side by side) keeps it one leveled layer.
+
+use std::collections::HashMap;
+
+use fhec_ir::{NodeId, Term};
+
+use crate::builder::{Lowering, QValue};
+use crate::client::Pending;
+use crate::sparse::IntRows;
+use crate::QuantError;
+
+/// What a dense layer computed, for a later layer to reach past its activations.
+#[derive(Clone)]
+pub(crate) struct DenseSource {
+    /// The operand the layer read (narrow, one row).
+    pub operand: QValue,
+    /// `[outputs × inputs]`, row-major, in float.
+    pub weight: Vec<f64>,
+    pub bias: Vec<f64>,
+    pub inputs: usize,
+    /// The result's dequantization as built: `z = scale·acc + offset`.
+    pub scale: Vec<f64>,
+    pub offset: Vec<f64>,
+}
+
+pub(crate) type DenseSources = HashMap<NodeId, DenseSource>;
+
+impl Lowering<'_> {
+    /// The dense layer `name` (`k` inputs, `n` outputs) on `x` with its activations'
+    /// linear parts past the lookup, or `None` where `x` is not activations of a dense
+    /// layer's single row (nothing pending, or an earlier op in between).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dense_past_lookup(
+        &mut self,
+        name: &str,
+        x: &QValue,
+        (k, n): (usize, usize),
+        weight: &[f64],
+        bias: &[f64],
+        shape: Vec<usize>,
+    ) -> Result<Option<QValue>, QuantError> {
+        if x.pending.is_empty() || x.narrow {
+            return Ok(None);
+        }
+        let Some(source) = self.dense_sources.get(&x.node).cloned() else {
+            return Ok(None);
+        };
+        if source.scale.len() != k || x.scale.len() != k {
+            return Ok(None);
+        }
+        let k1 = source.inputs;
+        // z (the source's value, after any affine op folded since) = a·z₁ + c
+        let a: Vec<f64> = (0..k).map(|j| x.scale[j] / source.scale[j]).collect();
+        let c: Vec<f64> = (0..k).map(|j| x.offset[j] - a[j] * source.offset[j]).collect();
+        let (slope, intercept) = straight_lines(x);
+        let residual = QValue {
+            pending: vec![Pending::Residual {
+                ops: x.pending.clone(),
+                slope: slope.clone(),
+                intercept: intercept.clone(),
+            }],
+            ..x.clone()
+        };
+        let r = self.requantize_per_feature(name, residual, k)?;
+        // both operands side by side: the residuals, then the earlier layer's operand
+        let x1 = &source.operand;
+        let mut rows: Vec<(Vec<Term>, i64)> = Vec::with_capacity(k + k1);
+        for (slot, count) in [(0u32, k), (1u32, k1)] {
+            for index in 0..count {
+                let term = Term {
+                    operand: slot,
+                    index: index as u32,
+                    weight: 1,
+                };
+                rows.push((vec![term], 0));
+            }
+        }
+        // the activations' shape (leading unit axes kept), `k + k1` on the last axis
+        let mut both_shape = self.circuit.node(x.node).shape.clone();
+        match both_shape.last_mut() {
+            Some(last) => *last = k + k1,
+            None => both_shape.push(k + k1),
+        }
+        let built = self.affine(
+            &format!("{name}/operands"),
+            &[&r, x1],
+            IntRows { rows, sound: None },
+            both_shape,
+        );
+        let scale: Vec<f64> = r.scale.iter().chain(&x1.scale).copied().collect();
+        let offset: Vec<f64> = r
+            .offset
+            .iter()
+            .chain(&x1.offset)
+            .zip(&scale)
+            .zip(&built.shift)
+            .map(|((o, s), &shift)| o - s * shift as f64)
+            .collect();
+        let both = QValue {
+            node: built.node,
+            scale,
+            offset,
+            pending: vec![],
+            narrow: true,
+            calib: built.calib,
+            sound: built.sound,
+            design: None,
+        };
+        // [W₂ | W₂·diag(α∘a)·W₁] and b₂ + W₂·(α∘(a∘b₁ + c) + β)
+        let wide = k + k1;
+        let mut combined = vec![0f64; n * wide];
+        let mut combined_bias = bias.to_vec();
+        for o in 0..n {
+            for j in 0..k {
+                let w2 = weight[o * k + j];
+                combined[o * wide + j] = w2;
+                if w2 == 0.0 {
+                    continue;
+                }
+                let through = w2 * slope[j] * a[j];
+                for i in 0..k1 {
+                    combined[o * wide + k + i] += through * source.weight[j * k1 + i];
+                }
+                combined_bias[o] +=
+                    w2 * (slope[j] * (a[j] * source.bias[j] + c[j]) + intercept[j]);
+            }
+        }
+        self.dense(name, both, wide, n, &combined, &combined_bias, shape)
+            .map(Some)
+    }
+}
+
+/// Per element of `x` (an accumulator with pending ops `f`), the least-squares line
+/// `α·z + β` through `f(z)` over the inputset, `z` the dequantized accumulator. An
+/// element constant on the inputset gets `α = 0`.
+fn straight_lines(x: &QValue) -> (Vec<f64>, Vec<f64>) {
+    let samples = x.calib.len().max(1) as f64;
+    (0..x.scale.len())
+        .map(|e| {
+            let points: Vec<(f64, f64)> = x
+                .calib
+                .iter()
+                .map(|q| {
+                    let v = q[e] as f64;
+                    (x.scale[e] * v + x.offset[e], x.float(e, v))
+                })
+                .collect();
+            let mz = points.iter().map(|p| p.0).sum::<f64>() / samples;
+            let mf = points.iter().map(|p| p.1).sum::<f64>() / samples;
+            let (var, cov) = points.iter().fold((0f64, 0f64), |(v, c), &(z, f)| {
+                (v + (z - mz) * (z - mz), c + (z - mz) * (f - mf))
+            });
+            let slope = if var > 0.0 { cov / var } else { 0.0 };
+            (slope, mf - slope * mz)
+        })
+        .unzip()
+}

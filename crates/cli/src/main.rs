@@ -362,6 +362,11 @@ struct QuantArgs {
     /// rest (compile turns it on by itself when the settings lose the float model)
     #[arg(long)]
     linear_bypass: bool,
+    /// A dense layer whose result goes straight to the client also computes what
+    /// rounding its weights lost, at a finer step, and the client adds the two (compile
+    /// turns it on by itself when the settings lose the float model)
+    #[arg(long)]
+    split_output_weights: bool,
     /// Headroom of accumulator ranges beyond the inputset, as a fraction of their width (default 0.25).
     #[arg(long)]
     range_margin: Option<f64>,
@@ -387,6 +392,7 @@ impl QuantArgs {
             comparison_bits: self.comparison_bits,
             capped_spread: self.capped_spread,
             linear_bypass: self.linear_bypass,
+            split_output_weights: self.split_output_weights,
             range_margin: self.range_margin,
             p_error: self.p_error,
             global_p_error: self.global_p_error,

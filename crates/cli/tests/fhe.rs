@@ -12,7 +12,17 @@ fn fhe_equals_simulate(name: &str, samples: usize) -> usize {
         rounding_approximate: false,
         ..Default::default()
     };
+    fhe_equals_simulate_with(name, samples, cfg).0
+}
+
+/// [`fhe_equals_simulate`] at `cfg`; also the elements of the first circuit output.
+fn fhe_equals_simulate_with(
+    name: &str,
+    samples: usize,
+    cfg: fhec_quant::QuantConfig,
+) -> (usize, usize) {
     let (a, info) = compile(name, Some(cfg));
+    let mut first_output = 0;
     let (client, server) = parties(&a);
     let (secret, evaluation) = client.keygen();
     let key = server.prepare(&evaluation).unwrap();
@@ -20,6 +30,7 @@ fn fhe_equals_simulate(name: &str, samples: usize) -> usize {
     for (i, s) in data.iter().take(samples).enumerate() {
         let fhe = fhe_once(&client, &server, &key, &secret, s);
         let sim = fhec_runtime::simulate::simulate(&a, &info, s).unwrap();
+        first_output = fhe.circuit_outputs[0].len();
         assert_eq!(
             fhe.circuit_outputs, sim.circuit_outputs,
             "{name} sample {i}: FHE decrypted different integers than simulate"
@@ -28,7 +39,7 @@ fn fhe_equals_simulate(name: &str, samples: usize) -> usize {
             assert_eq!(x.data, y.data, "{name} sample {i}: model outputs differ");
         }
     }
-    info.pbs_per_sample
+    (info.pbs_per_sample, first_output)
 }
 
 #[test]
@@ -58,6 +69,22 @@ fn mlp_iris_fhe_equals_simulate() {
 #[test]
 fn mlp_wine_matmul_fhe_equals_simulate() {
     assert!(fhe_equals_simulate("mlp_wine_matmul", 3) > 0);
+}
+
+/// Activations' linear parts past their lookups (residual tables, an affine copy beside
+/// the input) and output weights in two parts (the circuit output holds the remainders
+/// after the 3 class scores; the client adds them) decrypt to what simulate computes.
+#[test]
+fn linear_bypass_and_two_part_outputs_fhe_equal_simulate() {
+    let cfg = fhec_quant::QuantConfig {
+        rounding_approximate: false,
+        linear_bypass: true,
+        split_output_weights: true,
+        ..Default::default()
+    };
+    let (pbs, outputs) = fhe_equals_simulate_with("mlp_iris", 2, cfg);
+    assert!(pbs > 0);
+    assert_eq!(outputs, 6, "3 class scores and their remainders");
 }
 
 #[test]

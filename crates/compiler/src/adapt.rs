@@ -32,6 +32,8 @@ pub struct Knobs {
     pub spread: bool,
     /// Linear parts of activations may bypass their lookups (`--linear-bypass`).
     pub bypass: bool,
+    /// Output weights may be split in two parts (`--split-output-weights`).
+    pub split_output: bool,
 }
 
 impl Knobs {
@@ -44,6 +46,7 @@ impl Knobs {
             comparison_bits: true,
             spread: true,
             bypass: true,
+            split_output: true,
         }
     }
     fn any(self) -> bool {
@@ -327,6 +330,10 @@ fn describe(from: &QuantConfig, to: &QuantConfig) -> (Vec<String>, String) {
         changes.push("activations' linear parts bypass their lookups".into());
         flags.push("--linear-bypass".into());
     }
+    if to.split_output_weights && !from.split_output_weights {
+        changes.push("output weights in two parts".into());
+        flags.push("--split-output-weights".into());
+    }
     if from.rounding_bits != to.rounding_bits {
         let show = |r: Option<u32>| r.map_or("none".to_string(), |r| r.to_string());
         changes.push(format!(
@@ -593,16 +600,24 @@ fn more_precise(
     }
     let (mut kept, mut fidelity) = (base, before.clone());
     let mut changed = false;
-    // first the same bits with activations' linear parts past their lookups: what a
-    // nearly linear network loses is the rounding before each lookup
-    if knobs.bypass && !cfg.linear_bypass {
-        let bypass = QuantConfig {
-            linear_bypass: true,
+    // first the same bits with activations' linear parts past their lookups (what a
+    // nearly linear network loses is the rounding before each lookup), output weights
+    // in two parts (what its output layer loses is its weights' rounding), or both
+    for (bypass, split) in [(true, false), (false, true), (true, true)] {
+        if (bypass && !knobs.bypass) || (split && !knobs.split_output) {
+            continue;
+        }
+        let same_bits = QuantConfig {
+            linear_bypass: cfg.linear_bypass || bypass,
+            split_output_weights: cfg.split_output_weights || split,
             ..cfg.clone()
         };
-        if let Ok(c) = attempt(r.graph, r.samples, &bypass, target) {
+        if same_bits == kept.2 {
+            continue;
+        }
+        if let Ok(c) = attempt(r.graph, r.samples, &same_bits, target) {
             let f = noisy_fidelity(r, &c)?;
-            // strictly: a model with no dense layer after another is unchanged
+            // strictly: a model with no such layer is unchanged
             if f.score() > fidelity.score() {
                 (kept, fidelity, changed) = (c, f, true);
             }

@@ -25,6 +25,8 @@ pub struct Settings {
     pub capped_spread: bool,
     /// Linear parts of activations bypass their lookup (`--linear-bypass`).
     pub linear_bypass: bool,
+    /// Output weights in two parts (`--split-output-weights`).
+    pub split_output_weights: bool,
     pub range_margin: Option<f64>,
     /// Error probability per bootstrap.
     pub p_error: Option<f64>,
@@ -56,6 +58,7 @@ impl Settings {
         }
         c.capped_spread = self.capped_spread;
         c.linear_bypass = self.linear_bypass;
+        c.split_output_weights = self.split_output_weights;
         c
     }
 
@@ -80,6 +83,7 @@ impl Settings {
                 rounding_bits: self.rounding_threshold_bits.is_none() && !self.no_rounding,
                 spread: !self.capped_spread,
                 bypass: !self.linear_bypass,
+                split_output: !self.split_output_weights,
                 comparison_bits: self.comparison_bits.is_none(),
             },
             strict,

@@ -1,6 +1,6 @@
 //! Lowering of the float graph's circuit side to integer ops, calibrating as it goes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use fhec_frontend_onnx::{DType, FloatGraph, Op, Tensor, ValueId};
 use fhec_ir::{Circuit, IntOp, Node, NodeId, Range, Status};
@@ -85,6 +85,8 @@ pub fn quantize(
         origins: Vec::new(),
         neighbour_grids: HashMap::new(),
         dense_sources: HashMap::new(),
+        client_bound: client_bound_dense(graph, &circuit_side),
+        output_remainders: HashMap::new(),
     };
     let mut inputs = Vec::new();
     for (index, (&id, values)) in circuit_inputs.iter().zip(&calibration).enumerate() {
@@ -121,6 +123,11 @@ pub fn quantize(
             scale: q.scale.clone(),
             offset: q.offset.clone(),
             pending: q.pending.clone(),
+            remainder_scale: b
+                .output_remainders
+                .get(&q.node)
+                .cloned()
+                .unwrap_or_default(),
         });
     }
     b.circuit.inputs = circuit_inputs.iter().map(|v| b.values[v].node).collect();
@@ -274,6 +281,28 @@ pub(crate) struct Lowering<'a> {
     pub neighbour_grids: HashMap<ValueId, crate::knn_grid::KnnGrid>,
     /// Each dense layer of one row, by its node, when linear parts may bypass lookups.
     pub dense_sources: crate::bypass::DenseSources,
+    /// Dense layers (by name) whose result no circuit node reads: it goes to the client.
+    pub client_bound: HashSet<String>,
+    /// Per circuit node built with output weights in two parts, the remainder's steps.
+    pub output_remainders: HashMap<NodeId, Vec<f64>>,
+}
+
+/// The names of the circuit's dense layers whose result only the client reads.
+fn client_bound_dense(graph: &FloatGraph, circuit_side: &[bool]) -> HashSet<String> {
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|&(i, n)| circuit_side[i] && matches!(n.op, Op::Dense { .. }))
+        .filter(|(_, n)| {
+            !graph
+                .nodes
+                .iter()
+                .enumerate()
+                .any(|(j, r)| circuit_side[j] && r.inputs.contains(&n.outputs[0]))
+        })
+        .map(|(_, n)| n.name.clone())
+        .collect()
 }
 
 /// Asymmetric quantization of `[lo, hi]` (widened to hold 0) on `bits` unsigned bits.
@@ -352,6 +381,10 @@ impl Lowering<'_> {
         self.every_reader(id, |n| match n.op {
             Op::TreeEnsemble(_) => true,
             Op::Dense { .. } => !self.qat && n.inputs[0] == id,
+            // skl2onnx casts a float input to float before its first MatMul
+            Op::Cast {
+                to: DType::F32 | DType::F64,
+            } => self.read_only_feature_wise(n.outputs[0]),
             _ => false,
         })
     }
@@ -744,6 +777,38 @@ impl Lowering<'_> {
             .enumerate()
             .map(|(i, w)| (w / s_w[i / k]).round() as i64)
             .collect();
+        let rows = x.calib[0].len() / k;
+        // output weights in two parts: what rounding lost, rounded at its own finer step
+        let split = self.cfg.split_output_weights
+            && !self.qat
+            && rows == 1
+            && self.client_bound.contains(name);
+        let (s_rem, wq_rem) = if split {
+            let lost: Vec<f64> = quantized_weight
+                .iter()
+                .zip(&wq)
+                .enumerate()
+                .map(|(i, (w, &q))| w - s_w[i / k] * q as f64)
+                .collect();
+            let steps: Vec<f64> = lost
+                .chunks(k)
+                .map(|row| {
+                    let m = row.iter().fold(0f64, |m, w| m.max(w.abs()));
+                    symmetric_step(m, self.cfg.weight_bits)
+                })
+                .collect();
+            let q = lost
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (w / steps[i / k]).round() as i64)
+                .collect();
+            (steps, q)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // the integer rows the circuit computes: the weights, then any remainders
+        let m = if split { 2 * n } else { n };
+        let w_int: Vec<i64> = wq.iter().chain(&wq_rem).copied().collect();
         let wbits = 1 + fhec_ir::bits_for_range(Range::new(
             0,
             wq.iter().map(|w| w.abs()).max().unwrap_or(0),
@@ -755,16 +820,15 @@ impl Lowering<'_> {
             bits: wbits,
             scale: s_w[0],
         });
-        let rows = x.calib[0].len() / k;
         // integer accumulators on the inputset, before the shift
         let acc: Vec<Vec<i64>> = x
             .calib
             .iter()
-            .map(|q| fhec_ir::interp::linear(q, &wq, &vec![0; n], k, n))
+            .map(|q| fhec_ir::interp::linear(q, &w_int, &vec![0; m], k, m))
             .collect();
-        let sound = sound_linear(&x.sound, &wq, k, n);
+        let sound = sound_linear(&x.sound, &w_int, k, m);
         // the range the circuit is built for: calibrated, widened by the margin, within sound
-        let mut design: Vec<(i64, i64)> = (0..rows * n)
+        let mut design: Vec<(i64, i64)> = (0..rows * m)
             .map(|e| {
                 let (lo, hi) = acc.iter().fold((i64::MAX, i64::MIN), |(lo, hi), a| {
                     (lo.min(a[e]), hi.max(a[e]))
@@ -773,25 +837,25 @@ impl Lowering<'_> {
                 ((lo - m).max(sound[e].0), (hi + m).min(sound[e].1))
             })
             .collect();
-        let shift: Vec<i64> = (0..n)
-            .map(|j| -(0..rows).map(|r| design[r * n + j].0).min().unwrap_or(0))
+        let shift: Vec<i64> = (0..m)
+            .map(|j| -(0..rows).map(|r| design[r * m + j].0).min().unwrap_or(0))
             .collect();
         for (e, d) in design.iter_mut().enumerate() {
-            *d = (d.0 + shift[e % n], d.1 + shift[e % n]);
+            *d = (d.0 + shift[e % m], d.1 + shift[e % m]);
         }
         let calib: Vec<Vec<i64>> = acc
             .into_iter()
             .map(|a| {
                 a.iter()
                     .enumerate()
-                    .map(|(e, v)| v + shift[e % n])
+                    .map(|(e, v)| v + shift[e % m])
                     .collect()
             })
             .collect();
         let sound: Vec<(i64, i64)> = sound
             .iter()
             .enumerate()
-            .map(|(e, s)| (s.0 + shift[e % n], s.1 + shift[e % n]))
+            .map(|(e, s)| (s.0 + shift[e % m], s.1 + shift[e % m]))
             .collect();
         // bias correction: the rounded weights' error on the inputset's mean operand,
         // `Σ (w − s_w·wq)·mean(q)`, goes into the offset. Raw features never come near
@@ -806,22 +870,36 @@ impl Lowering<'_> {
                 let wo: f64 = (0..k)
                     .map(|i| weight[j * k + i] * x.offset[r * k + i])
                     .sum();
+                let kept = |i: usize| match split {
+                    true => s_w[j] * wq[j * k + i] as f64 + s_rem[j] * wq_rem[j * k + i] as f64,
+                    false => s_w[j] * wq[j * k + i] as f64,
+                };
                 let rounding: f64 = (0..k)
-                    .map(|i| {
-                        let lost = quantized_weight[j * k + i] - s_w[j] * wq[j * k + i] as f64;
-                        lost * mean_q[r * k + i]
-                    })
+                    .map(|i| (quantized_weight[j * k + i] - kept(i)) * mean_q[r * k + i])
                     .sum();
-                offset.push(wo + x.scale[0] * rounding + bias[j] - s * shift[j] as f64);
+                let remainder_shift = match split {
+                    true => x.scale[0] * s_rem[j] * shift[n + j] as f64,
+                    false => 0.0,
+                };
+                offset.push(
+                    wo + x.scale[0] * rounding + bias[j] - s * shift[j] as f64 - remainder_shift,
+                );
                 scale.push(s);
             }
         }
         let op = IntOp::Linear {
             inputs: k,
-            outputs: n,
-            weight: wq,
+            outputs: m,
+            weight: w_int,
             bias: shift,
         };
+        let mut shape = shape;
+        if split {
+            match shape.last_mut() {
+                Some(last) => *last = m,
+                None => shape.push(m),
+            }
+        }
         let range = Range::new(0, design.iter().map(|d| d.1).max().unwrap_or(0));
         let node = self.circuit.add(
             Node {
@@ -833,7 +911,10 @@ impl Lowering<'_> {
             },
             &[x.node],
         );
-        if self.cfg.linear_bypass && rows == 1 {
+        if split {
+            let steps = s_rem.iter().map(|s| x.scale[0] * s).collect();
+            self.output_remainders.insert(node, steps);
+        } else if self.cfg.linear_bypass && rows == 1 {
             let source = crate::bypass::DenseSource {
                 operand: x.clone(),
                 weight: weight.to_vec(),

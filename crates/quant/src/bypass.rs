@@ -66,7 +66,9 @@ impl Lowering<'_> {
         let k1 = source.inputs;
         // z (the source's value, after any affine op folded since) = a·z₁ + c
         let a: Vec<f64> = (0..k).map(|j| x.scale[j] / source.scale[j]).collect();
-        let c: Vec<f64> = (0..k).map(|j| x.offset[j] - a[j] * source.offset[j]).collect();
+        let c: Vec<f64> = (0..k)
+            .map(|j| x.offset[j] - a[j] * source.offset[j])
+            .collect();
         let (slope, intercept) = straight_lines(x);
         let residual = QValue {
             pending: vec![Pending::Residual {
@@ -136,8 +138,7 @@ impl Lowering<'_> {
                 for i in 0..k1 {
                     combined[o * wide + k + i] += through * source.weight[j * k1 + i];
                 }
-                combined_bias[o] +=
-                    w2 * (slope[j] * (a[j] * source.bias[j] + c[j]) + intercept[j]);
+                combined_bias[o] += w2 * (slope[j] * (a[j] * source.bias[j] + c[j]) + intercept[j]);
             }
         }
         self.dense(name, both, wide, n, &combined, &combined_bias, shape)
@@ -169,4 +170,47 @@ fn straight_lines(x: &QValue) -> (Vec<f64>, Vec<f64>) {
             (slope, mf - slope * mz)
         })
         .unzip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhec_frontend_onnx::graph::Activation;
+
+    fn accumulator(calib: Vec<Vec<i64>>, pending: Vec<Pending>) -> QValue {
+        let n = calib[0].len();
+        let mut circuit = fhec_ir::Circuit::default();
+        let input = fhec_ir::Node {
+            name: "z".into(),
+            op: fhec_ir::IntOp::Input { index: 0, bits: 5 },
+            shape: vec![n],
+            status: fhec_ir::Status::Encrypted,
+            range: fhec_ir::Range::new(0, 31),
+        };
+        QValue {
+            node: circuit.add(input, &[]),
+            scale: vec![0.5; n],
+            offset: vec![-4.0; n],
+            pending,
+            narrow: false,
+            sound: vec![(0, 20); n],
+            design: None,
+            calib,
+        }
+    }
+
+    /// A ReLU that the inputset only sees on one side is its own straight line there
+    /// (slope 1 above 0, slope 0 below), and a constant element gets slope 0.
+    #[test]
+    fn straight_lines_fit_an_activation_on_the_inputset() {
+        // z = 0.5·q − 4: element 0 spans [1, 6] (always active), element 1 spans
+        // [−3.5, −1] (never), element 2 is constant at 1
+        let calib = (0..6).map(|i| vec![10 + 2 * i, 1 + i, 10]).collect();
+        let x = accumulator(calib, vec![Pending::Activation(Activation::Relu)]);
+        let (slope, intercept) = straight_lines(&x);
+        assert!((slope[0] - 1.0).abs() < 1e-12 && intercept[0].abs() < 1e-12);
+        assert!(slope[1].abs() < 1e-12 && intercept[1].abs() < 1e-12);
+        assert_eq!(slope[2], 0.0);
+        assert!((intercept[2] - 1.0).abs() < 1e-12);
+    }
 }

@@ -126,25 +126,37 @@ impl Pending {
     }
 }
 
-/// The float value of circuit output `i`: `pending(scale[e]·q[e] + offset[e])`.
+/// The float value of circuit output `i`: `pending(scale[e]·q[e] + offset[e])`; with
+/// output weights in two parts, the circuit output holds the remainders after the
+/// values (`2n` elements) and element `e` is
+/// `pending(scale[e]·q[e] + remainder_scale[e]·q[n + e] + offset[e])`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutputDequant {
     pub value: ValueId,
     pub scale: Vec<f64>,
     pub offset: Vec<f64>,
     pub pending: Vec<Pending>,
+    /// Empty, or one step per element for the remainder half of the circuit output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remainder_scale: Vec<f64>,
 }
 
 impl OutputDequant {
+    /// Elements of the circuit output this dequantizes.
+    pub fn circuit_elements(&self) -> usize {
+        self.scale.len() + self.remainder_scale.len()
+    }
+
     pub fn dequantize(&self, q: &[i64]) -> Vec<f64> {
-        q.iter()
-            .enumerate()
-            .map(|(e, &v)| {
-                self.pending
-                    .iter()
-                    .fold(self.scale[e] * v as f64 + self.offset[e], |x, p| {
-                        p.apply(e, x)
-                    })
+        let n = self.scale.len();
+        (0..n)
+            .map(|e| {
+                let remainder = match self.remainder_scale.get(e) {
+                    Some(s) => s * q[n + e] as f64,
+                    None => 0.0,
+                };
+                let x = self.scale[e] * q[e] as f64 + remainder + self.offset[e];
+                self.pending.iter().fold(x, |x, p| p.apply(e, x))
             })
             .collect()
     }
@@ -226,5 +238,49 @@ impl ClientSpec {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhec_frontend_onnx::graph::Activation;
+
+    /// An activation's residual is what it adds to its straight line: a ReLU less the
+    /// identity is 0 above 0 and `−x` below; gathering keeps each element's line.
+    #[test]
+    fn a_residual_is_the_activation_less_its_line() {
+        let relu = Pending::Residual {
+            ops: vec![Pending::Activation(Activation::Relu)],
+            slope: vec![1.0, 0.0],
+            intercept: vec![0.0, 0.5],
+        };
+        assert_eq!(relu.apply(0, 3.0), 0.0);
+        assert_eq!(relu.apply(0, -2.0), 2.0);
+        assert_eq!(relu.apply(1, 3.0), 2.5);
+        let swapped = relu.gather(&[1, 0]);
+        assert_eq!(swapped.apply(0, 3.0), 2.5);
+        assert_eq!(swapped.apply(1, -2.0), 2.0);
+    }
+
+    /// With output weights in two parts the circuit output holds the remainders after
+    /// the values, and each element adds its remainder at its own step.
+    #[test]
+    fn split_outputs_add_their_remainders() {
+        let plain = OutputDequant {
+            value: ValueId(0),
+            scale: vec![0.5, 2.0],
+            offset: vec![1.0, -1.0],
+            pending: vec![],
+            remainder_scale: vec![],
+        };
+        assert_eq!(plain.circuit_elements(), 2);
+        assert_eq!(plain.dequantize(&[2, 3]), vec![2.0, 5.0]);
+        let split = OutputDequant {
+            remainder_scale: vec![0.25, 0.125],
+            ..plain
+        };
+        assert_eq!(split.circuit_elements(), 4);
+        assert_eq!(split.dequantize(&[2, 3, 4, 8]), vec![3.0, 6.0]);
     }
 }

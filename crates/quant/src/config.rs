@@ -47,6 +47,13 @@ pub struct QuantConfig {
     /// turns it on when the settings lose the float model (`--linear-bypass`).
     #[serde(default)]
     pub linear_bypass: bool,
+    /// A dense layer whose result goes straight to the client (no lookup reads it)
+    /// also computes, at a finer step, what rounding its weights lost; the client adds
+    /// the two (docs/QUANTIZATION.md, "Output weights in two parts"): the output layer's
+    /// weights twice as precise for no bootstrap. `fhec compile` turns it on when the
+    /// settings lose the float model (`--split-output-weights`).
+    #[serde(default)]
+    pub split_output_weights: bool,
     /// Accumulators are built for their calibrated range widened by this fraction of its
     /// width on each side (clipped to the sound range), so held-out data slightly beyond
     /// the inputset does not wrap around.
@@ -66,6 +73,7 @@ impl Default for QuantConfig {
             sibling_leaves: true,
             capped_spread: false,
             linear_bypass: false,
+            split_output_weights: false,
             range_margin: 0.25,
         }
     }

@@ -266,8 +266,13 @@ impl ClientPart {
             let pending_ok = d.pending.iter().all(|p| pending_fits(p, n));
             if d.scale.len() != n
                 || d.offset.len() != n
+                || !(d.remainder_scale.is_empty() || d.remainder_scale.len() == n)
                 || !pending_ok
-                || d.scale.iter().chain(&d.offset).any(|v| !v.is_finite())
+                || d.scale
+                    .iter()
+                    .chain(&d.offset)
+                    .chain(&d.remainder_scale)
+                    .any(|v| !v.is_finite())
             {
                 return bad(format!(
                     "the dequantizer of '{}' is malformed",
@@ -283,7 +288,7 @@ impl ClientPart {
         self.spec
             .outputs
             .iter()
-            .map(|d| self.graph.value(d.value).shape.iter().product())
+            .map(|d| d.circuit_elements())
             .collect()
     }
 

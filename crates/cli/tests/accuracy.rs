@@ -655,10 +655,13 @@ fn one_op_fixtures_simulate_close_to_float() {
         // step functions (sign, rounding, comparisons) flip on inputs near a step, where
         // 7-bit values cannot tell the sides apart; a wrong lowering is off by ~100%
         // products of two encrypted values round both squares' inputs; a pooled
-        // convolution without activation is requantized twice
+        // convolution without activation is requantized twice; Exp turns its argument's
+        // absolute error into relative error (0.195 before bias correction, 0.201 after,
+        // which lowers every other one-op fixture's error here)
         let bound = if STEP_OPS.contains(name) {
             0.5
         } else if [
+            "op_exp",
             "op_mul_two",
             "op_where",
             "op_matmul_two",

@@ -12,7 +12,8 @@
 use fhec_frontend_onnx::conv::Conv as FloatConv;
 use fhec_ir::{bits_for_range, IntOp, Node, Range, Status};
 
-use crate::builder::{mean_operand, symmetric_step, weight_step, Lowering, QValue};
+use crate::builder::{symmetric_step, Lowering, QValue};
+use crate::dense::{mean_operand, weight_step};
 use crate::QuantError;
 
 impl Lowering<'_> {

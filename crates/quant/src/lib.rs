@@ -30,6 +30,7 @@ mod bypass;
 mod client;
 mod config;
 mod conv;
+mod dense;
 mod head;
 mod knn;
 mod knn_grid;

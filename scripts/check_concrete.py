@@ -36,10 +36,8 @@ KNOWN_DIFFERENT = {
 # Fixtures whose MLIR Concrete's compiler accepts but whose lookups its optimizer finds
 # no parameters for at its default error probability (fhec's own search, which allows
 # more decomposition levels, finds some), with what is known.
-KNOWN_NO_PARAMETERS = {
-    "op_where_not_and_or": "random net adapted to 8 weight bits and rounding threshold 8 "
-    "(agreement 93.5% -> 99.3% with its float model): 8-bit lookups in a 15-bit encoding",
-}
+# (op_where_not_and_or was listed until its defaults adapted to cheaper lookups.)
+KNOWN_NO_PARAMETERS: dict = {}
 
 
 def check(stem: str) -> None:

@@ -586,7 +586,10 @@ fn above(cfg: &QuantConfig, knobs: Knobs) -> Vec<QuantConfig> {
 /// would decrypt them (see [`FAITHFUL`], [`noisy_fidelity`]), more bits, one free knob
 /// a step at a time (see [`more_precise_step`]), from each kept result again while it
 /// is not faithful and a step still gains: a model that needs two knobs raised (wide
-/// raw inputs and fine weights) gets both.
+/// raw inputs and fine weights) gets both. The same climb also starts from the same
+/// bits with activations' linear parts past their lookups, with output weights in two
+/// parts, and with both, where they agree better: of the results, the fastest faithful
+/// one, else the one that agrees best.
 fn more_precise(
     r: &Reference,
     cfg: &QuantConfig,
@@ -598,11 +601,9 @@ fn more_precise(
     if faithful(&before) {
         return Ok((base, None, before));
     }
-    let (mut kept, mut fidelity) = (base, before.clone());
-    let mut changed = false;
-    // first the same bits with activations' linear parts past their lookups (what a
-    // nearly linear network loses is the rounding before each lookup), output weights
-    // in two parts (what its output layer loses is its weights' rounding), or both
+    // what a nearly linear network loses is the rounding before each lookup (the
+    // bypass); what its output layer loses is its weights' rounding (two parts)
+    let mut starts = vec![(base, before.clone())];
     for (bypass, split) in [(true, false), (false, true), (true, true)] {
         if (bypass && !knobs.bypass) || (split && !knobs.split_output) {
             continue;
@@ -612,34 +613,27 @@ fn more_precise(
             split_output_weights: cfg.split_output_weights || split,
             ..cfg.clone()
         };
-        if same_bits == kept.2 {
+        if starts.iter().any(|(c, _)| c.2 == same_bits) {
             continue;
         }
         if let Ok(c) = attempt(r.graph, r.samples, &same_bits, target) {
             let f = noisy_fidelity(r, &c)?;
             // strictly: a model with no such layer is unchanged
-            if f.score() > fidelity.score() {
-                (kept, fidelity, changed) = (c, f, true);
+            if f.score() > before.score() {
+                starts.push((c, f));
             }
         }
     }
-    // each step raises a knob, at most to 8 bits: the loop ends
-    while !faithful(&fidelity) {
-        let Some((c, f)) = more_precise_step(r, knobs, target, &kept.2, &fidelity)? else {
-            break;
-        };
-        (kept, fidelity, changed) = (c, f, true);
+    let mut best: Option<(Candidate, Fidelity)> = None;
+    for (start, fidelity) in starts {
+        let climbed = climb(r, knobs, target, start, fidelity)?;
+        best = Some(match best {
+            None => climbed,
+            Some(kept) => preferred(kept, climbed),
+        });
     }
-    // knobs that only help together (finer weights need finer activations to show):
-    // from every free knob at 8 down to the first settings that compile
-    if !faithful(&fidelity) {
-        if let Some((c, f)) = from_the_top(r, &kept.2, knobs, target)? {
-            if clearly_better(&f, &fidelity) {
-                (kept, fidelity, changed) = (c, f, true);
-            }
-        }
-    }
-    if !changed {
+    let (kept, fidelity) = best.expect("the settings as given are a start");
+    if kept.2 == *cfg {
         return Ok((kept, None, fidelity));
     }
     let reason = format!(
@@ -648,6 +642,62 @@ fn more_precise(
     );
     let adaptation = Adaptation::new(cfg, &kept.2, reason, fidelity.clone());
     Ok((kept, Some(adaptation), fidelity))
+}
+
+/// From `kept`, one-knob steps up while it is not faithful and a step gains; then, if
+/// still not faithful, the settings from the top where they agree clearly better; then
+/// cheaper settings that agree as well ([`faster`]).
+fn climb(
+    r: &Reference,
+    knobs: Knobs,
+    target: PErrorTarget,
+    mut kept: Candidate,
+    mut fidelity: Fidelity,
+) -> Result<(Candidate, Fidelity), CompileError> {
+    // each step raises a knob, at most to 8 bits: the loop ends
+    while !faithful(&fidelity) {
+        let Some((c, f)) = more_precise_step(r, knobs, target, &kept.2, &fidelity)? else {
+            break;
+        };
+        (kept, fidelity) = (c, f);
+    }
+    // knobs that only help together (finer weights need finer activations to show):
+    // from every free knob at 8 down to the first settings that compile
+    if !faithful(&fidelity) {
+        if let Some((c, f)) = from_the_top(r, &kept.2, knobs, target)? {
+            if clearly_better(&f, &fidelity) {
+                (kept, fidelity) = (c, f);
+            }
+        }
+    }
+    // compared with the other climbs at the cost it ends at
+    let from = kept.2.clone();
+    let (kept, fast) = faster(r, &from, knobs, target, kept, Some(fidelity.clone()))?;
+    let fidelity = fast.map_or(fidelity, |a| a.fidelity);
+    Ok((kept, fidelity))
+}
+
+/// Of two results, the faster if both are faithful, the faithful one if one is, else
+/// the one that agrees better (the faster on a tie).
+fn preferred(a: (Candidate, Fidelity), b: (Candidate, Fidelity)) -> (Candidate, Fidelity) {
+    let faster = |x: &(Candidate, Fidelity), y: &(Candidate, Fidelity)| {
+        x.0 .1.predicted_ms_per_sample < y.0 .1.predicted_ms_per_sample
+    };
+    let b_wins = match (faithful(&a.1), faithful(&b.1)) {
+        (true, true) => faster(&b, &a),
+        (true, false) => false,
+        (false, true) => true,
+        (false, false) => match b.1.score().partial_cmp(&a.1.score()) {
+            Some(std::cmp::Ordering::Greater) => true,
+            Some(std::cmp::Ordering::Equal) => faster(&b, &a),
+            _ => false,
+        },
+    };
+    if b_wins {
+        b
+    } else {
+        a
+    }
 }
 
 /// Every free knob of `cfg` at 8 bits (the rounding threshold too, where rounding is

@@ -603,7 +603,8 @@ fn more_precise(
     }
     // what a nearly linear network loses is the rounding before each lookup (the
     // bypass); what its output layer loses is its weights' rounding (two parts)
-    let mut starts = vec![(base, before.clone())];
+    let mut best = climb(r, knobs, target, base, before.clone())?;
+    let mut starts: Vec<(Candidate, Fidelity)> = Vec::new();
     for (bypass, split) in [(true, false), (false, true), (true, true)] {
         if (bypass && !knobs.bypass) || (split && !knobs.split_output) {
             continue;
@@ -613,7 +614,7 @@ fn more_precise(
             split_output_weights: cfg.split_output_weights || split,
             ..cfg.clone()
         };
-        if starts.iter().any(|(c, _)| c.2 == same_bits) {
+        if same_bits == *cfg || starts.iter().any(|(c, _)| c.2 == same_bits) {
             continue;
         }
         if let Ok(c) = attempt(r.graph, r.samples, &same_bits, target) {
@@ -624,15 +625,11 @@ fn more_precise(
             }
         }
     }
-    let mut best: Option<(Candidate, Fidelity)> = None;
     for (start, fidelity) in starts {
         let climbed = climb(r, knobs, target, start, fidelity)?;
-        best = Some(match best {
-            None => climbed,
-            Some(kept) => preferred(kept, climbed),
-        });
+        best = preferred(best, climbed);
     }
-    let (kept, fidelity) = best.expect("the settings as given are a start");
+    let (kept, fidelity) = best;
     if kept.2 == *cfg {
         return Ok((kept, None, fidelity));
     }

@@ -287,6 +287,15 @@ pub(crate) struct Lowering<'a> {
     pub output_remainders: HashMap<NodeId, Vec<f64>>,
 }
 
+/// `shape` with `len` on its last axis (a scalar shape gets one axis).
+pub(crate) fn with_last_axis(mut shape: Vec<usize>, len: usize) -> Vec<usize> {
+    match shape.last_mut() {
+        Some(last) => *last = len,
+        None => shape.push(len),
+    }
+    shape
+}
+
 /// Asymmetric quantization of `[lo, hi]` (widened to hold 0) on `bits` unsigned bits.
 pub(crate) fn asymmetric(lo: f64, hi: f64, bits: u32) -> (f64, i64) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use fhec_ir::{NodeId, Term};
 
-use crate::builder::{Lowering, QValue};
+use crate::builder::{with_last_axis, Lowering, QValue};
 use crate::client::Pending;
 use crate::sparse::IntRows;
 use crate::QuantError;
@@ -93,36 +93,16 @@ impl Lowering<'_> {
             }
         }
         // the activations' shape (leading unit axes kept), `k + k1` on the last axis
-        let mut both_shape = self.circuit.node(x.node).shape.clone();
-        match both_shape.last_mut() {
-            Some(last) => *last = k + k1,
-            None => both_shape.push(k + k1),
-        }
+        let both_shape = with_last_axis(self.circuit.node(x.node).shape.clone(), k + k1);
         let built = self.affine(
             &format!("{name}/operands"),
             &[&r, x1],
             IntRows { rows, sound: None },
             both_shape,
         );
-        let scale: Vec<f64> = r.scale.iter().chain(&x1.scale).copied().collect();
-        let offset: Vec<f64> = r
-            .offset
-            .iter()
-            .chain(&x1.offset)
-            .zip(&scale)
-            .zip(&built.shift)
-            .map(|((o, s), &shift)| o - s * shift as f64)
-            .collect();
-        let both = QValue {
-            node: built.node,
-            scale,
-            offset,
-            pending: vec![],
-            narrow: true,
-            calib: built.calib,
-            sound: built.sound,
-            design: None,
-        };
+        let scale = r.scale.iter().chain(&x1.scale).copied().collect();
+        let offset = r.offset.iter().chain(&x1.offset).copied().collect();
+        let both = built.into_value(scale, offset, true);
         // [W₂ | W₂·diag(α∘a)·W₁] and b₂ + W₂·(α∘(a∘b₁ + c) + β)
         let wide = k + k1;
         let mut combined = vec![0f64; n * wide];

@@ -13,7 +13,7 @@ use fhec_frontend_onnx::conv::Conv as FloatConv;
 use fhec_ir::{bits_for_range, IntOp, Node, Range, Status};
 
 use crate::builder::{symmetric_step, Lowering, QValue};
-use crate::dense::{mean_operand, weight_step};
+use crate::dense::{calibrated_design, mean_operand, weight_step};
 use crate::QuantError;
 
 impl Lowering<'_> {
@@ -122,15 +122,7 @@ impl Lowering<'_> {
             sound.push((lo, hi));
             tap_offset.push(off);
         }
-        let mut design: Vec<(i64, i64)> = (0..numel)
-            .map(|e| {
-                let (lo, hi) = calib.iter().fold((i64::MAX, i64::MIN), |(lo, hi), a| {
-                    (lo.min(a[e]), hi.max(a[e]))
-                });
-                let m = ((hi - lo) as f64 * self.cfg.range_margin).ceil() as i64;
-                ((lo - m).max(sound[e].0), (hi + m).min(sound[e].1))
-            })
-            .collect();
+        let mut design = calibrated_design(&calib, &sound, self.cfg.range_margin);
         // accumulators are shifted up (the convolution's bias) so their designed ranges
         // start at 0 or above, by one amount per channel and window shape: positions
         // whose windows lie inside the input share their taps, hence (with one shift)

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use fhec_frontend_onnx::{FloatGraph, Op};
 use fhec_ir::{IntOp, Node, Range, Status};
 
-use crate::builder::{symmetric_step, Lowering, QValue};
+use crate::builder::{symmetric_step, with_last_axis, Lowering, QValue};
 use crate::QuantError;
 
 impl Lowering<'_> {
@@ -128,15 +128,7 @@ impl Lowering<'_> {
             .collect();
         let sound = sound_linear(&x.sound, &w_int, k, n_int);
         // the range the circuit is built for: calibrated, widened by the margin, within sound
-        let mut design: Vec<(i64, i64)> = (0..rows * n_int)
-            .map(|e| {
-                let (lo, hi) = acc.iter().fold((i64::MAX, i64::MIN), |(lo, hi), a| {
-                    (lo.min(a[e]), hi.max(a[e]))
-                });
-                let m = ((hi - lo) as f64 * self.cfg.range_margin).ceil() as i64;
-                ((lo - m).max(sound[e].0), (hi + m).min(sound[e].1))
-            })
-            .collect();
+        let mut design = calibrated_design(&acc, &sound, self.cfg.range_margin);
         let shift: Vec<i64> = (0..n_int)
             .map(|j| {
                 -(0..rows)
@@ -197,13 +189,10 @@ impl Lowering<'_> {
             weight: w_int,
             bias: shift,
         };
-        let mut shape = shape;
-        if split {
-            match shape.last_mut() {
-                Some(last) => *last = n_int,
-                None => shape.push(n_int),
-            }
-        }
+        let shape = match split {
+            true => with_last_axis(shape, n_int),
+            false => shape,
+        };
         let range = Range::new(0, design.iter().map(|d| d.1).max().unwrap_or(0));
         let node = self.circuit.add(
             Node {
@@ -278,6 +267,24 @@ pub(crate) fn weight_step(row: &[f64]) -> Option<f64> {
             (q - q.round()).abs() < 1e-4 && q.abs() <= 127.5
         })
     })
+}
+
+/// Per element of an accumulator, the range the circuit is built for: its range on the
+/// inputset (`acc`, per sample) widened by `margin` of its width, within `sound`.
+pub(crate) fn calibrated_design(
+    acc: &[Vec<i64>],
+    sound: &[(i64, i64)],
+    margin: f64,
+) -> Vec<(i64, i64)> {
+    (0..sound.len())
+        .map(|e| {
+            let (lo, hi) = acc.iter().fold((i64::MAX, i64::MIN), |(lo, hi), a| {
+                (lo.min(a[e]), hi.max(a[e]))
+            });
+            let m = ((hi - lo) as f64 * margin).ceil() as i64;
+            ((lo - m).max(sound[e].0), (hi + m).min(sound[e].1))
+        })
+        .collect()
 }
 
 /// Per row of `k` weights, the symmetric step that gives its largest weight all `bits`

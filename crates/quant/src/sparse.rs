@@ -41,6 +41,26 @@ pub(crate) struct Built {
     pub shift: Vec<i64>,
 }
 
+impl Built {
+    /// The node as a value `scale·q + offset`, `offset` given before the shift (each
+    /// element's shift is taken out of it here).
+    pub(crate) fn into_value(self, scale: Vec<f64>, mut offset: Vec<f64>, narrow: bool) -> QValue {
+        for (o, (s, sh)) in offset.iter_mut().zip(scale.iter().zip(&self.shift)) {
+            *o -= s * *sh as f64;
+        }
+        QValue {
+            node: self.node,
+            scale,
+            offset,
+            pending: vec![],
+            narrow,
+            calib: self.calib,
+            sound: self.sound,
+            design: Some(self.design),
+        }
+    }
+}
+
 impl Lowering<'_> {
     /// Builds `Affine(rows)` over `slots` (values with their calibration and sound
     /// bounds); an element whose designed range would go below 0 is shifted up.
@@ -268,23 +288,11 @@ impl Lowering<'_> {
         }
         let refs: Vec<&QValue> = xs.iter().collect();
         let built = self.affine(name, &refs, IntRows { rows, sound: None }, shape);
-        for (o, (s, sh)) in offset.iter_mut().zip(scale.iter().zip(&built.shift)) {
-            *o -= s * *sh as f64;
-        }
         let bits = bits_for_range(self.circuit.node(built.node).range);
         let narrow = exact.iter().all(|&e| e)
             && xs.iter().all(|x| x.narrow)
             && bits <= self.cfg.activation_bits + 2;
-        Ok(QValue {
-            node: built.node,
-            scale,
-            offset,
-            pending: vec![],
-            narrow,
-            calib: built.calib,
-            sound: built.sound,
-            design: Some(built.design),
-        })
+        Ok(built.into_value(scale, offset, narrow))
     }
 
     /// A pure rearrangement of one value: its elements (with their scales, offsets and
